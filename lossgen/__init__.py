@@ -1,0 +1,19 @@
+"""lossgen: SymPy losses in, readable PyTorch Modules and autograd Functions out."""
+
+from lossgen.api import BuildResult, build, generate, show
+from lossgen.errors import LossgenError, SpecError
+from lossgen.vocabulary import Loss, Param, Tensor, clamp, relu
+
+__all__ = [
+    "BuildResult",
+    "Loss",
+    "LossgenError",
+    "Param",
+    "SpecError",
+    "Tensor",
+    "build",
+    "clamp",
+    "generate",
+    "relu",
+    "show",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from lossgen.cli import main
+
+sys.exit(main())

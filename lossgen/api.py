@@ -1,0 +1,119 @@
+"""The Python API under the CLI: generate, build, show (check lives in lossgen.verify)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import sympy as sp
+
+from lossgen.derive import DerivedLoss, derive
+from lossgen.emit import GeneratedFile, header, write_if_changed
+from lossgen.errors import SpecError
+from lossgen.format import format_source
+from lossgen.model import LossModel, build_model
+from lossgen.render import render_loss, render_package
+from lossgen.spec import load_spec
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out_dir: Path
+    files: tuple[GeneratedFile, ...]
+    written: tuple[str, ...]
+
+    @property
+    def unchanged(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.files if f.name not in self.written)
+
+
+def load_models(spec_paths: Sequence[PathLike]) -> list[LossModel]:
+    """Load and validate every loss of every spec, in order; names must be unique overall."""
+    models: list[LossModel] = []
+    for path in spec_paths:
+        spec = load_spec(path)
+        models.extend(build_model(loss, spec.display_path) for loss in spec.losses)
+    seen: dict[str, LossModel] = {}
+    for model in models:
+        for key in (model.name, model.snake_name):
+            if key in seen:
+                raise SpecError(
+                    f"name clashes with loss {seen[key].name!r} of {seen[key].location}",
+                    location=model.location,
+                    loss=model.name,
+                )
+            seen[key] = model
+    return models
+
+
+def derive_all(spec_paths: Sequence[PathLike]) -> list[DerivedLoss]:
+    return [derive(model) for model in load_models(spec_paths)]
+
+
+def generate(spec_paths: Sequence[PathLike]) -> tuple[GeneratedFile, ...]:
+    """Every output file for these specs, in memory: one module per loss and __init__.py."""
+    if not spec_paths:
+        raise SpecError("no spec files given")
+    derived = derive_all(spec_paths)
+    files = []
+    for loss in derived:
+        model = loss.model
+        source = header([model.spec_path]) + render_loss(loss)
+        origin = f"{model.location}: loss {model.name!r}"
+        files.append(
+            GeneratedFile(
+                f"{model.snake_name}.py", format_source(source, origin=origin)
+            )
+        )
+    spec_names = list(dict.fromkeys(loss.model.spec_path for loss in derived))
+    package = header(spec_names) + render_package(
+        [(loss.model.snake_name, loss.model.name) for loss in derived]
+    )
+    files.append(
+        GeneratedFile("__init__.py", format_source(package, origin="__init__.py"))
+    )
+    return tuple(files)
+
+
+def build(
+    spec_paths: Sequence[PathLike], out_dir: PathLike = "generated"
+) -> BuildResult:
+    """Generate and write the files that changed. Nothing is written unless everything built."""
+    files = generate(spec_paths)
+    target = Path(out_dir)
+    written = write_if_changed(target, files)
+    return BuildResult(target, files, tuple(written))
+
+
+def show(spec_paths: Sequence[PathLike]) -> str:
+    """A readable account of each loss: arguments, formula and derivatives."""
+    blocks = []
+    for loss in derive_all(spec_paths):
+        model = loss.model
+        lines = [f"{model.name}  ({model.location}, reduction={model.reduction!r})"]
+        for argument in model.arguments:
+            kind = "tensor" if argument.is_tensor else "param"
+            notes = []
+            if argument.default is not None:
+                notes.append(f"default {argument.default!r}")
+            if argument.learnable:
+                notes.append("learnable")
+            if not argument.differentiable:
+                notes.append("not differentiable")
+            extra = f" ({', '.join(notes)})" if notes else ""
+            lines.append(f"  {kind} {argument.name}{extra}")
+        lines.append("  loss =")
+        lines.append(_indent(sp.pretty(loss.loss, use_unicode=True), 4))
+        for gradient in loss.gradients:
+            lines.append(f"  d loss / d {gradient.argument.name} =")
+            lines.append(_indent(sp.pretty(gradient.derivative, use_unicode=True), 4))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _indent(text: str, width: int) -> str:
+    return "\n".join(" " * width + line for line in text.splitlines())

@@ -1,0 +1,83 @@
+"""`lossgen build|show|check`: a thin command line over lossgen's Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lossgen import api
+from lossgen.errors import LossgenError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lossgen",
+        description="Generate PyTorch losses with symbolic backward passes from SymPy specs.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks on errors"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser(
+        "build", help="generate code for the losses in the specs"
+    )
+    build.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (Python)")
+    build.add_argument("-o", "--out", default="generated", help="output directory")
+
+    show = commands.add_parser(
+        "show", help="print each loss, its arguments and derivatives"
+    )
+    show.add_argument("specs", nargs="+", metavar="SPEC")
+
+    check = commands.add_parser(
+        "check", help="verify generated code is current and its gradients are right"
+    )
+    check.add_argument("specs", nargs="+", metavar="SPEC")
+    check.add_argument("-o", "--out", default="generated", help="output directory")
+    check.add_argument("--json", action="store_true", help="machine-readable report")
+    check.add_argument(
+        "--no-numeric", action="store_true", help="only check drift (fast)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except LossgenError as error:
+        if args.debug:
+            raise
+        print(f"lossgen: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "build":
+        result = api.build(args.specs, args.out)
+        for name in result.written:
+            print(f"wrote {(result.out_dir / name).as_posix()}")
+        print(
+            f"{len(result.files)} files in {result.out_dir.as_posix()}: "
+            f"{len(result.written)} written, {len(result.unchanged)} unchanged"
+        )
+        return EXIT_OK
+    if args.command == "show":
+        sys.stdout.write(api.show(args.specs))
+        return EXIT_OK
+    from lossgen import verify  # imports torch: only when checking
+
+    report = verify.check(args.specs, args.out, numeric=not args.no_numeric)
+    sys.stdout.write(report.to_json() if args.json else report.to_text())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Stage 3, derive: symbolic gradients, simplified, made safe for torch.where, and CSE'd.
+
+Every differentiable argument gets d(loss)/d(argument) of the elementwise loss. The results are
+pure data: the generated forward computes `forward.result` after `forward.steps`; the backward
+computes each gradient after the shared steps and that gradient's own steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from lossgen.errors import SpecError
+from lossgen.model import Argument, LossModel
+from lossgen.printer import unsupported_nodes
+from lossgen.vocabulary import guarded
+
+INTERMEDIATE_PREFIX = "tmp"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One named intermediate: `symbol = expr`."""
+
+    symbol: sp.Symbol
+    expr: sp.Basic
+
+
+@dataclass(frozen=True)
+class Program:
+    """Straight-line code: steps, then a result expression."""
+
+    steps: tuple[Step, ...]
+    result: sp.Expr
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """The elementwise derivative of the loss with respect to one argument."""
+
+    argument: Argument
+    derivative: sp.Expr  # simplified, as shown in docs
+    program: Program  # what the backward computes; steps shared with others excluded
+
+
+@dataclass(frozen=True)
+class DerivedLoss:
+    model: LossModel
+    loss: sp.Expr
+    forward: Program
+    shared_backward_steps: tuple[Step, ...]
+    gradients: tuple[Gradient, ...]
+
+
+def derive(model: LossModel) -> DerivedLoss:
+    """Differentiate, simplify and CSE one loss; SpecError (at the loss's line) on failure."""
+    try:
+        return _derive(model)
+    except SpecError as error:
+        raise error.at(model.location, model.name) from None
+
+
+def _derive(model: LossModel) -> DerivedLoss:
+    loss = model.expr
+    derivatives = [
+        simplest(derivative(loss, argument.symbol)) for argument in model.differentiable
+    ]
+    forward_steps, (forward_result,) = common_subexpressions([loss])
+    guarded = [guard_piecewise_branches(d) for d in derivatives]
+    backward_steps, results = common_subexpressions(guarded)
+    shared, private = _split_by_user(backward_steps, results)
+    gradients = tuple(
+        Gradient(argument, d, Program(steps, result))
+        for argument, d, steps, result in zip(
+            model.differentiable, derivatives, private, results
+        )
+    )
+    return DerivedLoss(
+        model, loss, Program(forward_steps, forward_result), shared, gradients
+    )
+
+
+def derivative(expr: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
+    """d expr / d symbol, with DiracDelta terms dropped (zero almost everywhere)."""
+    result = sp.diff(expr, symbol)
+    result = result.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
+    leftovers = unsupported_nodes(result)
+    if leftovers:
+        raise SpecError(
+            f"the derivative with respect to {symbol.name!r} needs "
+            f"{', '.join(leftovers)}, which lossgen cannot generate"
+        )
+    return result
+
+
+def cost(expr: sp.Basic) -> int:
+    """Operation count, with branches weighted: each torch.where evaluates every branch."""
+    return int(sp.count_ops(expr)) + 10 * len(expr.atoms(sp.Piecewise))
+
+
+def simplest(expr: sp.Expr) -> sp.Expr:
+    """The cheapest of a few equivalent forms (SymPy's simplify alone sometimes grows them)."""
+    candidates = [expr, sp.factor_terms(expr)]
+    try:
+        candidates.append(sp.simplify(expr))
+    except (NotImplementedError, TypeError, ValueError, RecursionError):
+        pass  # simplify gives up on some Piecewise forms; the raw derivative is still right
+    printable = [c for c in candidates if not unsupported_nodes(c)]
+    return min(printable, key=cost)
+
+
+def guard_piecewise_branches(expr: sp.Expr) -> sp.Expr:
+    """Make every Piecewise branch finite where it is not taken ("safe where").
+
+    torch.where(c, a, b) passes 0 * (d a) to the untaken side, and 0 * inf is NaN. Inside each
+    branch, the argument of every op that can blow up (log, exp, division, fractional powers)
+    is replaced by 1 wherever that branch is not taken.
+    """
+
+    def guard(piecewise: sp.Piecewise) -> sp.Piecewise:
+        taken_before: list[sp.Basic] = []
+        branches = []
+        for value, condition in piecewise.args:
+            taken_here = sp.And(condition, *[sp.Not(c) for c in taken_before])
+            branches.append((_mask_unsafe(value, taken_here), condition))
+            taken_before.append(condition)
+        return sp.Piecewise(*branches, evaluate=False)
+
+    return expr.replace(lambda e: isinstance(e, sp.Piecewise), guard)
+
+
+def _mask_unsafe(expr: sp.Expr, taken: sp.Basic) -> sp.Expr:
+    if taken == sp.true or not expr.free_symbols:
+        return expr
+
+    def masked(argument: sp.Expr) -> sp.Expr:
+        if not argument.free_symbols:
+            return argument
+        return guarded(argument, taken)
+
+    def is_unsafe(node: sp.Basic) -> bool:
+        if isinstance(node, (sp.log, sp.exp)):
+            return bool(node.args[0].free_symbols)
+        if isinstance(node, sp.Pow):
+            exponent = node.exp
+            return bool(node.base.free_symbols) and not (
+                exponent.is_integer and exponent.is_nonnegative
+            )
+        return False
+
+    def rebuild(node: sp.Basic) -> sp.Basic:
+        if isinstance(node, sp.Pow):
+            return sp.Pow(masked(node.base), node.exp, evaluate=False)
+        return node.func(masked(node.args[0]), evaluate=False)
+
+    return expr.replace(is_unsafe, rebuild)
+
+
+def common_subexpressions(
+    exprs: list[sp.Expr],
+) -> tuple[tuple[Step, ...], tuple[sp.Expr, ...]]:
+    symbols = sp.numbered_symbols(INTERMEDIATE_PREFIX, real=True)
+    replacements, reduced = sp.cse(exprs, symbols=symbols, order="canonical")
+    return tuple(Step(s, e) for s, e in replacements), tuple(reduced)
+
+
+def _split_by_user(
+    steps: tuple[Step, ...], results: tuple[sp.Expr, ...]
+) -> tuple[tuple[Step, ...], tuple[tuple[Step, ...], ...]]:
+    """Steps used by several gradients are shared; the rest go with their only user.
+
+    Each gradient is computed only when autograd asks for it, so its private steps are too.
+    """
+    step_symbols = {step.symbol for step in steps}
+    needs: dict[sp.Symbol, set[sp.Symbol]] = {}
+    for step in steps:
+        direct = step.expr.free_symbols & step_symbols
+        needs[step.symbol] = set(direct).union(*(needs[d] for d in direct))
+    users: dict[sp.Symbol, set[int]] = {step.symbol: set() for step in steps}
+    for index, result in enumerate(results):
+        direct = result.free_symbols & step_symbols
+        for symbol in set(direct).union(*(needs[d] for d in direct)):
+            users[symbol].add(index)
+    shared = tuple(step for step in steps if len(users[step.symbol]) > 1)
+    private = tuple(
+        tuple(step for step in steps if users[step.symbol] == {index})
+        for index in range(len(results))
+    )
+    return shared, private

@@ -1,0 +1,228 @@
+"""Stage 2, model: validate a declared Loss and freeze it into the data every later stage reads."""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import re
+from dataclasses import dataclass
+
+import sympy as sp
+
+from lossgen.errors import SourceLocation, SpecError
+from lossgen.printer import unsupported_nodes
+from lossgen.vocabulary import REDUCTIONS, Loss, ParamSymbol, TensorSymbol
+
+# Names the generated code itself uses; an argument with one of these names would shadow them.
+GENERATED_CODE_NAMES = frozenset(
+    {"torch", "nn", "math", "ctx", "self", "loss", "reduction", "grad_output"}
+    | {"grad_scale", "shape", "args", "output", "super"}
+)
+RESERVED_MODULE_NAMES = frozenset({"torch", "math", "nn", "lossgen", "typing"})
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One argument of the generated loss, in signature order."""
+
+    name: str
+    symbol: sp.Symbol
+    is_tensor: bool
+    differentiable: bool
+    default: float | None = None
+    learnable: bool = False
+
+    def __post_init__(self) -> None:
+        assert self.name.isidentifier() and not keyword.iskeyword(self.name)
+        assert self.is_tensor or self.differentiable, "params are always differentiable"
+        assert not (self.is_tensor and self.learnable), "only params can be learnable"
+
+    @property
+    def is_param(self) -> bool:
+        return not self.is_tensor
+
+
+@dataclass(frozen=True)
+class LossModel:
+    """A validated loss: everything the generator needs, nothing it has to re-check."""
+
+    name: str
+    snake_name: str
+    expr: sp.Expr
+    arguments: tuple[Argument, ...]
+    reduction: str
+    doc: str | None
+    spec_path: str
+    location: SourceLocation
+
+    def __post_init__(self) -> None:
+        assert self.reduction in REDUCTIONS
+        assert any(argument.is_tensor for argument in self.arguments)
+        assert {
+            argument.symbol for argument in self.arguments
+        } == self.expr.free_symbols
+
+    @property
+    def tensors(self) -> tuple[Argument, ...]:
+        return tuple(argument for argument in self.arguments if argument.is_tensor)
+
+    @property
+    def params(self) -> tuple[Argument, ...]:
+        return tuple(argument for argument in self.arguments if argument.is_param)
+
+    @property
+    def differentiable(self) -> tuple[Argument, ...]:
+        return tuple(argument for argument in self.arguments if argument.differentiable)
+
+
+def snake_case(name: str) -> str:
+    """CamelCase to snake_case, keeping acronyms together: BCEWithLogits -> bce_with_logits."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name)
+    return spaced.lower()
+
+
+def build_model(loss: Loss, spec_path: str) -> LossModel:
+    """Validate one Loss declaration; every problem is a SpecError at the Loss's line."""
+    try:
+        return _build_model(loss, spec_path)
+    except SpecError as error:
+        raise error.at(loss.location, str(loss.name)) from None
+
+
+def _build_model(loss: Loss, spec_path: str) -> LossModel:
+    name = loss.name
+    if not isinstance(name, str) or not name.isidentifier():
+        raise SpecError(f"loss name {name!r} is not a valid Python identifier")
+    if keyword.iskeyword(name) or name.startswith("_") or not name[0].isupper():
+        raise SpecError(
+            f"loss name {name!r} must be a CamelCase class name (e.g. 'WeightedL1')"
+        )
+    snake = snake_case(name)
+    if snake in RESERVED_MODULE_NAMES or hasattr(builtins, snake) or snake == name:
+        raise SpecError(
+            f"loss name {name!r} would generate a function {snake!r} that "
+            "shadows a builtin or module; choose another name"
+        )
+    if loss.reduction not in REDUCTIONS:
+        raise SpecError(
+            f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, "
+            f"not {loss.reduction!r}"
+        )
+    if loss.doc is not None and (not isinstance(loss.doc, str) or '"""' in loss.doc):
+        raise SpecError("doc must be a string without triple quotes")
+    expr = _validate_expression(loss.expr)
+    arguments = _arguments(expr)
+    return LossModel(
+        name=name,
+        snake_name=snake,
+        expr=expr,
+        arguments=arguments,
+        reduction=loss.reduction,
+        doc=loss.doc,
+        spec_path=spec_path,
+        location=loss.location,
+    )
+
+
+def _validate_expression(raw: object) -> sp.Expr:
+    if isinstance(raw, sp.MatrixBase) or isinstance(raw, (list, tuple)):
+        raise SpecError(
+            "the loss must be one scalar (elementwise) expression, not a matrix"
+        )
+    try:
+        expr = sp.sympify(raw, strict=True)
+    except (sp.SympifyError, TypeError) as error:
+        raise SpecError(f"not a SymPy expression: {raw!r}") from error
+    if isinstance(expr, sp.logic.boolalg.Boolean) or not isinstance(expr, sp.Expr):
+        raise SpecError(f"the loss must be a number-valued expression, not {expr}")
+    if expr.has(sp.I) or expr.is_real is False:
+        raise SpecError(f"the loss is complex-valued: {expr}")
+    missing = unsupported_nodes(expr)
+    if missing:
+        raise SpecError(f"unsupported in a loss expression: {', '.join(missing)}")
+    return expr
+
+
+def _arguments(expr: sp.Expr) -> tuple[Argument, ...]:
+    symbols = sorted(expr.free_symbols, key=lambda symbol: symbol.name)
+    strangers = [
+        s.name for s in symbols if not isinstance(s, (TensorSymbol, ParamSymbol))
+    ]
+    if strangers:
+        raise SpecError(
+            f"symbol {strangers[0]!r} was not made by Tensor(...) or Param(...)"
+        )
+    names = [symbol.name for symbol in symbols]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise SpecError(
+            f"two different symbols are both named {sorted(duplicates)[0]!r}"
+        )
+    for symbol in symbols:
+        _check_argument_name(symbol.name)
+    tensors = sorted(
+        (s for s in symbols if isinstance(s, TensorSymbol)), key=_declaration_order
+    )
+    params = sorted(
+        (s for s in symbols if isinstance(s, ParamSymbol)), key=_declaration_order
+    )
+    if not tensors:
+        raise SpecError(
+            "the loss uses no Tensor(...): there is nothing to compute over"
+        )
+    arguments = [
+        Argument(t.name, t, is_tensor=True, differentiable=t.differentiable)
+        for t in tensors
+    ]
+    seen_default = None
+    for param in params:
+        default = _check_default(param)
+        if default is None and seen_default is not None:
+            raise SpecError(
+                f"param {param.name!r} has no default but follows "
+                f"{seen_default!r}, which has one"
+            )
+        if default is not None:
+            seen_default = param.name
+        arguments.append(
+            Argument(
+                param.name,
+                param,
+                is_tensor=False,
+                differentiable=True,
+                default=default,
+                learnable=param.learnable,
+            )
+        )
+    return tuple(arguments)
+
+
+def _declaration_order(symbol: sp.Symbol) -> int:
+    return symbol.declaration_index
+
+
+def _check_argument_name(name: str) -> None:
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise SpecError(f"argument name {name!r} is not a valid Python identifier")
+    if (
+        name in GENERATED_CODE_NAMES
+        or name.startswith(("_", "grad_"))
+        or re.fullmatch(r"tmp\d+", name)
+    ):
+        raise SpecError(
+            f"argument name {name!r} is reserved for the generated code; choose another"
+        )
+
+
+def _check_default(param: ParamSymbol) -> float | None:
+    default = param.default
+    if default is None:
+        return None
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        raise SpecError(
+            f"param {param.name!r}: default must be a float, not {type(default).__name__}"
+        )
+    value = float(default)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SpecError(f"param {param.name!r}: default must be finite")
+    return value

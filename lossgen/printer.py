@@ -1,0 +1,283 @@
+"""Stage 4, print: one SymPy expression to one Python/torch expression string.
+
+The printer prints expressions only; the templates decide where they go. It is strict: a node
+it does not know is an error, never a guess. Each supported node has its own `_print_X`.
+
+Conventions the printed code relies on:
+- Symbols of tensors and params print as their names; params are tensors by the time they are
+  used (the generated code converts floats), so torch functions always receive tensors.
+- A subexpression without symbols prints through `math` (`math.log(2)`), never as a torch call
+  on a Python number.
+- `Max`/`Min` print as `torch.maximum`/`torch.minimum`, or `torch.clamp` against a number.
+  Their derivatives come from SymPy (ties split 1/2-1/2, like torch.maximum), so the op chosen
+  here only decides the forward value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
+from sympy.logic.boolalg import BooleanFalse, BooleanTrue
+from sympy.printing.precedence import PRECEDENCE, precedence
+from sympy.printing.str import StrPrinter
+
+from lossgen.vocabulary import clamp, guarded, relu
+
+# SymPy function -> (torch spelling for tensors, math spelling for plain numbers)
+ELEMENTWISE_FUNCTIONS: dict[type, tuple[str, str]] = {
+    sp.exp: ("torch.exp", "math.exp"),
+    sp.log: ("torch.log", "math.log"),
+    sp.Abs: ("torch.abs", "abs"),
+    sp.sin: ("torch.sin", "math.sin"),
+    sp.cos: ("torch.cos", "math.cos"),
+    sp.tan: ("torch.tan", "math.tan"),
+    sp.asin: ("torch.asin", "math.asin"),
+    sp.acos: ("torch.acos", "math.acos"),
+    sp.atan: ("torch.atan", "math.atan"),
+    sp.sinh: ("torch.sinh", "math.sinh"),
+    sp.cosh: ("torch.cosh", "math.cosh"),
+    sp.tanh: ("torch.tanh", "math.tanh"),
+    sp.asinh: ("torch.asinh", "math.asinh"),
+    sp.acosh: ("torch.acosh", "math.acosh"),
+    sp.atanh: ("torch.atanh", "math.atanh"),
+    sp.erf: ("torch.erf", "math.erf"),
+    sp.erfc: ("torch.erfc", "math.erfc"),
+    log1p: ("torch.log1p", "math.log1p"),
+    expm1: ("torch.expm1", "math.expm1"),
+    relu: ("torch.relu", ""),
+}
+
+RELATIONAL_OPERATORS = {
+    "<": "<",
+    "<=": "<=",
+    ">": ">",
+    ">=": ">=",
+    "==": "==",
+    "!=": "!=",
+}
+
+SUPPORTED_NODES: tuple[type, ...] = (
+    sp.Add,
+    sp.Mul,
+    sp.Pow,
+    sp.Symbol,
+    sp.Integer,
+    sp.Rational,
+    sp.Float,
+    sp.core.numbers.Pi,
+    sp.core.numbers.Exp1,
+    sp.core.numbers.Infinity,
+    sp.core.numbers.NegativeInfinity,
+    sp.sign,
+    sp.Max,
+    sp.Min,
+    sp.Piecewise,
+    sp.functions.elementary.piecewise.ExprCondPair,
+    sp.Heaviside,
+    clamp,
+    guarded,
+    sp.core.relational.Relational,
+    sp.And,
+    sp.Or,
+    sp.Not,
+    BooleanTrue,
+    BooleanFalse,
+    *ELEMENTWISE_FUNCTIONS,
+)
+
+
+class UnsupportedExpressionError(ValueError):
+    """An expression node that lossgen cannot print as torch code."""
+
+
+def unsupported_nodes(expr: sp.Basic) -> list[str]:
+    """Names of the node types in `expr` that the printer cannot print (empty if none)."""
+    found: set[str] = set()
+    for node in sp.preorder_traversal(expr):
+        if not isinstance(node, SUPPORTED_NODES):
+            found.add(type(node).__name__)
+        elif isinstance(node, sp.Piecewise) and node.args[-1].cond != sp.true:
+            found.add("Piecewise without a final (expr, True) branch")
+        elif isinstance(node, sp.Pow) and node.exp.is_number and not node.exp.is_real:
+            found.add("complex power")
+    return sorted(found)
+
+
+class TorchCodePrinter(StrPrinter):
+    """Prints elementwise SymPy expressions as torch code."""
+
+    printmethod = "_lossgen_torch"
+
+    def __init__(self, names: Mapping[sp.Symbol, str], like: str) -> None:
+        """`names` maps symbols to Python names; `like` names a tensor of the compute dtype."""
+        super().__init__()
+        self._names = dict(names)
+        self._like = like
+
+    def doprint(self, expr: sp.Basic) -> str:
+        missing = unsupported_nodes(expr)
+        if missing:
+            raise UnsupportedExpressionError(
+                "cannot print as torch code: " + ", ".join(missing)
+            )
+        return super().doprint(expr)
+
+    def emptyPrinter(self, expr: object) -> str:  # noqa: N802 - SymPy's hook name
+        raise UnsupportedExpressionError(f"cannot print {type(expr).__name__}")
+
+    # --- atoms -------------------------------------------------------------------------
+
+    def _print_Symbol(self, expr: sp.Symbol) -> str:
+        if expr not in self._names:
+            raise UnsupportedExpressionError(f"unknown symbol {expr.name!r}")
+        return self._names[expr]
+
+    def _print_Float(self, expr: sp.Float) -> str:
+        return repr(float(expr))
+
+    def _print_Pi(self, expr: sp.Basic) -> str:
+        return "math.pi"
+
+    def _print_Exp1(self, expr: sp.Basic) -> str:
+        return "math.e"
+
+    def _print_Infinity(self, expr: sp.Basic) -> str:
+        return "math.inf"
+
+    def _print_NegativeInfinity(self, expr: sp.Basic) -> str:
+        return "-math.inf"
+
+    def _print_BooleanTrue(self, expr: sp.Basic) -> str:
+        return "True"
+
+    def _print_BooleanFalse(self, expr: sp.Basic) -> str:
+        return "False"
+
+    # --- arithmetic --------------------------------------------------------------------
+
+    def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
+        base, exponent = expr.args
+        if expr.is_number:
+            if exponent == sp.S.Half:
+                return f"math.sqrt({self._print(base)})"
+            return super()._print_Pow(expr, rational)
+        if exponent == sp.S.Half:
+            return f"torch.sqrt({self._print(base)})"
+        if exponent == -sp.S.Half:
+            return f"torch.rsqrt({self._print(base)})"
+        return super()._print_Pow(expr, rational)
+
+    # --- functions ---------------------------------------------------------------------
+
+    def _print_Function(self, expr: sp.Function) -> str:
+        spelling = ELEMENTWISE_FUNCTIONS.get(type(expr))
+        if spelling is None:
+            raise UnsupportedExpressionError(f"cannot print {type(expr).__name__}")
+        torch_name, math_name = spelling
+        name = math_name if expr.is_number and math_name else torch_name
+        return f"{name}({', '.join(self._print(arg) for arg in expr.args)})"
+
+    _print_exp = _print_Function
+    _print_log = _print_Function
+    _print_Abs = _print_Function
+    _print_relu = _print_Function
+    _print_log1p = _print_Function
+    _print_expm1 = _print_Function
+
+    def _print_sign(self, expr: sp.sign) -> str:
+        return f"torch.sign({self._print(expr.args[0])})"
+
+    def _print_Max(self, expr: sp.Max) -> str:
+        return self._print_extremum(expr, "torch.maximum", "min")
+
+    def _print_Min(self, expr: sp.Min) -> str:
+        return self._print_extremum(expr, "torch.minimum", "max")
+
+    def _print_extremum(self, expr: sp.Basic, binary: str, clamp_side: str) -> str:
+        numbers = [arg for arg in expr.args if arg.is_number]
+        others = sorted(
+            (arg for arg in expr.args if not arg.is_number), key=sp.default_sort_key
+        )
+        code = self._print(others[0])
+        for arg in others[1:]:
+            code = f"{binary}({code}, {self._print(arg)})"
+        if numbers:  # SymPy has already folded several numbers into one
+            code = f"torch.clamp({code}, {clamp_side}={self._print(numbers[0])})"
+        return code
+
+    def _print_clamp(self, expr: clamp) -> str:
+        x, low, high = (self._print(arg) for arg in expr.args)
+        bounds = []
+        if expr.args[1] != -sp.oo:
+            bounds.append(("min", low, expr.args[1].is_number))
+        if expr.args[2] != sp.oo:
+            bounds.append(("max", high, expr.args[2].is_number))
+        if len({is_number for _, _, is_number in bounds}) > 1:
+            # torch.clamp takes two numbers or two tensors, never one of each.
+            code = x
+            for side, bound, _ in bounds:
+                code = f"torch.clamp({code}, {side}={bound})"
+            return code
+        keywords = "".join(f", {side}={bound}" for side, bound, _ in bounds)
+        return f"torch.clamp({x}{keywords})"
+
+    def _print_Heaviside(self, expr: sp.Heaviside) -> str:
+        # Written with sign() so the result keeps the argument's dtype and stays differentiable.
+        argument, at_zero = expr.args
+        signed = f"torch.sign({self._print(argument)})"
+        if at_zero == sp.S.Half:
+            return f"((1 + {signed}) / 2)"
+        if at_zero == 0:
+            return f"torch.relu({signed})"
+        if at_zero == 1:
+            return f"(1 - torch.relu(-{signed}))"
+        jump = self._print(at_zero)
+        return f"((1 + {signed}) / 2 + ({jump} - 1/2) * (1 - torch.abs({signed})))"
+
+    def _print_guarded(self, expr: guarded) -> str:
+        value, condition = expr.args
+        return f"torch.where({self._print(condition)}, {self._print(value)}, 1)"
+
+    # --- conditions --------------------------------------------------------------------
+
+    def _print_Piecewise(self, expr: sp.Piecewise) -> str:
+        *branches, (otherwise, _) = expr.args
+        all_numbers = all(value.is_number for value, _ in expr.args)
+        code = self._print(otherwise)
+        for value, condition in reversed(branches):
+            code = (
+                f"torch.where({self._print(condition)}, {self._print(value)}, {code})"
+            )
+        if all_numbers:
+            # torch.where of two Python numbers gives the default dtype, not the inputs' dtype.
+            code = f"{code}.to({self._like}.dtype)"
+        return code
+
+    def _print_Relational(self, expr: sp.core.relational.Relational) -> str:
+        operator = RELATIONAL_OPERATORS[expr.rel_op]
+        left = self.parenthesize(expr.lhs, PRECEDENCE["Relational"] + 1)
+        right = self.parenthesize(expr.rhs, PRECEDENCE["Relational"] + 1)
+        return f"{left} {operator} {right}"
+
+    def _print_And(self, expr: sp.And) -> str:
+        return " & ".join(self._print_operand(arg) for arg in expr.args)
+
+    def _print_Or(self, expr: sp.Or) -> str:
+        return " | ".join(self._print_operand(arg) for arg in expr.args)
+
+    def _print_Not(self, expr: sp.Not) -> str:
+        return f"~{self._print_operand(expr.args[0])}"
+
+    def _print_operand(self, expr: sp.Basic) -> str:
+        # & | ~ bind tighter than comparisons in Python: parenthesize anything compound.
+        code = self._print(expr)
+        if isinstance(expr, sp.Symbol) or precedence(expr) >= PRECEDENCE["Atom"]:
+            return code
+        return f"({code})"
+
+
+def print_torch(expr: sp.Basic, names: Mapping[sp.Symbol, str], like: str) -> str:
+    """Print one expression; see TorchCodePrinter."""
+    return TorchCodePrinter(names, like).doprint(expr)

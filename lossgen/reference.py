@@ -1,0 +1,131 @@
+"""An independent torch evaluator of SymPy expressions: the "plain autograd" reference.
+
+It walks the expression tree and applies torch ops node by node, so torch's autograd
+differentiates the loss exactly as written. It shares nothing with the printer or the derive
+stage, which is what makes it a reference: a bug there cannot hide here.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable, Mapping
+
+import sympy as sp
+import torch
+
+from lossgen.vocabulary import clamp, relu
+
+Value = torch.Tensor | float | bool
+
+_UNARY: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
+    sp.exp: torch.exp,
+    sp.log: torch.log,
+    sp.Abs: torch.abs,
+    sp.sign: torch.sign,
+    sp.sin: torch.sin,
+    sp.cos: torch.cos,
+    sp.tan: torch.tan,
+    sp.asin: torch.asin,
+    sp.acos: torch.acos,
+    sp.atan: torch.atan,
+    sp.sinh: torch.sinh,
+    sp.cosh: torch.cosh,
+    sp.tanh: torch.tanh,
+    sp.asinh: torch.asinh,
+    sp.acosh: torch.acosh,
+    sp.atanh: torch.atanh,
+    sp.erf: torch.erf,
+    sp.erfc: torch.erfc,
+    relu: torch.relu,
+}
+
+_COMPARE = {
+    "<": torch.lt,
+    "<=": torch.le,
+    ">": torch.gt,
+    ">=": torch.ge,
+    "==": torch.eq,
+    "!=": torch.ne,
+}
+
+
+def evaluate(expr: sp.Basic, values: Mapping[sp.Symbol, torch.Tensor]) -> torch.Tensor:
+    """Evaluate `expr` elementwise with torch ops; `values` holds one tensor per symbol."""
+    like = next(iter(values.values()))
+    result = _Evaluator(values, like).visit(expr)
+    return _tensor(result, like)
+
+
+class _Evaluator:
+    def __init__(
+        self, values: Mapping[sp.Symbol, torch.Tensor], like: torch.Tensor
+    ) -> None:
+        self.values = values
+        self.like = like
+
+    def visit(self, node: sp.Basic) -> Value:
+        if isinstance(node, sp.Symbol):
+            return self.values[node]
+        if node is sp.true or node is sp.false:
+            return bool(node)
+        if node.is_number and isinstance(node, sp.Expr):
+            return float(node)
+        if isinstance(node, sp.Piecewise):
+            return self.piecewise(node)
+        args = [self.visit(arg) for arg in node.args]
+        if isinstance(node, sp.Add):
+            return functools.reduce(operator.add, args)
+        if isinstance(node, sp.Mul):
+            return functools.reduce(operator.mul, args)
+        if isinstance(node, sp.Pow):
+            base, exponent = args
+            return torch.pow(self.tensor(base), exponent)
+        if type(node) in _UNARY:
+            return _UNARY[type(node)](self.tensor(args[0]))
+        if isinstance(node, (sp.Max, sp.Min)):
+            pick = torch.maximum if isinstance(node, sp.Max) else torch.minimum
+            tensors = [self.tensor(arg) for arg in args]
+            return functools.reduce(pick, tensors)
+        if isinstance(node, sp.Heaviside):
+            argument, at_zero = args
+            # torch.heaviside has no derivative; its derivative is zero almost everywhere.
+            return torch.heaviside(self.tensor(argument).detach(), self.tensor(at_zero))
+        if isinstance(node, clamp):
+            x, low, high = args
+            low = None if low == float("-inf") else self.tensor(low)
+            high = None if high == float("inf") else self.tensor(high)
+            return torch.clamp(self.tensor(x), min=low, max=high)
+        if isinstance(node, sp.core.relational.Relational):
+            left, right = args
+            return _COMPARE[node.rel_op](self.tensor(left), self.tensor(right))
+        if isinstance(node, sp.And):
+            return functools.reduce(torch.logical_and, [self.tensor(a) for a in args])
+        if isinstance(node, sp.Or):
+            return functools.reduce(torch.logical_or, [self.tensor(a) for a in args])
+        if isinstance(node, sp.Not):
+            return torch.logical_not(self.tensor(args[0]))
+        raise NotImplementedError(
+            f"reference evaluator: no rule for {type(node).__name__}"
+        )
+
+    def piecewise(self, node: sp.Piecewise) -> Value:
+        result = self.tensor(self.visit(node.args[-1].expr))
+        for value, condition in reversed(node.args[:-1]):
+            result = torch.where(
+                self.tensor(self.visit(condition)),
+                self.tensor(self.visit(value)),
+                result,
+            )
+        return result
+
+    def tensor(self, value: Value) -> torch.Tensor:
+        return _tensor(value, self.like)
+
+
+def _tensor(value: Value, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, bool):
+        return torch.tensor(value, device=like.device)
+    return torch.tensor(value, dtype=like.dtype, device=like.device)

@@ -1,0 +1,150 @@
+"""What a spec file imports: Tensor, Param, Loss, and the few functions SymPy lacks.
+
+Tensor and Param are real SymPy symbols (so |x|' is sign(x), not re/im terms) that also remember
+how the generated code should treat them. Loss records where it was declared, so later errors can
+name the spec line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from typing import Any
+
+import sympy as sp
+
+from lossgen.errors import SourceLocation
+
+REDUCTIONS = ("none", "mean", "sum")
+_declarations = itertools.count()
+
+
+class TensorSymbol(sp.Symbol):
+    """One element of a tensor argument of the loss."""
+
+    differentiable: bool
+    declaration_index: int
+
+    def __new__(cls, name: str, *, differentiable: bool = True) -> TensorSymbol:
+        # Uncached construction: two declarations must never share one object's metadata.
+        obj = sp.Symbol.__xnew__(cls, name, real=True)
+        obj.differentiable = bool(differentiable)
+        obj.declaration_index = next(_declarations)
+        return obj
+
+    def __getnewargs_ex__(self) -> tuple[tuple[str], dict[str, Any]]:
+        return (self.name,), {"differentiable": self.differentiable}
+
+
+class ParamSymbol(sp.Symbol):
+    """A constructor argument of the loss: a float, or a tensor broadcastable to the inputs."""
+
+    default: float | None
+    learnable: bool
+    declaration_index: int
+
+    def __new__(
+        cls, name: str, *, default: float | None = None, learnable: bool = False
+    ) -> ParamSymbol:
+        obj = sp.Symbol.__xnew__(cls, name, real=True)
+        obj.default = default
+        obj.learnable = bool(learnable)
+        obj.declaration_index = next(_declarations)
+        return obj
+
+    def __getnewargs_ex__(self) -> tuple[tuple[str], dict[str, Any]]:
+        return (self.name,), {"default": self.default, "learnable": self.learnable}
+
+
+def Tensor(name: str, *, differentiable: bool = True) -> TensorSymbol:  # noqa: N802
+    """Declare a tensor argument; use the returned symbol as one element of it."""
+    return TensorSymbol(name, differentiable=differentiable)
+
+
+def Param(  # noqa: N802
+    name: str, *, default: float | None = None, learnable: bool = False
+) -> ParamSymbol:
+    """Declare a parameter: a constructor argument of the Module, trailing argument elsewhere."""
+    return ParamSymbol(name, default=default, learnable=learnable)
+
+
+class Loss:
+    """A loss to generate: a name (CamelCase class name), an elementwise SymPy expression."""
+
+    def __init__(
+        self,
+        name: str,
+        expr: Any,
+        *,
+        reduction: str = "mean",
+        doc: str | None = None,
+    ) -> None:
+        self.name = name
+        self.expr = expr
+        self.reduction = reduction
+        self.doc = doc
+        caller = inspect.stack(context=0)[1]
+        self.location = SourceLocation(caller.filename, caller.lineno)
+
+    def __repr__(self) -> str:
+        return f"Loss({self.name!r}, {self.expr}, reduction={self.reduction!r})"
+
+
+class relu(sp.Function):  # noqa: N801 - spelled like torch.relu
+    """max(x, 0) with PyTorch's relu convention: the derivative at 0 is 0."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if x.is_number and x.is_real:
+            return sp.Max(x, 0)
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.Heaviside(self.args[0], 0)
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+
+class clamp(sp.Function):  # noqa: N801 - spelled like torch.clamp
+    """clamp(x, low, high) with PyTorch's convention: gradient 1 at the bounds themselves.
+
+    Use -oo or oo for a missing bound.
+    """
+
+    nargs = 3
+
+    @classmethod
+    def eval(cls, x: sp.Expr, low: sp.Expr, high: sp.Expr) -> sp.Expr | None:
+        if all(arg.is_number for arg in (x, low, high)):
+            return sp.Min(sp.Max(x, low), high)
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        x, low, high = self.args
+        inside_low = sp.Heaviside(x - low, 1) if low != -sp.oo else sp.S.One
+        inside_high = sp.Heaviside(high - x, 1) if high != sp.oo else sp.S.One
+        if argindex == 1:
+            return inside_low * inside_high
+        if argindex == 2:
+            return 1 - sp.Heaviside(x - low, 1)
+        return 1 - sp.Heaviside(high - x, 1)
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+
+class guarded(sp.Function):  # noqa: N801 - internal node, printed as torch.where
+    """guarded(value, condition): value where condition holds, 1 elsewhere.
+
+    Made by the derive stage, never by users: it keeps the argument of log/sqrt/division
+    finite where a Piecewise branch is not taken. A Function (not a Piecewise) so that
+    SymPy's CSE cannot fold it back into the branch around it.
+    """
+
+    nargs = 2
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
