@@ -162,6 +162,8 @@ class TorchCodePrinter(StrPrinter):
         if expr.is_number:
             if exponent == sp.S.Half:
                 return f"math.sqrt({self._print(base)})"
+            if exponent == -sp.S.Half:  # StrPrinter would print a bare `1/sqrt(...)`
+                return f"(1/math.sqrt({self._print(base)}))"
             return super()._print_Pow(expr, rational)
         if exponent == sp.S.Half:
             return f"torch.sqrt({self._print(base)})"
@@ -209,6 +211,8 @@ class TorchCodePrinter(StrPrinter):
 
     def _print_clamp(self, expr: clamp) -> str:
         x, low, high = (self._print(arg) for arg in expr.args)
+        if expr.args[0].is_number:  # torch.clamp needs a tensor to clamp
+            x = self._constant_tensor(x)
         bounds = []
         if expr.args[1] != -sp.oo:
             bounds.append(("min", low, expr.args[1].is_number))
@@ -220,6 +224,8 @@ class TorchCodePrinter(StrPrinter):
             for side, bound, _ in bounds:
                 code = f"torch.clamp({code}, {side}={bound})"
             return code
+        if not bounds:  # clamp(x, -oo, oo); torch.clamp wants at least one bound
+            return x
         keywords = "".join(f", {side}={bound}" for side, bound, _ in bounds)
         return f"torch.clamp({x}{keywords})"
 
@@ -246,14 +252,20 @@ class TorchCodePrinter(StrPrinter):
         *branches, (otherwise, _) = expr.args
         all_numbers = all(value.is_number for value, _ in expr.args)
         code = self._print(otherwise)
+        if all_numbers:
+            # torch.where of two Python numbers gives the default dtype, not the inputs' dtype
+            # (and a cast afterwards would round float64 values through float32).
+            code = self._constant_tensor(code)
         for value, condition in reversed(branches):
             code = (
                 f"torch.where({self._print(condition)}, {self._print(value)}, {code})"
             )
-        if all_numbers:
-            # torch.where of two Python numbers gives the default dtype, not the inputs' dtype.
-            code = f"{code}.to({self._like}.dtype)"
         return code
+
+    def _constant_tensor(self, code: str) -> str:
+        """A number as a 0-dim tensor of the compute dtype and device."""
+        like = self._like
+        return f"torch.full((), {code}, dtype={like}.dtype, device={like}.device)"
 
     def _print_Relational(self, expr: sp.core.relational.Relational) -> str:
         operator = RELATIONAL_OPERATORS[expr.rel_op]
