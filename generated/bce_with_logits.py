@@ -97,7 +97,7 @@ class BCEWithLogitsFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, target = ctx.saved_tensors
         shape = torch.broadcast_shapes(input.shape, target.shape)
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         grad_input = None
         grad_target = None
         if ctx.needs_input_grad[0]:
@@ -108,12 +108,12 @@ class BCEWithLogitsFunction(torch.autograd.Function):
                     - target
                     + ((1 + torch.sign(input)) / 2)
                 )
-                * grad_scale,
+                * upstream,
                 shape,
                 input.shape,
             )
         if ctx.needs_input_grad[1]:
-            grad_target = _sum_to((-input) * grad_scale, shape, target.shape)
+            grad_target = _sum_to((-input) * upstream, shape, target.shape)
         return (
             grad_input,
             grad_target,

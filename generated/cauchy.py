@@ -99,7 +99,7 @@ class CauchyFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, target, c = ctx.saved_tensors
         shape = torch.broadcast_shapes(input.shape, target.shape, c.shape)
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         tmp0 = input - target
         tmp1 = tmp0**2
         tmp2 = 1 + tmp1 / c**2
@@ -108,12 +108,12 @@ class CauchyFunction(torch.autograd.Function):
         grad_target = None
         grad_c = None
         if ctx.needs_input_grad[0]:
-            grad_input = _sum_to(tmp0 * tmp3 * grad_scale, shape, input.shape)
+            grad_input = _sum_to(tmp0 * tmp3 * upstream, shape, input.shape)
         if ctx.needs_input_grad[1]:
-            grad_target = _sum_to((-tmp0 * tmp3) * grad_scale, shape, target.shape)
+            grad_target = _sum_to((-tmp0 * tmp3) * upstream, shape, target.shape)
         if ctx.needs_input_grad[2]:
             grad_c = _sum_to(
-                (c * torch.log(tmp2) - tmp1 * tmp3 / c) * grad_scale, shape, c.shape
+                (c * torch.log(tmp2) - tmp1 * tmp3 / c) * upstream, shape, c.shape
             )
         return (
             grad_input,

@@ -98,18 +98,18 @@ class CharbonnierFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, target, eps = ctx.saved_tensors
         shape = torch.broadcast_shapes(input.shape, target.shape, eps.shape)
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         tmp0 = input - target
         tmp1 = torch.rsqrt(eps**2 + tmp0**2)
         grad_input = None
         grad_target = None
         grad_eps = None
         if ctx.needs_input_grad[0]:
-            grad_input = _sum_to(tmp0 * tmp1 * grad_scale, shape, input.shape)
+            grad_input = _sum_to(tmp0 * tmp1 * upstream, shape, input.shape)
         if ctx.needs_input_grad[1]:
-            grad_target = _sum_to((-tmp0 * tmp1) * grad_scale, shape, target.shape)
+            grad_target = _sum_to((-tmp0 * tmp1) * upstream, shape, target.shape)
         if ctx.needs_input_grad[2]:
-            grad_eps = _sum_to((eps * tmp1 - 1) * grad_scale, shape, eps.shape)
+            grad_eps = _sum_to((eps * tmp1 - 1) * upstream, shape, eps.shape)
         return (
             grad_input,
             grad_target,

@@ -96,18 +96,18 @@ class CustomLossFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         inputs, targets, weight = ctx.saved_tensors
         shape = torch.broadcast_shapes(inputs.shape, targets.shape, weight.shape)
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         tmp0 = inputs - targets
         tmp1 = weight * torch.sign(tmp0)
         grad_inputs = None
         grad_targets = None
         grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_inputs = _sum_to(tmp1 * grad_scale, shape, inputs.shape)
+            grad_inputs = _sum_to(tmp1 * upstream, shape, inputs.shape)
         if ctx.needs_input_grad[1]:
-            grad_targets = _sum_to((-tmp1) * grad_scale, shape, targets.shape)
+            grad_targets = _sum_to((-tmp1) * upstream, shape, targets.shape)
         if ctx.needs_input_grad[2]:
-            grad_weight = _sum_to(torch.abs(tmp0) * grad_scale, shape, weight.shape)
+            grad_weight = _sum_to(torch.abs(tmp0) * upstream, shape, weight.shape)
         return (
             grad_inputs,
             grad_targets,

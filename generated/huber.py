@@ -100,7 +100,7 @@ class HuberFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, target, delta = ctx.saved_tensors
         shape = torch.broadcast_shapes(input.shape, target.shape, delta.shape)
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         tmp0 = input - target
         tmp1 = torch.abs(tmp0)
         tmp2 = delta >= tmp1
@@ -110,15 +110,15 @@ class HuberFunction(torch.autograd.Function):
         grad_delta = None
         if ctx.needs_input_grad[0]:
             grad_input = _sum_to(
-                torch.where(tmp2, tmp0, tmp3) * grad_scale, shape, input.shape
+                torch.where(tmp2, tmp0, tmp3) * upstream, shape, input.shape
             )
         if ctx.needs_input_grad[1]:
             grad_target = _sum_to(
-                torch.where(tmp2, -tmp0, -tmp3) * grad_scale, shape, target.shape
+                torch.where(tmp2, -tmp0, -tmp3) * upstream, shape, target.shape
             )
         if ctx.needs_input_grad[2]:
             grad_delta = _sum_to(
-                torch.where(tmp2, 0, -delta + tmp1) * grad_scale, shape, delta.shape
+                torch.where(tmp2, 0, -delta + tmp1) * upstream, shape, delta.shape
             )
         return (
             grad_input,

@@ -96,7 +96,7 @@ class LogCoshFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, target = ctx.saved_tensors
         shape = torch.broadcast_shapes(input.shape, target.shape)
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         tmp0 = input - target
         tmp1 = torch.sign(tmp0)
         tmp2 = torch.exp(-2 * torch.abs(tmp0))
@@ -104,9 +104,9 @@ class LogCoshFunction(torch.autograd.Function):
         grad_input = None
         grad_target = None
         if ctx.needs_input_grad[0]:
-            grad_input = _sum_to(tmp1 * tmp3 * grad_scale, shape, input.shape)
+            grad_input = _sum_to(tmp1 * tmp3 * upstream, shape, input.shape)
         if ctx.needs_input_grad[1]:
-            grad_target = _sum_to((-tmp1 * tmp3) * grad_scale, shape, target.shape)
+            grad_target = _sum_to((-tmp1 * tmp3) * upstream, shape, target.shape)
         return (
             grad_input,
             grad_target,

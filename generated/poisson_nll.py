@@ -93,15 +93,15 @@ class PoissonNLLFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, target = ctx.saved_tensors
         shape = torch.broadcast_shapes(input.shape, target.shape)
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         grad_input = None
         grad_target = None
         if ctx.needs_input_grad[0]:
             grad_input = _sum_to(
-                (-target + torch.exp(input)) * grad_scale, shape, input.shape
+                (-target + torch.exp(input)) * upstream, shape, input.shape
             )
         if ctx.needs_input_grad[1]:
-            grad_target = _sum_to((-input) * grad_scale, shape, target.shape)
+            grad_target = _sum_to((-input) * upstream, shape, target.shape)
         return (
             grad_input,
             grad_target,

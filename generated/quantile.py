@@ -99,7 +99,7 @@ class QuantileFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, target, tau = ctx.saved_tensors
         shape = torch.broadcast_shapes(input.shape, target.shape, tau.shape)
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         tmp0 = input - target
         tmp1 = (1 + torch.sign(tmp0)) / 2
         tmp2 = tau * tmp1
@@ -109,13 +109,11 @@ class QuantileFunction(torch.autograd.Function):
         grad_target = None
         grad_tau = None
         if ctx.needs_input_grad[0]:
-            grad_input = _sum_to((tmp2 + tmp3 * tmp4) * grad_scale, shape, input.shape)
+            grad_input = _sum_to((tmp2 + tmp3 * tmp4) * upstream, shape, input.shape)
         if ctx.needs_input_grad[1]:
-            grad_target = _sum_to(
-                (-tmp2 - tmp3 * tmp4) * grad_scale, shape, target.shape
-            )
+            grad_target = _sum_to((-tmp2 - tmp3 * tmp4) * upstream, shape, target.shape)
         if ctx.needs_input_grad[2]:
-            grad_tau = _sum_to(tmp0 * (tmp1 + tmp4) * grad_scale, shape, tau.shape)
+            grad_tau = _sum_to(tmp0 * (tmp1 + tmp4) * upstream, shape, tau.shape)
         return (
             grad_input,
             grad_target,

@@ -108,19 +108,19 @@ class UncertaintyWeightedMSEFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, target, log_variance = ctx.saved_tensors
         shape = torch.broadcast_shapes(input.shape, target.shape, log_variance.shape)
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         tmp0 = torch.exp(-log_variance)
         tmp1 = input - target
         grad_input = None
         grad_target = None
         grad_log_variance = None
         if ctx.needs_input_grad[0]:
-            grad_input = _sum_to(tmp0 * tmp1 * grad_scale, shape, input.shape)
+            grad_input = _sum_to(tmp0 * tmp1 * upstream, shape, input.shape)
         if ctx.needs_input_grad[1]:
-            grad_target = _sum_to((-tmp0 * tmp1) * grad_scale, shape, target.shape)
+            grad_target = _sum_to((-tmp0 * tmp1) * upstream, shape, target.shape)
         if ctx.needs_input_grad[2]:
             grad_log_variance = _sum_to(
-                (-tmp0 * tmp1**2 / 2 + 1 / 2) * grad_scale, shape, log_variance.shape
+                (-tmp0 * tmp1**2 / 2 + 1 / 2) * upstream, shape, log_variance.shape
             )
         return (
             grad_input,

@@ -16,7 +16,7 @@ from lossgen.vocabulary import REDUCTIONS, Loss, ParamSymbol, TensorSymbol
 # Names the generated code itself uses; an argument with one of these names would shadow them.
 GENERATED_CODE_NAMES = frozenset(
     {"torch", "nn", "math", "ctx", "self", "loss", "reduction", "grad_output"}
-    | {"grad_scale", "shape", "args", "output", "super"}
+    | {"upstream", "shape", "args", "output", "super"}
 )
 RESERVED_MODULE_NAMES = frozenset({"torch", "math", "nn", "lossgen", "typing"})
 
