@@ -271,11 +271,10 @@ NUMBER_FUNCTIONS = [f for f in FUNCTIONS if FUNCTIONS[f][2] is not None]
 @pytest.mark.parametrize("function", NUMBER_FUNCTIONS, ids=lambda f: f.__name__)
 def test_elementwise_function_of_a_number_uses_math(function: type) -> None:
     _, _, math_op = FUNCTIONS[function]
-    expr = function(sp.Rational(1, 2), evaluate=False)
-    # FUNCTIONS' acosh is shifted by 1 into its domain, as for tensors
-    expected = math.acosh(1.5) if function is sp.acosh else math_op(0.5)
-    if function is sp.acosh:
-        expr = function(sp.Rational(3, 2), evaluate=False)
+    # FUNCTIONS' acosh takes its argument minus 1 (to stay in its domain), as for tensors
+    argument = sp.Rational(3, 2) if function is sp.acosh else sp.Rational(1, 2)
+    expr = function(argument, evaluate=False)
+    expected = math_op(0.5)
     assert expr.is_number  # evaluate=False keeps asin(1/2) from becoming pi/6, etc.
     assert "torch" not in code_of(expr)
     check_number(expr, expected)
