@@ -8,9 +8,9 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SPEC_ARGS
 
 import generated
-from conftest import SPEC_ARGS
 from lossgen.api import derive_all, generate
 from lossgen.verify import CheckResult, load_generated, verify_loss
 
@@ -62,7 +62,9 @@ def _compare(ours, theirs, *tensors: torch.Tensor, reduction: str) -> None:
         torch.testing.assert_close(a, b)
 
 
-def _points(seed: int, kinks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _points(
+    seed: int, kinks: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     target = torch.randn(64, generator=generator)
     input = torch.randn(64, generator=generator) * 2
@@ -91,7 +93,9 @@ def test_regression_losses_match_torch(reduction: str, offset: float | None) -> 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_bce_with_logits_matches_torch(reduction: str) -> None:
     generator = torch.Generator().manual_seed(1)
-    logits = torch.cat([torch.randn(60, generator=generator) * 5, torch.tensor([0.0, 0.0, 80, -80])])
+    logits = torch.cat(
+        [torch.randn(60, generator=generator) * 5, torch.tensor([0.0, 0.0, 80, -80])]
+    )
     target = torch.rand(64, generator=generator)
     target[60:62] = torch.tensor([1.0, 0.0])  # exactly at the kink x = 0
     _compare(

@@ -5,8 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lossgen
 from conftest import ROOT, SPEC_ARGS
+
+import lossgen
 
 
 def test_generated_directory_matches_specs_byte_for_byte() -> None:
@@ -14,7 +15,9 @@ def test_generated_directory_matches_specs_byte_for_byte() -> None:
     on_disk = sorted(p.name for p in (ROOT / "generated").glob("*.py"))
     assert on_disk == sorted(f.name for f in files)
     for file in files:
-        assert (ROOT / "generated" / file.name).read_text(encoding="utf-8") == file.content, (
+        assert (ROOT / "generated" / file.name).read_text(
+            encoding="utf-8"
+        ) == file.content, (
             f"generated/{file.name} is stale: run `lossgen build specs/*.py`"
         )
 
@@ -39,7 +42,10 @@ def test_build_is_identical_under_other_hash_seeds(tmp_path: Path) -> None:
 def test_generated_code_is_black_and_ruff_clean() -> None:
     for tool in (["black", "--check", "-q"], ["ruff", "check", "-q"]):
         result = subprocess.run(
-            [sys.executable, "-m", *tool, "generated"], cwd=ROOT, capture_output=True, text=True
+            [sys.executable, "-m", *tool, "generated"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 0, result.stdout + result.stderr
 
