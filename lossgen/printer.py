@@ -23,6 +23,7 @@ from sympy.logic.boolalg import BooleanFalse, BooleanTrue
 from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.str import StrPrinter
 
+from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
 from lossgen.vocabulary import clamp, guarded, relu
 
 # SymPy function -> (torch spelling for tensors, math spelling for plain numbers)
@@ -47,6 +48,11 @@ ELEMENTWISE_FUNCTIONS: dict[type, tuple[str, str]] = {
     log1p: ("torch.log1p", "math.log1p"),
     expm1: ("torch.expm1", "math.expm1"),
     relu: ("torch.relu", ""),
+    # The stable functions evaluate themselves on plain numbers, so only tensor spellings.
+    sigmoid: ("torch.sigmoid", ""),
+    softplus: ("torch.nn.functional.softplus", ""),
+    logsigmoid: ("torch.nn.functional.logsigmoid", ""),
+    xlogy: ("torch.xlogy", ""),
 }
 
 RELATIONAL_OPERATORS = {
@@ -78,6 +84,7 @@ SUPPORTED_NODES: tuple[type, ...] = (
     sp.Heaviside,
     clamp,
     guarded,
+    logsumexp,
     sp.core.relational.Relational,
     sp.And,
     sp.Or,
@@ -185,6 +192,23 @@ class TorchCodePrinter(StrPrinter):
     _print_relu = _print_Function
     _print_log1p = _print_Function
     _print_expm1 = _print_Function
+    _print_sigmoid = _print_Function
+    _print_softplus = _print_Function
+    _print_logsigmoid = _print_Function
+    _print_xlogy = _print_Function
+
+    def _print_logsumexp(self, expr: logsumexp) -> str:
+        # torch.stack needs equal shapes: broadcast first; numbers become 0-dim tensors.
+        parts = [
+            (
+                f"{self._like}.new_full((), {self._print(arg)})"
+                if arg.is_number
+                else self._print(arg)
+            )
+            for arg in expr.args
+        ]
+        stacked = f"torch.stack(torch.broadcast_tensors({', '.join(parts)}))"
+        return f"torch.logsumexp({stacked}, dim=0)"
 
     def _print_sign(self, expr: sp.sign) -> str:
         return f"torch.sign({self._print(expr.args[0])})"
