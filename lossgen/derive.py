@@ -16,8 +16,8 @@ import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
 from lossgen.errors import SpecError
-from lossgen.model import Argument, LossModel
 from lossgen.functions import xlogy
+from lossgen.model import Argument, LossModel
 from lossgen.printer import unsupported_nodes
 from lossgen.rewrite import candidates
 from lossgen.vocabulary import guarded
@@ -112,7 +112,7 @@ def stablest(expr: sp.Expr) -> sp.Expr:
 
 
 def simplest(expr: sp.Expr) -> sp.Expr:
-    """The cheapest stable form among a few equivalent ones (simplify alone sometimes grows them)."""
+    """The cheapest stable form among a few equivalent ones (simplify alone can grow them)."""
     forms = [expr, sp.factor_terms(expr)]
     try:
         forms.append(sp.simplify(expr))

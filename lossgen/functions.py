@@ -44,7 +44,7 @@ class sigmoid(sp.Function):  # noqa: N801 - spelled like torch.sigmoid
         return 1 / (1 + sp.exp(-x))
 
 
-class softplus(sp.Function):  # noqa: N801 - spelled like torch.nn.functional.softplus
+class softplus(sp.Function):  # noqa: N801 - spelled like torch's softplus
     """log(1 + exp(x)), printed as torch.nn.functional.softplus (no overflow for any x)."""
 
     nargs = 1
@@ -70,9 +70,7 @@ class softplus(sp.Function):  # noqa: N801 - spelled like torch.nn.functional.so
     _eval_rewrite_as_exp = _eval_rewrite_as_log
 
 
-class logsigmoid(
-    sp.Function
-):  # noqa: N801 - spelled like torch.nn.functional.logsigmoid
+class logsigmoid(sp.Function):  # noqa: N801 - spelled like torch's logsigmoid
     """log(sigmoid(x)) = -softplus(-x), printed as torch.nn.functional.logsigmoid."""
 
     nargs = 1

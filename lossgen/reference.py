@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 
 import sympy as sp
 import torch
-
 from sympy.codegen.cfunctions import expm1, log1p
 
 from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy

@@ -13,8 +13,9 @@ The rules, in the order each pass applies them (each is a small function, unit-t
     tanh_from_sigmoid      2 * sigmoid(2u) - 1  ->  tanh(u)        (also times any factor k)
     one_minus_sigmoid      1 - sigmoid(u)  ->  sigmoid(-u)       (also times any factor k)
     logsigmoid_from_log    log(sigmoid(u))  ->  logsigmoid(u)
-    softplus_from_log      log(1 + exp(u)) -> softplus(u);  log(exp(a) + exp(b) + ...) -> logsumexp
-    softplus_from_max_shift  Max(u, 0) + softplus(-|u|)  ->  softplus(u)   (the hand-stabilised form)
+    softplus_from_log      log(1 + exp(u))  ->  softplus(u)
+                           log(exp(a) + exp(b) + ...)  ->  logsumexp(a, b, ...)
+    softplus_from_max_shift  Max(u, 0) + softplus(-|u|)  ->  softplus(u)  (hand-stabilised)
     log1p_from_log         log(1 + x)  ->  log1p(x)
     expm1_from_exp         exp(x) - 1  ->  expm1(x)
     xlogy_from_mul         x * log(y)  ->  xlogy(x, y)           (0 at x = 0, not NaN)
