@@ -71,7 +71,7 @@ class softplus(sp.Function):  # noqa: N801 - spelled like torch's softplus
 
 
 class logsigmoid(sp.Function):  # noqa: N801 - spelled like torch's logsigmoid
-    """log(sigmoid(x)) = -softplus(-x), printed as torch.nn.functional.logsigmoid."""
+    """log(sigmoid(x)) = -softplus(-x), printed as -torch.nn.functional.softplus(-x)."""
 
     nargs = 1
 

@@ -45,7 +45,8 @@ _UNARY: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
     # torch's own stable ops, so the reference is as stable as the built-ins.
     sigmoid: torch.sigmoid,
     softplus: torch.nn.functional.softplus,
-    logsigmoid: torch.nn.functional.logsigmoid,
+    # (logsigmoid as -softplus(-x): F.logsigmoid's CPU kernel is slow on small tensors)
+    logsigmoid: lambda x: -torch.nn.functional.softplus(-x),
 }
 
 _COMPARE = {

@@ -246,6 +246,8 @@ def xlogy_from_mul(node: sp.Basic) -> sp.Basic | None:
     if len(logs) != 1:
         return None
     (log,) = logs
+    if not _variable(log.args[0]):
+        return None  # a constant factor, not a log of data
     others = [f for f in node.args if f is not log]
     coefficient, x = sp.Mul(*others).as_coeff_Mul()
     if not _variable(x) or x.has(sp.log):

@@ -12,9 +12,9 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual spelling
+from conftest import ROOT
 
 import generated
-from conftest import ROOT
 from lossgen.api import derive_all
 from lossgen.functions import sigmoid
 
@@ -45,7 +45,9 @@ def value_and_grads(
     wrt = len(tensors) if wrt is None else wrt
     leaves = [t.detach().clone().requires_grad_(i < wrt) for i, t in enumerate(tensors)]
     value = loss(*leaves, reduction=reduction)
-    seed = torch.linspace(0.5, 1.5, value.numel(), dtype=value.dtype).reshape(value.shape)
+    seed = torch.linspace(0.5, 1.5, value.numel(), dtype=value.dtype).reshape(
+        value.shape
+    )
     return value.detach(), torch.autograd.grad(value, leaves[:wrt], seed)
 
 
@@ -54,7 +56,9 @@ def assert_finite(*tensors: torch.Tensor) -> None:
         assert torch.isfinite(tensor).all(), tensor[~torch.isfinite(tensor)]
 
 
-def assert_match(ours, theirs, *tensors: torch.Tensor, reduction: str, **tolerance) -> None:
+def assert_match(
+    ours, theirs, *tensors: torch.Tensor, reduction: str, **tolerance
+) -> None:
     """Same value and gradients (torch.testing's default float32 tolerances), all finite."""
     value, grads = value_and_grads(ours, *tensors, reduction=reduction)
     expected, expected_grads = value_and_grads(theirs, *tensors, reduction=reduction)
@@ -81,7 +85,9 @@ def test_naive_bce_matches_bce_with_logits_in_float32(reduction: str) -> None:
 
 
 def test_naive_bce_gradient_is_sigmoid_minus_target() -> None:
-    (derived,) = [d for d in derive_all(["specs/naive.py"]) if d.model.name == "NaiveBCE"]
+    (derived,) = [
+        d for d in derive_all(["specs/naive.py"]) if d.model.name == "NaiveBCE"
+    ]
     input, target = (a.symbol for a in derived.model.arguments)
     by_name = {g.argument.name: g.derivative for g in derived.gradients}
     assert by_name["input"] == sigmoid(input) - target
@@ -106,7 +112,9 @@ def test_naive_poisson_nll_matches_torch_in_float32(reduction: str) -> None:
     # exp(x) itself exceeds float32's range above x = 88.72: no float32 code can return that
     # loss, so the comparison stops at 88 (below, nothing is inf); see the next test for beyond.
     x = x[x <= FLOAT32_EXP_LIMIT]
-    counts = torch.poisson(torch.full(x.shape, 3.0), generator=torch.Generator().manual_seed(7))
+    counts = torch.poisson(
+        torch.full(x.shape, 3.0), generator=torch.Generator().manual_seed(7)
+    )
     builtin = functools.partial(F.poisson_nll_loss, log_input=True, full=False)
     assert_match(generated.naive_poisson_nll, builtin, x, counts, reduction=reduction)
 
@@ -114,13 +122,19 @@ def test_naive_poisson_nll_matches_torch_in_float32(reduction: str) -> None:
 def test_naive_poisson_nll_overflows_only_where_the_true_value_does() -> None:
     x = logits()
     counts = torch.full(x.shape, 2.0)
-    value, (grad, _) = value_and_grads(generated.naive_poisson_nll, x, counts, reduction="none")
+    value, (grad, _) = value_and_grads(
+        generated.naive_poisson_nll, x, counts, reduction="none"
+    )
     truth = torch.exp(x.double()) - counts.double() * x.double()
     representable = truth.abs() < torch.finfo(torch.float32).max
     assert (torch.isfinite(value) == representable).all()
     assert not torch.isnan(value).any() and not torch.isnan(grad).any()
-    builtin = F.poisson_nll_loss(x, counts, log_input=True, full=False, reduction="none")
-    assert (torch.isinf(builtin) == ~representable).all()  # the built-in overflows the same way
+    builtin = F.poisson_nll_loss(
+        x, counts, log_input=True, full=False, reduction="none"
+    )
+    assert (
+        torch.isinf(builtin) == ~representable
+    ).all()  # the built-in overflows the same way
 
 
 # --- Gaussian NLL: 0.5 * (log(var) + (input - target)**2 / var) ----------------------------------
@@ -140,9 +154,13 @@ def gaussian_points(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, .
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_naive_gaussian_nll_matches_torch_in_float32(reduction: str) -> None:
     def builtin(input, target, var, reduction):
-        return F.gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction=reduction)
+        return F.gaussian_nll_loss(
+            input, target, var, full=False, eps=1e-6, reduction=reduction
+        )
 
-    assert_match(generated.naive_gaussian_nll, builtin, *gaussian_points(), reduction=reduction)
+    assert_match(
+        generated.naive_gaussian_nll, builtin, *gaussian_points(), reduction=reduction
+    )
 
 
 # --- soft margin: log(1 + exp(-y x)) -------------------------------------------------------------
@@ -162,7 +180,9 @@ def stable_soft_margin(input, target, reduction):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_naive_soft_margin_equals_softplus_everywhere(reduction: str) -> None:
     x, y = soft_margin_points()
-    assert_match(generated.naive_soft_margin, stable_soft_margin, x, y, reduction=reduction)
+    assert_match(
+        generated.naive_soft_margin, stable_soft_margin, x, y, reduction=reduction
+    )
 
 
 def test_naive_soft_margin_is_finite_where_torch_soft_margin_loss_is_not() -> None:
@@ -170,10 +190,16 @@ def test_naive_soft_margin_is_finite_where_torch_soft_margin_loss_is_not() -> No
     overflow = y * x < -FLOAT32_EXP_LIMIT - 0.5
     assert overflow.sum() > 10
     # PyTorch's built-in: inf loss and NaN gradient once exp(-y*x) overflows float32.
-    theirs, (their_grad,) = value_and_grads(F.soft_margin_loss, x, y, reduction="none", wrt=1)
-    assert torch.isinf(theirs[overflow]).all() and torch.isnan(their_grad[overflow]).all()
+    theirs, (their_grad,) = value_and_grads(
+        F.soft_margin_loss, x, y, reduction="none", wrt=1
+    )
+    assert (
+        torch.isinf(theirs[overflow]).all() and torch.isnan(their_grad[overflow]).all()
+    )
     # Ours: equal to softplus(-y*x) = -y*x there (to float32 precision), gradient -y.
-    ours, (our_grad,) = value_and_grads(generated.naive_soft_margin, x, y, reduction="none", wrt=1)
+    ours, (our_grad,) = value_and_grads(
+        generated.naive_soft_margin, x, y, reduction="none", wrt=1
+    )
     torch.testing.assert_close(ours[overflow], (-y * x)[overflow])
     seed = torch.linspace(0.5, 1.5, len(x))
     torch.testing.assert_close(our_grad[overflow], (-y * seed)[overflow])
@@ -202,7 +228,9 @@ def bf16_cases():
         ),
         "gaussian": (
             generated.naive_gaussian_nll,
-            lambda i, t, v, reduction: F.gaussian_nll_loss(i, t, v, reduction=reduction),
+            lambda i, t, v, reduction: F.gaussian_nll_loss(
+                i, t, v, reduction=reduction
+            ),
             gaussian_points(torch.bfloat16),
         ),
     }
@@ -220,7 +248,9 @@ def test_naive_losses_stay_finite_and_close_in_bfloat16(case: str) -> None:
     # the first argument's gradient is compared: others (d/d var = 1/(2 var) - r^2/(2 var^2))
     # cancel terms that bfloat16 cannot resolve, and are only required to be finite.
     upcast = [t.float() for t in tensors]
-    expected, (expected_grad, *_) = value_and_grads(reference, *upcast, reduction="none")
+    expected, (expected_grad, *_) = value_and_grads(
+        reference, *upcast, reduction="none"
+    )
     scale = 1 + sum(t.abs() for t in upcast) + expected.abs()
     assert ((value.float() - expected).abs() <= 2**-6 * scale).all()
     error = (grads[0].float() - expected_grad).abs()
