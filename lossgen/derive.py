@@ -107,7 +107,11 @@ def cost(expr: sp.Basic) -> int:
 
 def stablest(expr: sp.Expr) -> sp.Expr:
     """The cheapest numerically stable form of `expr` (see lossgen.rewrite)."""
-    forms = [form for form in candidates(expr) if not unsupported_nodes(form)]
+    forms = [
+        form
+        for form in candidates(expr)
+        if not unsupported_nodes(form) and _no_new_overflow(form, expr)
+    ]
     return min(forms, key=cost) if forms else expr
 
 
@@ -119,8 +123,26 @@ def simplest(expr: sp.Expr) -> sp.Expr:
     except (NotImplementedError, TypeError, ValueError, RecursionError):
         pass  # simplify gives up on some Piecewise forms; the raw derivative is still right
     stable = [form for f in forms for form in candidates(f)]
-    printable = [c for c in stable if not unsupported_nodes(c)]
+    printable = [
+        c for c in stable if not unsupported_nodes(c) and _no_new_overflow(c, expr)
+    ]
     return min(printable, key=cost)
+
+
+def _no_new_overflow(form: sp.Expr, original: sp.Expr) -> bool:
+    """False if `form` exponentiates something `original` did not (a new overflow).
+
+    SymPy's simplify factors softmax weights exp(a - lse) - exp(b - lse), which stay in [0, 1],
+    into exp(b - lse) * expm1(a - b) or exp(-lse) * sinh(...); those overflow float32 (inf * 0
+    = NaN) where the original form is finite. Keeping every exponent the original had is a
+    simple guarantee that no new one can overflow.
+    """
+    return _exponents(form) <= _exponents(original)
+
+
+def _exponents(expr: sp.Expr) -> set[sp.Expr]:
+    kinds = (sp.exp, expm1, sp.sinh, sp.cosh)
+    return {node.args[0] for node in expr.atoms(*kinds) if node.args[0].free_symbols}
 
 
 def guard_piecewise_branches(expr: sp.Expr) -> sp.Expr:

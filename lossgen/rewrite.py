@@ -107,10 +107,12 @@ def tanh_from_exp(node: sp.Basic) -> sp.Basic | None:
 
 
 def sigmoid_from_exp(node: sp.Basic) -> sp.Basic | None:
-    """(1 + exp(-u))**-k -> sigmoid(u)**k; exp(u) * sigmoid(-u) -> sigmoid(u)."""
+    """(1 + exp(-u))**-p -> sigmoid(u)**p; exp(u) * sigmoid(-u) -> sigmoid(u)."""
     if isinstance(node, sp.Pow):
         base, power = node.args
-        if not (power.is_integer and power.is_negative and isinstance(base, sp.Add)):
+        # any negative-looking power: (1 + exp(b))**-p = sigmoid(-b)**p, as 1 + exp(b) > 0
+        negative = power.is_negative or power.could_extract_minus_sign()
+        if not (negative and isinstance(base, sp.Add)):
             return None
         if len(base.args) != 2 or sp.S.One not in base.args:
             return None
@@ -239,10 +241,15 @@ def expm1_from_exp(node: sp.Basic) -> sp.Basic | None:
 
 
 def xlogy_from_mul(node: sp.Basic) -> sp.Basic | None:
-    """x * log(y) -> xlogy(x, y): 0 where x = 0, where x * log(y) would be 0 * -inf = NaN."""
+    """x * log(y) -> xlogy(x, y): 0 where x = 0, where x * log(y) would be 0 * -inf = NaN.
+
+    Also x * (log(y) + rest) -> xlogy(x, y) + x * rest (KL divergence's y * (log(y) - x)).
+    """
     if not isinstance(node, sp.Mul):
         return None
     logs = [f for f in node.args if isinstance(f, sp.log)]
+    if not logs:
+        return _xlogy_through_sum(node)
     if len(logs) != 1:
         return None
     (log,) = logs
@@ -253,6 +260,22 @@ def xlogy_from_mul(node: sp.Basic) -> sp.Basic | None:
     if not _variable(x) or x.has(sp.log):
         return None
     return coefficient * xlogy(x, log.args[0])
+
+
+def _xlogy_through_sum(node: sp.Mul) -> sp.Basic | None:
+    sums = [f for f in node.args if isinstance(f, sp.Add)]
+    if len(sums) != 1:
+        return None
+    (total,) = sums
+    coefficient, x = sp.Mul(*[f for f in node.args if f is not total]).as_coeff_Mul()
+    if not _variable(x) or x.has(sp.log):
+        return None
+    for term in total.args:
+        c, log = term.as_coeff_Mul()
+        if isinstance(log, sp.log) and _variable(log):
+            rest = sp.Add(*[t for t in total.args if t is not term])
+            return coefficient * (c * xlogy(x, log.args[0]) + x * rest)
+    return None
 
 
 RULES: tuple[Rule, ...] = (
@@ -334,7 +357,7 @@ def candidates(expr: sp.Expr) -> list[sp.Expr]:
     found = [stable]
     normal = normalize_signs(stable)
     if normal != stable:
-        expanded = sp.expand(normal)
+        expanded = sp.expand(normal, power_exp=False)  # exp(a + b) stays whole
         for form in (expanded, sp.factor_terms(expanded)):
             form = rewrite(form)
             if form not in found:

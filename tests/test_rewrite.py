@@ -12,7 +12,7 @@ from sympy.codegen.cfunctions import expm1, log1p
 
 from lossgen import rewrite as rw
 from lossgen.api import derive_all, generate
-from lossgen.derive import guard_piecewise_branches, stablest
+from lossgen.derive import guard_piecewise_branches, simplest, stablest
 from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
 from lossgen.printer import print_torch
 from lossgen.reference import evaluate
@@ -45,6 +45,7 @@ RULE_CASES = [
     (rw.tanh_from_exp, y * (E(-x) - E(x)) / (E(x) + E(-x)), -y * sp.tanh(x)),
     (rw.sigmoid_from_exp, 1 / (1 + E(-x)), sigmoid(x)),
     (rw.sigmoid_from_exp, (1 + E(y - x)) ** -2, sigmoid(x - y) ** 2),
+    (rw.sigmoid_from_exp, (1 + E(-x)) ** (-z), sigmoid(x) ** z),
     (rw.sigmoid_from_exp, sp.Mul(E(x), sigmoid(-x), y, evaluate=False), y * sigmoid(x)),
     (rw.tanh_from_sigmoid, 2 * sigmoid(2 * x) - 1, sp.tanh(x)),
     (rw.tanh_from_sigmoid, y - 2 * y * sigmoid(2 * x), -y * sp.tanh(x)),
@@ -69,6 +70,7 @@ RULE_CASES = [
     (rw.expm1_from_exp, 1 - E(x) + y, y - expm1(x)),
     (rw.xlogy_from_mul, x * sp.log(x), xlogy(x, x)),
     (rw.xlogy_from_mul, -2 * y * z * sp.log(x), -2 * xlogy(y * z, x)),
+    (rw.xlogy_from_mul, y * (sp.log(y) - x), xlogy(y, y) - x * y),
 ]
 
 
@@ -94,6 +96,7 @@ NON_MATCHES = [
     (rw.expm1_from_exp, 2 * E(x) - 1),
     (rw.xlogy_from_mul, 3 * sp.log(x)),
     (rw.xlogy_from_mul, sp.log(x) * sp.log(y)),
+    (rw.xlogy_from_mul, y * (x + z)),
 ]
 
 
@@ -136,6 +139,17 @@ def test_naive_bce_becomes_softplus_minus_xy() -> None:
     naive = -(y * sp.log(s) + (1 - y) * sp.log(1 - s))
     assert stablest(naive) == softplus(x) - x * y
     assert numerically_equal(stablest(naive), naive)
+
+
+def test_simplification_does_not_bring_in_overflowing_sinh() -> None:
+    # log(cosh(x)) written naively: the softmax-weight derivative stays in [-1, 1], while
+    # simplify would turn it into exp(-logsumexp) * sinh(x), inf * 0 = NaN at x = 100.
+    loss = stablest(sp.log((E(x) + E(-x)) / 2))
+    assert loss.has(logsumexp)
+    gradient = simplest(sp.diff(loss, x))
+    assert not gradient.has(sp.sinh) and not gradient.has(sp.cosh)
+    at = torch.tensor([-100.0, -1.0, 0.0, 1.0, 100.0])
+    torch.testing.assert_close(evaluate(gradient, {x: at}), torch.tanh(at))
 
 
 def test_normalize_signs_lets_terms_cancel() -> None:
