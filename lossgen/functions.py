@@ -7,7 +7,7 @@ derivative is expressed through the same family, so gradients stay in stable for
     softplus'(x)   = sigmoid(x)
     sigmoid'(x)    = sigmoid(x) * (1 - sigmoid(x))   (rewritten to sigmoid(x) * sigmoid(-x))
     logsigmoid'(x) = sigmoid(-x)
-    d xlogy(x, y) = log(y) dx + x / y dy
+    d xlogy(x, y) = log(y) dx + x / y dy      (with torch.xlogy's 0 at x = 0, y <= 0)
     d logsumexp(a, b, ...) / da = exp(a - logsumexp(a, b, ...))     (softmax weights)
 
 With a plain number as argument each evaluates to its elementary form, so the printer only ever
@@ -99,7 +99,10 @@ class logsigmoid(sp.Function):  # noqa: N801 - spelled like torch's logsigmoid
 class xlogy(sp.Function):  # noqa: N801 - spelled like torch.xlogy
     """x * log(y), and 0 where x = 0 (even where y = 0), printed as torch.xlogy.
 
-    The derivative in x is log(y) (autograd of `x * log(y)` as written); in y it is x / y.
+    The derivative in y is x / y. In x it is log(y), except 0 where x = 0 and y <= 0: PyTorch's
+    convention for torch.xlogy, which keeps d/dx finite at x = y = 0 (as in x * log(x) on zero
+    probabilities) instead of -inf. Written as xlogy(w, y) with w = max(|sign(x)|, sign(y)),
+    which is 1 except exactly there (and |sign(x)| when y is x).
     """
 
     nargs = 2
@@ -115,7 +118,8 @@ class xlogy(sp.Function):  # noqa: N801 - spelled like torch.xlogy
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         x, y = self.args
         if argindex == 1:
-            return sp.log(y)
+            nonzero = sp.Abs(sp.sign(x))  # x != 0, as a number
+            return xlogy(nonzero if x == y else sp.Max(nonzero, sp.sign(y)), y)
         return x / y
 
     def _eval_is_extended_real(self) -> bool | None:

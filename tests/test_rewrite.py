@@ -190,7 +190,8 @@ def test_derivatives_stay_in_the_family() -> None:
     assert sp.diff(softplus(x), x) == sigmoid(x)
     assert sp.diff(logsigmoid(x), x) == sigmoid(-x)
     assert sp.diff(sigmoid(x), x) == sigmoid(x) * (1 - sigmoid(x))
-    assert sp.diff(xlogy(x, y), x) == sp.log(y)
+    assert sp.diff(xlogy(x, y), x) == xlogy(sp.Max(sp.Abs(sp.sign(x)), sp.sign(y)), y)
+    assert sp.diff(xlogy(x, x), x) == xlogy(sp.Abs(sp.sign(x)), x) + 1
     assert sp.diff(logsumexp(x, y), x) == E(x - logsumexp(x, y))
 
 
@@ -233,6 +234,22 @@ def test_printed_code_and_reference_agree_with_torch(expr: sp.Expr) -> None:
     assert torch.isfinite(printed).all()  # even at |x| = 100
     inside = a.abs() < 30
     torch.testing.assert_close(printed[..., inside], elementary[..., inside])
+
+
+def test_xlogy_gradient_follows_torch_at_zero() -> None:
+    # torch: d/dx xlogy(x, y) = log(y), masked to 0 where x == 0 and y <= 0.
+    gradient = sp.diff(xlogy(x, y), x)
+    a = torch.tensor([0.0, 0.0, 0.0, 2.0], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([0.0, -1.0, 3.0, 3.0], dtype=torch.float64)
+    (theirs,) = torch.autograd.grad(torch.xlogy(a, b).sum(), a)
+    assert theirs[:2].tolist() == [0.0, 0.0]
+    torch.testing.assert_close(evaluate(gradient, {x: a.detach(), y: b}), theirs)
+    # x * log(x) at 0: torch's own autograd gives NaN (0/0 from d/dy); ours is finite.
+    entropy_gradient = sp.diff(xlogy(x, x), x)
+    assert (
+        evaluate(entropy_gradient, {x: torch.zeros(1, dtype=torch.float64)}).item()
+        == 1.0
+    )
 
 
 def test_safe_where_masks_the_new_unsafe_ops() -> None:
