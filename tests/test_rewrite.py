@@ -152,6 +152,12 @@ def test_simplification_does_not_bring_in_overflowing_sinh() -> None:
     torch.testing.assert_close(evaluate(gradient, {x: at}), torch.tanh(at))
 
 
+def test_derivatives_are_rewritten_after_simplification() -> None:
+    # d/dx (logsumexp(x, y) - x) = softmax weight - 1: exp(w) - 1 becomes expm1(w).
+    gradient = simplest(sp.diff(logsumexp(x, y) - x, x))
+    assert gradient == expm1(x - logsumexp(x, y))
+
+
 def test_normalize_signs_lets_terms_cancel() -> None:
     assert rw.normalize_signs(softplus(-x)) == softplus(x) - x
     assert rw.normalize_signs(sigmoid(-x)) == 1 - sigmoid(x)
