@@ -25,9 +25,18 @@ is a naive form of the derivative (`exp(-x) / (1 + exp(-x))**2`), which overflow
 derivative of the stable form is already stable (`softplus' = sigmoid`). Rewriting afterwards as
 well catches what simplification re-creates.
 
-Design note: the rules match SymPy's canonical trees structurally instead of using `Wild`
-patterns; matching an `Add` of exponentials with Wild is ambiguous and slow, and a structural
-rule is a few lines that say exactly what they accept.
+Design notes, and where this departs from the first plan:
+- The rules match SymPy's canonical trees structurally instead of using `Wild` patterns;
+  matching an `Add` of exponentials with Wild is ambiguous and slow, and a structural rule is a
+  few lines that say exactly what they accept.
+- The stable functions live in `lossgen.functions` (not `vocabulary`), one family that
+  differentiates into itself; `lossgen` exports them for specs.
+- `logsigmoid` prints as `-softplus(-x)`, not `torch.nn.functional.logsigmoid`: that CPU kernel
+  always goes through parallel_for and measured ~20 ms per call on a 12-element tensor on a
+  loaded 2-core machine (softplus: ~3 us); the two are equally stable.
+- Choosing the cheapest form is not enough: SymPy's simplify may factor `exp(a) - exp(b)` into
+  `exp(b) * expm1(a - b)` or `sinh`, which overflow where the original does not. The derive
+  stage keeps only forms that exponentiate nothing the original did not (`_no_new_overflow`).
 """
 
 from __future__ import annotations
