@@ -6,8 +6,11 @@ Cauchy (Lorentzian) robust loss with scale c.
 
 Elementwise, with every argument broadcast against the others:
 
-    loss = c**2*log(1 + (input - target)**2/c**2)/2
+    loss as written = c**2*log(1 + (input - target)**2/c**2)/2
         LaTeX: \frac{c^{2} \log{\left(1 + \frac{\left(input - target\right)^{2}}{c^{2}} \right)}}{2}
+
+    loss = c**2*log1p((input - target)**2/c**2)/2
+        LaTeX: \frac{c^{2} \operatorname{log1p}{\left(\frac{\left(input - target\right)^{2}}{c^{2}} \right)}}{2}
 
     d loss / d input = (input - target)/(1 + (input - target)**2/c**2)
         LaTeX: \frac{input - target}{1 + \frac{\left(input - target\right)^{2}}{c^{2}}}
@@ -15,8 +18,11 @@ Elementwise, with every argument broadcast against the others:
     d loss / d target = (-input + target)/(1 + (input - target)**2/c**2)
         LaTeX: \frac{- input + target}{1 + \frac{\left(input - target\right)^{2}}{c^{2}}}
 
-    d loss / d c = c*log(1 + (input - target)**2/c**2) - (input - target)**2/(c*(1 + (input - target)**2/c**2))
-        LaTeX: c \log{\left(1 + \frac{\left(input - target\right)^{2}}{c^{2}} \right)} - \frac{\left(input - target\right)^{2}}{c \left(1 + \frac{\left(input - target\right)^{2}}{c^{2}}\right)}
+    d loss / d c = c*log1p((input - target)**2/c**2) - (input - target)**2/(c*(1 + (input - target)**2/c**2))
+        LaTeX: c \operatorname{log1p}{\left(\frac{\left(input - target\right)^{2}}{c^{2}} \right)} - \frac{\left(input - target\right)^{2}}{c \left(1 + \frac{\left(input - target\right)^{2}}{c^{2}}\right)}
+
+Operations per element: 7 in the forward, 14 in the backward
+(every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
     Cauchy(c=1.0, reduction="mean")(input, target)
@@ -82,7 +88,7 @@ class CauchyFunction(torch.autograd.Function):
         _check_reduction(reduction)
         c = _as_tensor(c, input)
         tmp0 = c**2
-        loss = tmp0 * torch.log(1 + (input - target) ** 2 / tmp0) / 2
+        loss = tmp0 * torch.log1p((input - target) ** 2 / tmp0) / 2
         return _reduce(loss, reduction)
 
     @staticmethod
@@ -102,8 +108,8 @@ class CauchyFunction(torch.autograd.Function):
         upstream = _grad_scale(grad_output, ctx.reduction, shape)
         tmp0 = input - target
         tmp1 = tmp0**2
-        tmp2 = 1 + tmp1 / c**2
-        tmp3 = 1 / tmp2
+        tmp2 = tmp1 / c**2
+        tmp3 = 1 / (tmp2 + 1)
         grad_input = None
         grad_target = None
         grad_c = None
@@ -113,7 +119,7 @@ class CauchyFunction(torch.autograd.Function):
             grad_target = _sum_to((-tmp0 * tmp3) * upstream, shape, target.shape)
         if ctx.needs_input_grad[2]:
             grad_c = _sum_to(
-                (c * torch.log(tmp2) - tmp1 * tmp3 / c) * upstream, shape, c.shape
+                (c * torch.log1p(tmp2) - tmp1 * tmp3 / c) * upstream, shape, c.shape
             )
         return (
             grad_input,

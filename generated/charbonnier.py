@@ -18,6 +18,9 @@ Elementwise, with every argument broadcast against the others:
     d loss / d eps = eps/sqrt(eps**2 + (input - target)**2) - 1
         LaTeX: \frac{eps}{\sqrt{eps^{2} + \left(input - target\right)^{2}}} - 1
 
+Operations per element: 7 in the forward, 10 in the backward
+(every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
+
 Three ways to use it, all with the same symbolic backward:
     Charbonnier(eps=0.001, reduction="mean")(input, target)
     CharbonnierFunction.apply(input, target, eps=0.001, reduction="mean")

@@ -18,6 +18,9 @@ Elementwise, with every argument broadcast against the others:
     d loss / d delta = Piecewise((0, delta >= Abs(input - target)), (-delta + Abs(input - target), True))
         LaTeX: \begin{cases} 0 & \text{for}\: \delta \geq \left|{input - target}\right| \\- \delta + \left|{input - target}\right| & \text{otherwise} \end{cases}
 
+Operations per element: 10 in the forward, 12 in the backward
+(every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
+
 Three ways to use it, all with the same symbolic backward:
     Huber(delta=1.0, reduction="mean")(input, target)
     HuberFunction.apply(input, target, delta=1.0, reduction="mean")

@@ -18,6 +18,9 @@ Elementwise, with every argument broadcast against the others:
     d loss / d tau = (input - target)*(Heaviside(-input + target) + Heaviside(input - target))
         LaTeX: \left(input - target\right) \left(\theta\left(- input + target\right) + \theta\left(input - target\right)\right)
 
+Operations per element: 5 in the forward, 17 in the backward
+(every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
+
 Three ways to use it, all with the same symbolic backward:
     Quantile(tau=0.5, reduction="mean")(input, target)
     QuantileFunction.apply(input, target, tau=0.5, reduction="mean")

@@ -18,6 +18,9 @@ Elementwise, with every argument broadcast against the others:
     d loss / d log_variance = (-(input - target)**2*exp(-log_variance) + 1)/2
         LaTeX: \frac{- \left(input - target\right)^{2} e^{- log_{variance}} + 1}{2}
 
+Operations per element: 8 in the forward, 11 in the backward
+(every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
+
 Three ways to use it, all with the same symbolic backward:
     UncertaintyWeightedMSE(log_variance=0.0, reduction="mean")(input, target)
     UncertaintyWeightedMSEFunction.apply(input, target, log_variance=0.0, reduction="mean")

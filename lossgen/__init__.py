@@ -2,6 +2,7 @@
 
 from lossgen.api import BuildResult, build, generate, show
 from lossgen.errors import LossgenError, SpecError
+from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
 from lossgen.vocabulary import Loss, Param, Tensor, clamp, relu
 
 __all__ = [
@@ -14,6 +15,11 @@ __all__ = [
     "build",
     "clamp",
     "generate",
+    "logsigmoid",
+    "logsumexp",
     "relu",
     "show",
+    "sigmoid",
+    "softplus",
+    "xlogy",
 ]

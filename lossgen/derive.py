@@ -1,4 +1,7 @@
-"""Stage 3, derive: symbolic gradients, simplified, made safe for torch.where, and CSE'd.
+"""Stage 3, derive: symbolic gradients, simplified, made stable, safe for torch.where, and CSE'd.
+
+The loss is first rewritten into numerically stable forms (`lossgen.rewrite`), then
+differentiated; each derivative is simplified and rewritten again, keeping the cheapest form.
 
 Every differentiable argument gets d(loss)/d(argument) of the elementwise loss. The results are
 pure data: the generated forward computes `forward.result` after `forward.steps`; the backward
@@ -10,10 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
 
 from lossgen.errors import SpecError
+from lossgen.functions import xlogy
 from lossgen.model import Argument, LossModel
 from lossgen.printer import unsupported_nodes
+from lossgen.rewrite import candidates
 from lossgen.vocabulary import guarded
 
 INTERMEDIATE_PREFIX = "tmp"
@@ -62,7 +68,7 @@ def derive(model: LossModel) -> DerivedLoss:
 
 
 def _derive(model: LossModel) -> DerivedLoss:
-    loss = model.expr
+    loss = stablest(model.expr)
     derivatives = [
         simplest(derivative(loss, argument.symbol)) for argument in model.differentiable
     ]
@@ -99,15 +105,44 @@ def cost(expr: sp.Basic) -> int:
     return int(sp.count_ops(expr)) + 10 * len(expr.atoms(sp.Piecewise))
 
 
+def stablest(expr: sp.Expr) -> sp.Expr:
+    """The cheapest numerically stable form of `expr` (see lossgen.rewrite)."""
+    forms = [
+        form
+        for form in candidates(expr)
+        if not unsupported_nodes(form) and _no_new_overflow(form, expr)
+    ]
+    return min(forms, key=cost) if forms else expr
+
+
 def simplest(expr: sp.Expr) -> sp.Expr:
-    """The cheapest of a few equivalent forms (SymPy's simplify alone sometimes grows them)."""
-    candidates = [expr, sp.factor_terms(expr)]
+    """The cheapest stable form among a few equivalent ones (simplify alone can grow them)."""
+    forms = [expr, sp.factor_terms(expr)]
     try:
-        candidates.append(sp.simplify(expr))
+        forms.append(sp.simplify(expr))
     except (NotImplementedError, TypeError, ValueError, RecursionError):
         pass  # simplify gives up on some Piecewise forms; the raw derivative is still right
-    printable = [c for c in candidates if not unsupported_nodes(c)]
+    stable = [form for f in forms for form in candidates(f)]
+    printable = [
+        c for c in stable if not unsupported_nodes(c) and _no_new_overflow(c, expr)
+    ]
     return min(printable, key=cost)
+
+
+def _no_new_overflow(form: sp.Expr, original: sp.Expr) -> bool:
+    """False if `form` exponentiates something `original` did not (a new overflow).
+
+    SymPy's simplify factors softmax weights exp(a - lse) - exp(b - lse), which stay in [0, 1],
+    into exp(b - lse) * expm1(a - b) or exp(-lse) * sinh(...); those overflow float32 (inf * 0
+    = NaN) where the original form is finite. Keeping every exponent the original had is a
+    simple guarantee that no new one can overflow.
+    """
+    return _exponents(form) <= _exponents(original)
+
+
+def _exponents(expr: sp.Expr) -> set[sp.Expr]:
+    kinds = (sp.exp, expm1, sp.sinh, sp.cosh)
+    return {node.args[0] for node in expr.atoms(*kinds) if node.args[0].free_symbols}
 
 
 def guard_piecewise_branches(expr: sp.Expr) -> sp.Expr:
@@ -140,8 +175,10 @@ def _mask_unsafe(expr: sp.Expr, taken: sp.Basic) -> sp.Expr:
         return guarded(argument, taken)
 
     def is_unsafe(node: sp.Basic) -> bool:
-        if isinstance(node, (sp.log, sp.exp)):
+        if isinstance(node, (sp.log, sp.exp, log1p, expm1)):
             return bool(node.args[0].free_symbols)
+        if isinstance(node, xlogy):  # log of its second argument
+            return bool(node.args[1].free_symbols)
         if isinstance(node, sp.Pow):
             exponent = node.exp
             return bool(node.base.free_symbols) and not (
@@ -152,6 +189,8 @@ def _mask_unsafe(expr: sp.Expr, taken: sp.Basic) -> sp.Expr:
     def rebuild(node: sp.Basic) -> sp.Basic:
         if isinstance(node, sp.Pow):
             return sp.Pow(masked(node.base), node.exp, evaluate=False)
+        if isinstance(node, xlogy):
+            return node.func(node.args[0], masked(node.args[1]), evaluate=False)
         return node.func(masked(node.args[0]), evaluate=False)
 
     return expr.replace(is_unsafe, rebuild)

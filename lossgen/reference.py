@@ -13,7 +13,9 @@ from collections.abc import Callable, Mapping
 
 import sympy as sp
 import torch
+from sympy.codegen.cfunctions import expm1, log1p
 
+from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
 from lossgen.vocabulary import clamp, relu
 
 Value = torch.Tensor | float | bool
@@ -38,6 +40,13 @@ _UNARY: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
     sp.erf: torch.erf,
     sp.erfc: torch.erfc,
     relu: torch.relu,
+    log1p: torch.log1p,
+    expm1: torch.expm1,
+    # torch's own stable ops, so the reference is as stable as the built-ins.
+    sigmoid: torch.sigmoid,
+    softplus: torch.nn.functional.softplus,
+    # (logsigmoid as -softplus(-x): F.logsigmoid's CPU kernel is slow on small tensors)
+    logsigmoid: lambda x: -torch.nn.functional.softplus(-x),
 }
 
 _COMPARE = {
@@ -83,6 +92,11 @@ class _Evaluator:
             return torch.pow(self.tensor(base), exponent)
         if type(node) in _UNARY:
             return _UNARY[type(node)](self.tensor(args[0]))
+        if isinstance(node, xlogy):
+            return torch.xlogy(self.tensor(args[0]), self.tensor(args[1]))
+        if isinstance(node, logsumexp):
+            tensors = torch.broadcast_tensors(*(self.tensor(arg) for arg in args))
+            return torch.logsumexp(torch.stack(tensors), dim=0)
         if isinstance(node, (sp.Max, sp.Min)):
             pick = torch.maximum if isinstance(node, sp.Max) else torch.minimum
             tensors = [self.tensor(arg) for arg in args]

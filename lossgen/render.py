@@ -5,7 +5,8 @@ The templates own the file's structure; this module only prepares what goes into
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ast
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,14 @@ def render_loss(derived: DerivedLoss) -> str:
         factor = code if binds_tightly else f"({code})"
         gradients.append(GradientCode(index, gradient.argument, body, code, factor))
 
-    formulas = [Formula("loss", sp.sstr(derived.loss), sp.latex(derived.loss))]
+    formulas = []
+    if (
+        derived.loss != model.expr
+    ):  # rewritten into stable forms: show what the user wrote too
+        formulas.append(
+            Formula("loss as written", sp.sstr(model.expr), sp.latex(model.expr))
+        )
+    formulas.append(Formula("loss", sp.sstr(derived.loss), sp.latex(derived.loss)))
     formulas += [
         Formula(
             f"d loss / d {gradient.argument.name}",
@@ -104,8 +112,15 @@ def render_loss(derived: DerivedLoss) -> str:
     code_so_far = [forward_code, *(g.code for g in gradients)]
     code_so_far += [line.code for line in (*forward_lines, *shared_lines)]
     code_so_far += [line.code for g in gradients for line in g.lines]
+    forward_ops = count_operations([*forward_lines, forward_code])
+    backward_ops = count_operations(
+        [*shared_lines, *(line for g in gradients for line in g.lines)]
+        + [g.code for g in gradients]
+    )
     context = {
         "model": model,
+        "forward_ops": forward_ops,
+        "backward_ops": backward_ops,
         "like": like,
         "forward_lines": forward_lines,
         "forward_code": forward_code,
@@ -125,6 +140,30 @@ def render_loss(derived: DerivedLoss) -> str:
         "argument_shapes": ", ".join(f"{a.name}.shape" for a in model.arguments),
     }
     return _environment().get_template("loss.py.jinja").render(context)
+
+
+def count_operations(code: Iterable[Line | str]) -> int:
+    """Tensor operations in printed code: calls and operators with a tensor operand.
+
+    An operation on plain numbers only (`math.log(2)`, `1 / 2`) is folded by Python, not run
+    per element, so it does not count; nor do reduction and gradient scaling, which every loss
+    shares.
+    """
+    total = 0
+    for item in code:
+        source = item.code if isinstance(item, Line) else item
+        tree = ast.parse(source, mode="eval")
+        for node in ast.walk(tree):
+            if isinstance(
+                node, (ast.Call, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp)
+            ):
+                if any(_is_tensor_name(n) for n in ast.walk(node)):
+                    total += 1
+    return total
+
+
+def _is_tensor_name(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) and node.id not in ("torch", "math")
 
 
 def render_package(modules: Sequence[tuple[str, str]]) -> str:

@@ -35,6 +35,9 @@ class TensorSymbol(sp.Symbol):
     def __getnewargs_ex__(self) -> tuple[tuple[str], dict[str, Any]]:
         return (self.name,), {"differentiable": self.differentiable}
 
+    def _hashable_content(self) -> tuple[Any, ...]:
+        return _declared_content(self)
+
 
 class ParamSymbol(sp.Symbol):
     """A constructor argument of the loss: a float, or a tensor broadcastable to the inputs."""
@@ -54,6 +57,18 @@ class ParamSymbol(sp.Symbol):
 
     def __getnewargs_ex__(self) -> tuple[tuple[str], dict[str, Any]]:
         return (self.name,), {"default": self.default, "learnable": self.learnable}
+
+    def _hashable_content(self) -> tuple[Any, ...]:
+        return _declared_content(self)
+
+
+def _declared_content(symbol: sp.Symbol) -> tuple[Any, ...]:
+    """Each declaration is its own symbol, as sympy.Dummy is: two Tensor("input") from two
+    spec files (or two loads of one) never compare equal. Otherwise SymPy's cache hands back
+    expressions built from an earlier declaration, whose metadata (declaration order, params'
+    defaults) then silently replaces this one's: argument order flipped in a real build.
+    """
+    return sp.Symbol._hashable_content(symbol) + (symbol.declaration_index,)
 
 
 def Tensor(name: str, *, differentiable: bool = True) -> TensorSymbol:  # noqa: N802
