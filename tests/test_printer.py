@@ -15,6 +15,7 @@ import sympy as sp
 import torch
 from sympy.codegen.cfunctions import expm1, log1p
 
+from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
 from lossgen.printer import (
     ELEMENTWISE_FUNCTIONS,
     SUPPORTED_NODES,
@@ -248,11 +249,32 @@ FUNCTIONS: dict[type, tuple[sp.Symbol, Callable, Callable | None]] = {
     log1p: (z, torch.log1p, math.log1p),
     expm1: (x, torch.expm1, math.expm1),
     relu: (x, lambda t: torch.clamp(t, min=0), None),  # relu of a number folds to Max
+    # The stable functions fold plain numbers into elementary forms: no math spelling.
+    sigmoid: (x, lambda t: 1 / (1 + torch.exp(-t)), None),
+    softplus: (x, lambda t: torch.log(1 + torch.exp(t)), None),
 }
+BINARY_FUNCTIONS = {xlogy}
 
 
 def test_function_table_covers_the_printer() -> None:
-    assert set(FUNCTIONS) == set(ELEMENTWISE_FUNCTIONS)
+    assert set(FUNCTIONS) | BINARY_FUNCTIONS == set(ELEMENTWISE_FUNCTIONS)
+
+
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        (xlogy(z, x + 3), lambda v: v[z] * torch.log(v[x] + 3)),
+        (xlogy(x, z), lambda v: torch.where(v[x] == 0, 0.0, v[x] * torch.log(v[z]))),
+        (logsigmoid(x), lambda v: torch.log(1 / (1 + torch.exp(-v[x])))),
+        (
+            logsumexp(x, y, z),
+            lambda v: torch.log(torch.exp(v[x]) + torch.exp(v[y]) + torch.exp(v[z])),
+        ),
+    ],
+    ids=case_id,
+)
+def test_stable_functions(expr: sp.Expr, expected: Callable) -> None:
+    check(expr, expected)
 
 
 @pytest.mark.parametrize("function", list(FUNCTIONS), ids=lambda f: f.__name__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import types
 from collections.abc import Callable, Sequence
 
@@ -22,7 +23,7 @@ import lossgen
 from lossgen.api import load_models
 from lossgen.model import LossModel
 from lossgen.reference import evaluate
-from lossgen.verify import load_generated
+from lossgen.verify import LossCase, draw, load_generated
 
 MODELS = {model.name: model for model in load_models(SPEC_ARGS)}
 LOSSES = sorted(MODELS)
@@ -42,6 +43,15 @@ def reference(
     return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
 
 
+@functools.cache
+def domains(name: str) -> dict[str, str]:
+    """Where each tensor of a loss may be sampled (e.g. a variance stays positive)."""
+    model = MODELS[name]
+    return LossCase(
+        model, importlib.import_module(f"generated.{model.snake_name}")
+    ).domains
+
+
 def arguments(
     model: LossModel,
     shape: Sequence[int],
@@ -50,15 +60,17 @@ def arguments(
 ) -> list[torch.Tensor]:
     """Tensors of `shape` for the tensor arguments, 0-dim tensors near the defaults for params."""
     generator = torch.Generator().manual_seed(seed)
+    where = domains(model.name)
     values = []
     for argument in model.arguments:
         if argument.is_tensor:
-            values.append(
-                torch.randn(*shape, generator=generator, dtype=torch.float64) * 2
-            )
+            domain = where[argument.name]
+            value = draw(domain, tuple(shape), generator, torch.float64, dyadic=False)
+            values.append(value * 2 if domain == "normal" else value)
         else:
             # nudged off the default so that e.g. tau = 0.5 does not hide an asymmetry
-            values.append(torch.tensor(argument.default + 0.3, dtype=torch.float64))
+            default = 1.0 if argument.default is None else argument.default
+            values.append(torch.tensor(default + 0.3, dtype=torch.float64))
     return [v.to(dtype) for v in values]
 
 
