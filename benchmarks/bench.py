@@ -10,7 +10,9 @@ For each loss (mean reduction; the first tensor argument requires grad, `--grad-
 differentiable tensor require grad) it times one step, `loss = f(...); loss.backward()`, of:
 
 - generated: the generated functional form (fast path where it applies, else the Function),
-- reference: the generated readable Function alone (`FUSED = False`),
+- fused-eager: the same fast path with its fused body run uncompiled (`COMPILE = False`),
+- reference: the generated readable Function alone (what `FUSED = False` gives; it is the
+  whole generated code of lossgen v0),
 - eager: the loss expression exactly as written in the spec, printed by `lossgen.printer`
   (no CSE, no simplification) and run as eager torch ops differentiated by autograd,
 - builtin: PyTorch's own loss where one computes the same thing (table `BUILTINS`),
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import glob
 import math
 import os
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 - the usual spelling
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -73,9 +74,7 @@ BUILTINS: dict[str, Callable[..., torch.Tensor]] = {
     ),
     "PoissonNLL": _poisson,
     "SoftMargin": lambda input, target: F.soft_margin_loss(input, target),
-    "GaussianNLL": lambda input, target, var: F.gaussian_nll_loss(
-        input, target, var
-    ),
+    "GaussianNLL": lambda input, target, var: F.gaussian_nll_loss(input, target, var),
 }
 
 
@@ -150,6 +149,21 @@ def stepper(
     return step
 
 
+def _uncompiled(
+    module: types.ModuleType, functional: Callable[..., torch.Tensor]
+) -> Callable[..., torch.Tensor]:
+    """The generated functional with its fused body run as plain torch (COMPILE = False)."""
+
+    def call(*args: object) -> torch.Tensor:
+        module.COMPILE = False
+        try:
+            return functional(*args)
+        finally:
+            module.COMPILE = True
+
+    return call
+
+
 def contenders(
     model: LossModel,
     module: types.ModuleType,
@@ -168,6 +182,10 @@ def contenders(
             "reference", stepper(function.apply, tensors, [*params, "mean"], grads)
         ),
     }
+    variants["fused-eager"] = Variant(
+        "fused-eager",
+        stepper(_uncompiled(module, functional), tensors, params, grads),
+    )
     # Params become tensors for the printed expression (the printer's convention).
     param_tensors = [torch.tensor(p, dtype=dtype, device=device) for p in params]
     eager = eager_function(model)
@@ -260,7 +278,9 @@ def peak_extra_bytes(step: Step, device: str) -> int:
 def measure(
     variants: dict[str, Variant], device: str, repeats: int, warmup: int
 ) -> None:
-    for variant in variants.values():  # compile, autotune, fault in the allocator's pages
+    for (
+        variant
+    ) in variants.values():  # compile, autotune, fault in the allocator's pages
         for _ in range(warmup):
             variant.step()
     for variant in variants.values():
@@ -279,7 +299,7 @@ def median_ms(variant: Variant) -> float:
 
 # --- reporting --------------------------------------------------------------------------------
 
-COLUMNS = ("generated", "reference", "eager", "builtin", "compile")
+COLUMNS = ("generated", "fused-eager", "reference", "eager", "builtin", "compile")
 
 
 def table(rows: list[Row], element_bytes: int, columns: Sequence[str]) -> str:
@@ -291,7 +311,9 @@ def table(rows: list[Row], element_bytes: int, columns: Sequence[str]) -> str:
     for row in rows:
         cells = [row.loss]
         for c in columns:
-            cells.append(f"{median_ms(row.variants[c]):.2f}" if c in row.variants else "")
+            cells.append(
+                f"{median_ms(row.variants[c]):.2f}" if c in row.variants else ""
+            )
         base = row.variants.get("generated")
         for c in ("eager", "compile", "builtin"):
             if base is not None and c in row.variants:
@@ -327,7 +349,9 @@ def machine(device: str) -> str:
         for line in lscpu.splitlines():
             if line.startswith("Model name:"):
                 cpu = line.split(":", 1)[1].strip()
-    lines.append(f"- CPU: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    lines.append(
+        f"- CPU: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    )
     if device.startswith("cuda"):
         lines.append(f"- GPU: {torch.cuda.get_device_name()}")
     versions = f"python {platform.python_version()}, torch {torch.__version__}"
@@ -409,7 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ce_shape = args.cross_entropy or ("8192x128256" if cuda else None)
     if ce_shape:
         ce_rows, classes = (int(v) for v in ce_shape.lower().split("x"))
-        variants = cross_entropy_contenders(ce_rows, classes, device, dtype, use_compile)
+        variants = cross_entropy_contenders(
+            ce_rows, classes, device, dtype, use_compile
+        )
         measure(variants, device, args.repeats, args.warmup)
         lines = [
             f"Softmax cross-entropy {ce_rows} x {classes} {args.dtype} "
