@@ -56,6 +56,7 @@ from lossgen.printer import print_torch  # noqa: E402
 from lossgen.verify import LossCase, draw, load_generated, param_value  # noqa: E402
 
 Step = Callable[[], None]
+Steps = tuple[Step, Step]
 
 
 def _poisson(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -81,7 +82,7 @@ BUILTINS: dict[str, Callable[..., torch.Tensor]] = {
 @dataclass
 class Variant:
     name: str
-    step: Step
+    steps: Steps  # (drop the last step's gradients, one forward+backward)
     times: list[float] = field(default_factory=list)
     peak_bytes: int | None = None
 
@@ -135,18 +136,20 @@ def stepper(
     tensors: list[torch.Tensor],
     args: list[object],
     grad_positions: Sequence[int],
-) -> Step:
-    """One forward+backward of `call(*leaves, *args)`; gradients land in the leaves' .grad."""
+) -> Steps:
+    """Dropping the last gradients, and one forward+backward of `call(*leaves, *args)`."""
     leaves = [
         t.detach().requires_grad_(i in grad_positions) for i, t in enumerate(tensors)
     ]
 
-    def step() -> None:
+    def reset() -> None:
         for leaf in leaves:
             leaf.grad = None
+
+    def step() -> None:
         call(*leaves, *args).backward()
 
-    return step
+    return reset, step
 
 
 def _uncompiled(
@@ -243,7 +246,9 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(step: Step, device: str) -> float:
+def timed(steps: Steps, device: str) -> float:
+    reset, step = steps
+    reset()  # freeing the last gradient is not part of the step
     synchronize(device)
     start = time.perf_counter()
     step()
@@ -251,8 +256,10 @@ def timed(step: Step, device: str) -> float:
     return time.perf_counter() - start
 
 
-def peak_extra_bytes(step: Step, device: str) -> int:
-    """Most bytes allocated at once during `step` beyond what was allocated before it."""
+def peak_extra_bytes(steps: Steps, device: str) -> int:
+    """Most bytes allocated at once during a step beyond what was allocated before it."""
+    reset, step = steps
+    reset()
     if device.startswith("cuda"):
         synchronize(device)
         before = torch.cuda.memory_allocated()
@@ -278,19 +285,20 @@ def peak_extra_bytes(step: Step, device: str) -> int:
 def measure(
     variants: dict[str, Variant], device: str, repeats: int, warmup: int
 ) -> None:
-    for (
-        variant
-    ) in variants.values():  # compile, autotune, fault in the allocator's pages
-        for _ in range(warmup):
-            variant.step()
+    # Compile, autotune, and fault in the allocator's pages first.
     for variant in variants.values():
-        variant.step()  # the previous step's .grad is dropped inside step()
-        variant.peak_bytes = peak_extra_bytes(variant.step, device)
+        for _ in range(warmup):
+            timed(variant.steps, device)
+    for variant in variants.values():
+        variant.peak_bytes = peak_extra_bytes(variant.steps, device)
+        variant.steps[0]()
     order = list(variants.values())
     for round_index in range(repeats):
         shift = round_index % len(order)
         for variant in order[shift:] + order[:shift]:
-            variant.times.append(timed(variant.step, device))
+            variant.times.append(timed(variant.steps, device))
+        for variant in order:  # each round starts with no gradients held
+            variant.steps[0]()
 
 
 def median_ms(variant: Variant) -> float:
