@@ -313,9 +313,15 @@ COLUMNS = ("generated", "fused-eager", "reference", "eager", "builtin", "compile
 def table(rows: list[Row], element_bytes: int, columns: Sequence[str]) -> str:
     header = ["loss"] + [f"{c} ms" for c in columns]
     header += ["eager / generated", "compile / generated", "builtin / generated"]
+    header += ["eager / reference"]
     header += [f"{c} peak" for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    ratios: dict[str, list[float]] = {"eager": [], "compile": [], "builtin": []}
+    ratios: dict[str, list[float]] = {
+        "eager": [],
+        "compile": [],
+        "builtin": [],
+        "reference": [],
+    }
     for row in rows:
         cells = [row.loss]
         for c in columns:
@@ -330,6 +336,16 @@ def table(rows: list[Row], element_bytes: int, columns: Sequence[str]) -> str:
                 cells.append(f"{ratio:.2f}x")
             else:
                 cells.append("")
+        if (
+            "reference" in row.variants
+        ):  # the readable Function alone: lossgen v0's code
+            ratio = median_ms(row.variants["eager"]) / median_ms(
+                row.variants["reference"]
+            )
+            ratios["reference"].append(ratio)
+            cells.append(f"{ratio:.2f}x")
+        else:
+            cells.append("")
         for c in columns:
             v = row.variants.get(c)
             cells.append(
@@ -340,7 +356,7 @@ def table(rows: list[Row], element_bytes: int, columns: Sequence[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if any(ratios.values()):
         cells = ["**median over losses**"] + [""] * len(columns)
-        for c in ("eager", "compile", "builtin"):
+        for c in ("eager", "compile", "builtin", "reference"):
             cells.append(
                 f"**{statistics.median(ratios[c]):.2f}x**" if ratios[c] else ""
             )

@@ -70,9 +70,10 @@ def _sum_to(grad, shape, argument_shape):
 # The fast path. The Function above is the readable reference; for large same-shaped inputs
 # with a "mean"/"sum" reduction, the functional form and the Module instead call a fused
 # Function that computes the loss and the gradients in one pass during forward (compiled with
-# torch.compile on first use, or run as plain torch where compiling fails), saves only those
-# gradients, and in backward hands them on, rescaled only when grad_output is not 1. Set
-# FUSED = False to always take the reference path; COMPILE = False to skip torch.compile.
+# torch.compile on first use, which takes seconds, or run as plain torch where compiling
+# fails), saves only those gradients, and in backward hands them on, rescaled only when
+# grad_output is not 1. Double backward and torch.func transforms take the reference path.
+# Set FUSED = False to always take the reference path; COMPILE = False to skip torch.compile.
 FUSED = True
 COMPILE = True
 FUSED_MIN_NUMEL = 1 << 16  # below this the first-call compile is not worth it
