@@ -74,12 +74,17 @@ def _sum_to(grad, shape, argument_shape):
 FUSED = True
 COMPILE = True
 FUSED_MIN_NUMEL = 1 << 16  # below this the first-call compile is not worth it
+# Feature checks that older torch versions lack: there the fast path stays off.
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
 
 
 def _use_fused(tensors, params, reduction):
     """Whether the fused path applies: plain same-shaped float tensors, scalar params."""
-    if not FUSED or reduction not in ("mean", "sum") or torch.compiler.is_compiling():
+    if not FUSED or reduction not in ("mean", "sum"):
+        return False
+    if _is_compiling is None or _is_compiling():
+        # torch.compile is tracing the caller: it fuses the reference Function itself.
         return False
     if _transforms_active is None or _transforms_active():
         # Under torch.func (vmap, grad, ...): the reference Function supports them.

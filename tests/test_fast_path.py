@@ -8,6 +8,7 @@ forced on small inputs by lowering FUSED_MIN_NUMEL; its pure-torch body runs eag
 from __future__ import annotations
 
 import functools
+import importlib
 import shutil
 import types
 
@@ -180,3 +181,27 @@ def test_compiled_fast_path_matches_reference() -> None:
         assert compiled is not module._fused  # compiling worked: not the fallback
     else:
         assert compiled is module._fused  # no compiler: fell back to plain torch
+
+
+def test_torch_compile_of_a_caller_traces_the_reference_function(monkeypatch) -> None:
+    # Dynamo imports the module it traces, so this uses the committed generated/huber.py.
+    module = importlib.import_module("generated.huber")
+    monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+    model, _ = modules()["Huber"]
+    input, target, _ = arguments(model, module, 64, torch.float32, seed=8)
+    taken = []
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        taken.append(module._use_fused([x, y], [1.0], "mean"))
+        return module.huber(x, y)
+
+    compiled = torch.compile(loss_of, backend="aot_eager", fullgraph=True)
+    x = input.detach().requires_grad_()
+    value = compiled(x, target)
+    value.backward()
+    assert taken == [False]  # traced once, through the reference Function
+    y = input.detach().requires_grad_()
+    expected = module.HuberFunction.apply(y, target, 1.0, "mean")
+    expected.backward()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(x.grad, y.grad)
