@@ -205,3 +205,42 @@ def test_torch_compile_of_a_caller_traces_the_reference_function(monkeypatch) ->
     expected.backward()
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(x.grad, y.grad)
+
+
+LINEAR_SPEC = """
+from lossgen import Loss, Param, Tensor
+
+input = Tensor("input")
+mask = Tensor("mask", differentiable=False)
+w = Param("w", default=2.0)
+linear = Loss("Linear", 3 * input + w, reduction="sum")
+masked = Loss("Masked", mask * (input - w) ** 2)
+"""
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_constant_gradients_and_frozen_tensors_on_the_fast_path(
+    tmp_path, reduction
+) -> None:
+    # Constant derivatives (d/dinput = 3, d/dw = 1) must still be summed over the loss's shape.
+    spec = tmp_path / "linear_spec.py"
+    spec.write_text(LINEAR_SPEC)
+    files = {f.name: f for f in generate([spec])}
+    linear = load_generated(files["linear.py"])
+    masked = load_generated(files["masked.py"])
+    for module in (linear, masked):
+        module.FUSED_MIN_NUMEL = 0
+        module.COMPILE = False
+    x = torch.randn(10, requires_grad=True)
+    w = torch.tensor(0.5, requires_grad=True)
+    value = linear.linear(x, w, reduction=reduction)
+    assert type(value.grad_fn).__name__.startswith("_LinearFused")
+    value.backward()
+    per_element = 1 / 10 if reduction == "mean" else 1.0
+    torch.testing.assert_close(x.grad, torch.full((10,), 3 * per_element))
+    torch.testing.assert_close(w.grad, torch.tensor(10 * per_element))
+    mask = (torch.arange(10) % 2).float().requires_grad_()
+    value = masked.masked(x, mask, reduction=reduction)
+    assert type(value.grad_fn).__name__.startswith("_MaskedFused")
+    with pytest.raises(RuntimeError, match="differentiable=False"):
+        value.backward()
