@@ -14,7 +14,13 @@ import jinja2
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 
-from lossgen.derive import DerivedLoss, Program, Step
+from lossgen.derive import (
+    DerivedLoss,
+    Program,
+    Step,
+    common_subexpressions,
+    guard_piecewise_branches,
+)
 from lossgen.model import Argument
 from lossgen.printer import print_torch
 
@@ -93,6 +99,8 @@ def render_loss(derived: DerivedLoss) -> str:
         factor = code if binds_tightly else f"({code})"
         gradients.append(GradientCode(index, gradient.argument, body, code, factor))
 
+    fused_lines, fused_loss, fused_gradients = _fused_code(derived)
+
     formulas = []
     if (
         derived.loss != model.expr
@@ -110,7 +118,8 @@ def render_loss(derived: DerivedLoss) -> str:
         for gradient in derived.gradients
     ]
     code_so_far = [forward_code, *(g.code for g in gradients)]
-    code_so_far += [line.code for line in (*forward_lines, *shared_lines)]
+    code_so_far += [line.code for line in (*forward_lines, *shared_lines, *fused_lines)]
+    code_so_far += [fused_loss, *(g.code for g in fused_gradients)]
     code_so_far += [line.code for g in gradients for line in g.lines]
     forward_ops = count_operations([*forward_lines, forward_code])
     backward_ops = count_operations(
@@ -130,6 +139,12 @@ def render_loss(derived: DerivedLoss) -> str:
             (model.arguments.index(a), a) for a in model.tensors if not a.differentiable
         ],
         "formulas": formulas,
+        "fused_lines": fused_lines,
+        "fused_loss": fused_loss,
+        "fused_gradients": fused_gradients,
+        "fused_targets": ", ".join(f"grad_{g.argument.name}" for g in fused_gradients)
+        + ("," if len(fused_gradients) == 1 else ""),
+        "param_arguments": ", ".join(p.name for p in model.params),
         "uses_math": any("math." in code for code in code_so_far),
         "signature": _signature(model.arguments, model.reduction),
         "param_signature": _signature(model.params, model.reduction),
@@ -180,3 +195,46 @@ def _signature(arguments: Sequence[Argument], reduction: str) -> str:
     ]
     parts.append(f'reduction="{reduction}"')
     return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class FusedGradient:
+    index: int  # position in Function.apply's arguments
+    argument: Argument
+    code: str
+    factor: str  # `code`, parenthesized where precedence needs it
+    constant: bool  # no symbols: the gradient must be broadcast to a full tensor
+
+
+def _fused_code(
+    derived: DerivedLoss,
+) -> tuple[tuple[Line, ...], str, tuple[FusedGradient, ...]]:
+    """The fast path's one-pass body: loss and every gradient, CSE'd together.
+
+    Sharing subexpressions between the loss and its gradients is what lets one pass compute
+    both; the gradients are the same guarded forms the reference backward uses.
+    """
+    model = derived.model
+    names = {argument.symbol: argument.name for argument in model.arguments}
+    like = model.tensors[0].name
+    exprs = [derived.loss] + [
+        guard_piecewise_branches(g.derivative) for g in derived.gradients
+    ]
+    steps, (loss, *results) = common_subexpressions(exprs)
+    for step in steps:
+        names[step.symbol] = step.symbol.name
+    lines = tuple(Line(s.symbol.name, print_torch(s.expr, names, like)) for s in steps)
+    gradients = []
+    for gradient, result in zip(derived.gradients, results):
+        code = print_torch(result, names, like)
+        binds_tightly = precedence(result) >= PRECEDENCE["Mul"]
+        gradients.append(
+            FusedGradient(
+                model.arguments.index(gradient.argument),
+                gradient.argument,
+                code,
+                code if binds_tightly else f"({code})",
+                not result.free_symbols,
+            )
+        )
+    return lines, print_torch(loss, names, like), tuple(gradients)

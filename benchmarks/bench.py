@@ -1,0 +1,483 @@
+"""Forward+backward time and peak extra memory of every generated loss against the alternatives.
+
+Run from the repository root (not a test; nothing here is timed in CI):
+
+    python benchmarks/bench.py                       # CPU, N = 2**22 float32, every loss in specs/
+    python benchmarks/bench.py --markdown benchmarks/RESULTS.md.part
+    python benchmarks/bench.py --device cuda         # N = 2**27, plus softmax cross-entropy
+
+For each loss (mean reduction; the first tensor argument requires grad, `--grad-all` makes every
+differentiable tensor require grad) it times one step, `loss = f(...); loss.backward()`, of:
+
+- generated: the generated functional form (fast path where it applies, else the Function),
+- fused-eager: the same fast path with its fused body run uncompiled (`COMPILE = False`),
+- reference: the generated readable Function alone (what `FUSED = False` gives; it is the
+  whole generated code of lossgen v0),
+- eager: the loss expression exactly as written in the spec, printed by `lossgen.printer`
+  (no CSE, no simplification) and run as eager torch ops differentiated by autograd,
+- builtin: PyTorch's own loss where one computes the same thing (table `BUILTINS`),
+- compile: `torch.compile` of the eager function (compiled and warmed up before timing).
+
+Rounds are interleaved (every variant once per round, in a rotated order) and the median over
+rounds is reported; ratios are taken between medians of the same run. Peak extra memory is the
+most memory allocated at once during one step beyond what was allocated before it (so the
+inputs do not count and the gradient left in `.grad` does), in units of one input-sized
+tensor: on CUDA from `torch.cuda.max_memory_allocated`; on CPU from the allocation events that
+`torch.profiler` records with `profile_memory=True` (every allocation and free through
+PyTorch's CPU allocator, compiled kernels' buffers included), summed in time order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual spelling
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lossgen.api import derive_all, generate  # noqa: E402
+from lossgen.model import LossModel  # noqa: E402
+from lossgen.printer import print_torch  # noqa: E402
+from lossgen.verify import LossCase, draw, load_generated, param_value  # noqa: E402
+
+Step = Callable[[], None]
+Steps = tuple[Step, Step]
+
+
+def _poisson(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.poisson_nll_loss(input, target, log_input=True, full=False)
+
+
+# Loss name -> PyTorch's own loss computing the same mean-reduced value from (tensors, params).
+# Only losses whose spec matches the built-in's definition exactly are listed.
+BUILTINS: dict[str, Callable[..., torch.Tensor]] = {
+    "MSE": lambda input, target: F.mse_loss(input, target),
+    "L1": lambda input, target: F.l1_loss(input, target),
+    "Huber": lambda input, target, delta: F.huber_loss(input, target, delta=delta),
+    "SmoothL1": lambda input, target, beta: F.smooth_l1_loss(input, target, beta=beta),
+    "BCEWithLogits": lambda input, target: F.binary_cross_entropy_with_logits(
+        input, target
+    ),
+    "PoissonNLL": _poisson,
+    "SoftMargin": lambda input, target: F.soft_margin_loss(input, target),
+    "GaussianNLL": lambda input, target, var: F.gaussian_nll_loss(input, target, var),
+}
+
+
+@dataclass
+class Variant:
+    name: str
+    steps: Steps  # (drop the last step's gradients, one forward+backward)
+    times: list[float] = field(default_factory=list)
+    peak_bytes: int | None = None
+
+
+@dataclass
+class Row:
+    loss: str
+    variants: dict[str, Variant]
+
+
+# --- building the contenders ------------------------------------------------------------------
+
+
+def eager_function(model: LossModel) -> Callable[..., torch.Tensor]:
+    """The spec's expression as written, as a Python function of torch ops (mean-reduced)."""
+    names = {a.symbol: a.name for a in model.arguments}
+    like = model.tensors[0].name
+    arguments = ", ".join(a.name for a in model.arguments)
+    source = (
+        f"def eager_{model.snake_name}({arguments}):\n"
+        f"    return ({print_torch(model.expr, names, like)}).mean()\n"
+    )
+    namespace: dict[str, object] = {"torch": torch, "math": math}
+    exec(compile(source, f"<eager {model.name}>", "exec"), namespace)  # noqa: S102
+    return namespace[f"eager_{model.snake_name}"]  # type: ignore[return-value]
+
+
+def make_inputs(
+    model: LossModel,
+    module: types.ModuleType,
+    n: int,
+    device: str,
+    dtype: torch.dtype,
+    grad_all: bool,
+) -> tuple[list[torch.Tensor], list[float], list[int]]:
+    """Tensors drawn from the domain `lossgen check` uses, params at their defaults."""
+    case = LossCase(model, module)
+    generator = torch.Generator().manual_seed(0)
+    tensors, grad_positions = [], []
+    for index, argument in enumerate(model.tensors):
+        value = draw(case.domains[argument.name], (n,), generator, torch.float32, False)
+        tensors.append(value.to(device=device, dtype=dtype))
+        if argument.differentiable and (grad_all or index == 0):
+            grad_positions.append(index)
+    params = [param_value(p, generator) for p in model.params]
+    return tensors, params, grad_positions
+
+
+def stepper(
+    call: Callable[..., torch.Tensor],
+    tensors: list[torch.Tensor],
+    args: list[object],
+    grad_positions: Sequence[int],
+) -> Steps:
+    """Dropping the last gradients, and one forward+backward of `call(*leaves, *args)`."""
+    leaves = [
+        t.detach().requires_grad_(i in grad_positions) for i, t in enumerate(tensors)
+    ]
+
+    def reset() -> None:
+        for leaf in leaves:
+            leaf.grad = None
+
+    def step() -> None:
+        call(*leaves, *args).backward()
+
+    return reset, step
+
+
+def _uncompiled(
+    module: types.ModuleType, functional: Callable[..., torch.Tensor]
+) -> Callable[..., torch.Tensor]:
+    """The generated functional with its fused body run as plain torch (COMPILE = False)."""
+
+    def call(*args: object) -> torch.Tensor:
+        module.COMPILE = False
+        try:
+            return functional(*args)
+        finally:
+            module.COMPILE = True
+
+    return call
+
+
+def contenders(
+    model: LossModel,
+    module: types.ModuleType,
+    n: int,
+    device: str,
+    dtype: torch.dtype,
+    grad_all: bool,
+    use_compile: bool,
+) -> dict[str, Variant]:
+    tensors, params, grads = make_inputs(model, module, n, device, dtype, grad_all)
+    functional = getattr(module, model.snake_name)
+    function = getattr(module, f"{model.name}Function")
+    variants = {
+        "generated": Variant("generated", stepper(functional, tensors, params, grads)),
+        "reference": Variant(
+            "reference", stepper(function.apply, tensors, [*params, "mean"], grads)
+        ),
+    }
+    variants["fused-eager"] = Variant(
+        "fused-eager",
+        stepper(_uncompiled(module, functional), tensors, params, grads),
+    )
+    # Params become tensors for the printed expression (the printer's convention).
+    param_tensors = [torch.tensor(p, dtype=dtype, device=device) for p in params]
+    eager = eager_function(model)
+    variants["eager"] = Variant("eager", stepper(eager, tensors, param_tensors, grads))
+    if model.name in BUILTINS:
+        variants["builtin"] = Variant(
+            "builtin", stepper(BUILTINS[model.name], tensors, params, grads)
+        )
+    if use_compile:
+        compiled = torch.compile(eager)
+        variants["compile"] = Variant(
+            "compile", stepper(compiled, tensors, param_tensors, grads)
+        )
+    return variants
+
+
+def cross_entropy_contenders(
+    rows: int, classes: int, device: str, dtype: torch.dtype, use_compile: bool
+) -> dict[str, Variant]:
+    """Softmax cross-entropy over `classes` logits per row (CUDA mode only)."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    logits = torch.randn(rows, classes, generator=generator, device=device, dtype=dtype)
+    labels = torch.randint(
+        0, classes, (rows,), generator=generator, device=device, dtype=torch.long
+    )
+
+    def eager(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        picked = x.gather(1, y[:, None])[:, 0]
+        return (torch.logsumexp(x, dim=1) - picked).mean()
+
+    variants = {
+        "builtin": Variant(
+            "builtin", stepper(F.cross_entropy, [logits, labels], [], [0])
+        ),
+        "eager": Variant("eager", stepper(eager, [logits, labels], [], [0])),
+    }
+    if use_compile:
+        variants["compile"] = Variant(
+            "compile", stepper(torch.compile(eager), [logits, labels], [], [0])
+        )
+    with contextlib.suppress(ImportError):
+        from liger_kernel.transformers.functional import liger_cross_entropy
+
+        variants["liger"] = Variant(
+            "liger", stepper(liger_cross_entropy, [logits, labels], [], [0])
+        )
+    return variants
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(steps: Steps, device: str) -> float:
+    reset, step = steps
+    reset()  # freeing the last gradient is not part of the step
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def peak_extra_bytes(steps: Steps, device: str) -> int:
+    """Most bytes allocated at once during a step beyond what was allocated before it."""
+    reset, step = steps
+    reset()
+    if device.startswith("cuda"):
+        synchronize(device)
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [
+        e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    ]
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def measure(
+    variants: dict[str, Variant], device: str, repeats: int, warmup: int
+) -> None:
+    # Compile, autotune, and fault in the allocator's pages first.
+    for variant in variants.values():
+        for _ in range(warmup):
+            timed(variant.steps, device)
+    for variant in variants.values():
+        variant.peak_bytes = peak_extra_bytes(variant.steps, device)
+        variant.steps[0]()
+    order = list(variants.values())
+    for round_index in range(repeats):
+        shift = round_index % len(order)
+        for variant in order[shift:] + order[:shift]:
+            variant.times.append(timed(variant.steps, device))
+        for variant in order:  # each round starts with no gradients held
+            variant.steps[0]()
+
+
+def median_ms(variant: Variant) -> float:
+    return 1e3 * statistics.median(variant.times)
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+COLUMNS = ("generated", "fused-eager", "reference", "eager", "builtin", "compile")
+
+
+def table(rows: list[Row], element_bytes: int, columns: Sequence[str]) -> str:
+    header = ["loss"] + [f"{c} ms" for c in columns]
+    header += ["eager / generated", "compile / generated", "builtin / generated"]
+    header += ["eager / reference"]
+    header += [f"{c} peak" for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ratios: dict[str, list[float]] = {
+        "eager": [],
+        "compile": [],
+        "builtin": [],
+        "reference": [],
+    }
+    for row in rows:
+        cells = [row.loss]
+        for c in columns:
+            cells.append(
+                f"{median_ms(row.variants[c]):.2f}" if c in row.variants else ""
+            )
+        base = row.variants.get("generated")
+        for c in ("eager", "compile", "builtin"):
+            if base is not None and c in row.variants:
+                ratio = median_ms(row.variants[c]) / median_ms(base)
+                ratios[c].append(ratio)
+                cells.append(f"{ratio:.2f}x")
+            else:
+                cells.append("")
+        if (
+            "reference" in row.variants
+        ):  # the readable Function alone: lossgen v0's code
+            ratio = median_ms(row.variants["eager"]) / median_ms(
+                row.variants["reference"]
+            )
+            ratios["reference"].append(ratio)
+            cells.append(f"{ratio:.2f}x")
+        else:
+            cells.append("")
+        for c in columns:
+            v = row.variants.get(c)
+            cells.append(
+                f"{v.peak_bytes / element_bytes:.2f}"
+                if v is not None and v.peak_bytes is not None
+                else ""
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    if any(ratios.values()):
+        cells = ["**median over losses**"] + [""] * len(columns)
+        for c in ("eager", "compile", "builtin", "reference"):
+            cells.append(
+                f"**{statistics.median(ratios[c]):.2f}x**" if ratios[c] else ""
+            )
+        cells += [""] * len(columns)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def machine(device: str) -> str:
+    lines = [f"- date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}"]
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in lscpu.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    lines.append(
+        f"- CPU: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    )
+    if device.startswith("cuda"):
+        lines.append(f"- GPU: {torch.cuda.get_device_name()}")
+    versions = f"python {platform.python_version()}, torch {torch.__version__}"
+    with contextlib.suppress(ImportError):
+        import triton
+
+        versions += f", triton {triton.__version__}"
+    lines.append(f"- versions: {versions}")
+    with contextlib.suppress(OSError):
+        lines.append(f"- load average (1, 5, 15 min) at the end: {os.getloadavg()}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("specs", nargs="*", help="spec files (default specs/*.py)")
+    parser.add_argument("--losses", help="comma-separated loss names (default: all)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("-n", type=int, help="elements (default 2**22 CPU, 2**27 CUDA)")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--grad-all", action="store_true")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument(
+        "--cross-entropy",
+        default=None,
+        help="ROWSxCLASSES softmax cross-entropy (default 8192x128256 on CUDA, none on CPU)",
+    )
+    parser.add_argument("--markdown", help="write the report to this file too")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    cuda = device.startswith("cuda")
+    dtype = getattr(torch, args.dtype)
+    n = args.n or (2**27 if cuda else 2**22)
+    specs = args.specs or sorted(glob.glob("specs/*.py"))
+    wanted = set(args.losses.split(",")) if args.losses else None
+    use_compile = not args.no_compile
+
+    files = {f.name: f for f in generate(specs)}
+    rows = []
+    for derived in derive_all(specs):
+        model = derived.model
+        if wanted is not None and model.name not in wanted:
+            continue
+        module = load_generated(files[f"{model.snake_name}.py"])
+        variants = contenders(
+            model, module, n, device, dtype, args.grad_all, use_compile
+        )
+        measure(variants, device, args.repeats, args.warmup)
+        rows.append(Row(model.name, variants))
+        print(
+            f"{model.name}: "
+            + ", ".join(f"{k} {median_ms(v):.2f} ms" for k, v in variants.items()),
+            file=sys.stderr,
+            flush=True,
+        )
+        del variants
+        if cuda:
+            torch.cuda.empty_cache()
+
+    element_bytes = n * dtype.itemsize
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    report = [
+        f"### {device}, N = {n} ({'2**' + str(int(math.log2(n))) if n & (n - 1) == 0 else n}),"
+        f" {args.dtype}, mean reduction, forward+backward\n",
+        f"Command: `{command}`\n",
+        machine(device),
+        f"Median of {args.repeats} interleaved rounds, ms; ratios > 1 mean the generated "
+        "code is faster. Peak: extra memory at the peak of one step, in input-sized "
+        "tensors (the gradient left in `.grad` counts as 1).\n",
+        table(rows, element_bytes, COLUMNS),
+    ]
+
+    ce_shape = args.cross_entropy or ("8192x128256" if cuda else None)
+    if ce_shape:
+        ce_rows, classes = (int(v) for v in ce_shape.lower().split("x"))
+        variants = cross_entropy_contenders(
+            ce_rows, classes, device, dtype, use_compile
+        )
+        measure(variants, device, args.repeats, args.warmup)
+        lines = [
+            f"Softmax cross-entropy {ce_rows} x {classes} {args.dtype} "
+            "(lossgen has no row-wise reductions, so no generated column):\n",
+            "| variant | ms | peak extra GB |",
+            "|---|---|---|",
+        ]
+        for name, variant in variants.items():
+            peak = (variant.peak_bytes or 0) / 1e9
+            lines.append(f"| {name} | {median_ms(variant):.2f} | {peak:.2f} |")
+        report.append("\n".join(lines) + "\n")
+
+    text = "\n".join(report)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
