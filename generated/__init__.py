@@ -22,7 +22,6 @@ from .hinge import Hinge, HingeFunction, hinge
 from .hinge_embedding import HingeEmbedding, HingeEmbeddingFunction, hinge_embedding
 from .huber import Huber, HuberFunction, huber
 from .kl_div import KLDiv, KLDivFunction, kl_div
-from .kl_div_log_target import KLDivLogTarget, KLDivLogTargetFunction, kl_div_log_target
 from .l1 import L1, L1Function, l1
 from .log_cosh import LogCosh, LogCoshFunction, log_cosh
 from .margin_ranking import MarginRanking, MarginRankingFunction, margin_ranking
@@ -99,9 +98,6 @@ __all__ = [
     "KLDiv",
     "KLDivFunction",
     "kl_div",
-    "KLDivLogTarget",
-    "KLDivLogTargetFunction",
-    "kl_div_log_target",
     "L1",
     "L1Function",
     "l1",

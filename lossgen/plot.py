@@ -45,6 +45,7 @@ class Curves:
     labels: tuple[str, ...]
     losses: tuple[torch.Tensor, ...]
     derivatives: tuple[torch.Tensor, ...]
+    held: tuple[tuple[str, float], ...] = ()  # the other tensors' fixed values
 
 
 class PlotError(LossgenError):
@@ -75,6 +76,7 @@ def curves(
     else:
         varied, values = "", (0.0,)
     labels, losses, derivatives = [], [], []
+    held: dict[str, float] = {}
     for value in values:
         arguments: list[torch.Tensor | float] = []
         for argument in model.arguments:
@@ -95,6 +97,8 @@ def curves(
                 arguments.append(
                     argument.default if argument.default is not None else 1.0
                 )
+            if argument.is_tensor and argument is not swept:
+                held[argument.name] = float(arguments[-1])
         tensors = [
             a if isinstance(a, torch.Tensor) else torch.full_like(x, a)
             for a in arguments[: len(model.tensors)]
@@ -105,7 +109,14 @@ def curves(
         labels.append(f"{varied} = {value:g}" if varied else "")
         losses.append(loss.detach())
         derivatives.append(derivative)
-    return Curves(swept.name, x, tuple(labels), tuple(losses), tuple(derivatives))
+    return Curves(
+        swept.name,
+        x,
+        tuple(labels),
+        tuple(losses),
+        tuple(derivatives),
+        tuple(held.items()),
+    )
 
 
 def draw(model: LossModel, data: Curves, path: PathLike, *, dpi: int = 100) -> Path:
@@ -125,7 +136,8 @@ def draw(model: LossModel, data: Curves, path: PathLike, *, dpi: int = 100) -> P
         for label, loss, derivative in zip(data.labels, data.losses, data.derivatives):
             left.plot(x, loss.numpy(), label=label or None)
             right.plot(x, derivative.numpy(), label=label or None)
-        left.set_title(f"{model.name}")
+        held = ", ".join(f"{name} = {value:g}" for name, value in data.held)
+        left.set_title(f"{model.name}" + (f"  ({held})" if held else ""))
         right.set_title(f"d loss / d {data.x_name}")
         for axes in (left, right):
             axes.set_xlabel(data.x_name)

@@ -52,10 +52,3 @@ kl_div = Loss(
     doc="Pointwise KL divergence with log-probability input, as "
     "torch.nn.functional.kl_div(input, target, log_target=False).",
 )
-kl_div_log_target = Loss(
-    "KLDivLogTarget",
-    sp.exp(target) * (target - input),
-    reduction="sum",
-    doc="Pointwise KL divergence with log-probability input and target, as "
-    "torch.nn.functional.kl_div(input, target, log_target=True).",
-)

@@ -53,8 +53,8 @@ barron = Loss(
         ** (barron_alpha / 2)
         - 1
     ),
-    doc="Barron's general robust loss rho(r, alpha, c) with learnable shape alpha (barron_alpha) and scale c (barron_scale); "
-    "defined for alpha not in {0, 2}.",
+    doc="Barron's general robust loss rho(r, alpha, c) with learnable shape alpha "
+    "(barron_alpha) and scale c (barron_scale); defined for alpha not in {0, 2}.",
 )
 wing = Loss(
     "Wing",
