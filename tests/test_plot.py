@@ -13,18 +13,54 @@ from lossgen.cli import main
 from lossgen.plot import PlotSettings, curves
 from lossgen.verify import load_generated
 
+# A small spec of its own: deriving all of specs/classification.py would take seconds.
+SMALL_SPEC = """
+import sympy as sp
+from lossgen import Loss, Param, Tensor, relu
 
-def _curves(spec: str, name: str, settings: PlotSettings):
-    model = next(m for m in load_models([spec]) if m.name == name)
-    files = {f.name: f for f in generate([spec])}
-    return curves(model, load_generated(files[f"{model.snake_name}.py"]), settings)
+input = Tensor("input")
+probability = Tensor("probability")
+target = Tensor("target")
+label = Tensor("label", differentiable=False)
+alpha = Param("alpha", default=1.0)
+delta = Param("delta", default=1.0)
+
+hinge = Loss("Hinge", relu(1 - label * input))
+bce = Loss("BCE", -(target * sp.log(probability) + (1 - target) * sp.log(1 - probability)))
+barron = Loss(
+    "Barron",
+    sp.Abs(alpha - 2) / alpha
+    * (((input - target) ** 2 / sp.Abs(alpha - 2) + 1) ** (alpha / 2) - 1),
+)
+huber = Loss(
+    "Huber",
+    sp.Piecewise(
+        ((input - target) ** 2 / 2, sp.Abs(input - target) <= delta),
+        (delta * (sp.Abs(input - target) - delta / 2), True),
+    ),
+)
+"""
 
 
-def test_plotted_derivative_is_the_generated_backward() -> None:
+@pytest.fixture(scope="module")
+def small_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("spec") / "small.py"
+    path.write_text(SMALL_SPEC, encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def small_modules(small_spec: str) -> dict:
+    files = {f.name: f for f in generate([small_spec])}
+    return {
+        model.name: (model, load_generated(files[f"{model.snake_name}.py"]))
+        for model in load_models([small_spec])
+    }
+
+
+def test_plotted_derivative_is_the_generated_backward(small_modules: dict) -> None:
     # Huber's derivative is clamp(r, -delta, delta): one curve per delta.
-    data = _curves(
-        "specs/regression.py", "Huber", PlotSettings(vary=("delta", (0.5, 2.0)))
-    )
+    data = curves(*small_modules["Huber"], PlotSettings(vary=("delta", (0.5, 2.0))))
     assert data.labels == ("delta = 0.5", "delta = 2")
     assert data.held == (("target", 0.0),)
     for delta, loss, derivative in zip((0.5, 2.0), data.losses, data.derivatives):
@@ -32,21 +68,23 @@ def test_plotted_derivative_is_the_generated_backward() -> None:
         assert loss.min().item() == pytest.approx(0.0, abs=1e-12)
 
 
-def test_plotted_derivative_is_the_slope_of_the_plotted_loss() -> None:
-    data = _curves(
-        "specs/robust.py", "Barron", PlotSettings(vary=("barron_alpha", (-2.0, 1.5)))
-    )
+def test_plotted_derivative_is_the_slope_of_the_plotted_loss(
+    small_modules: dict,
+) -> None:
+    data = curves(*small_modules["Barron"], PlotSettings(vary=("alpha", (-2.0, 1.5))))
     step = float(data.x[1] - data.x[0])
     for loss, derivative in zip(data.losses, data.derivatives):
         slope = (loss[2:] - loss[:-2]) / (2 * step)
         torch.testing.assert_close(slope, derivative[1:-1], atol=1e-3, rtol=1e-3)
 
 
-def test_domain_sets_the_range_and_labels_are_held_at_the_positive_class() -> None:
-    data = _curves("specs/classification.py", "Hinge", PlotSettings())
+def test_domain_sets_the_range_and_labels_are_held_at_the_positive_class(
+    small_modules: dict,
+) -> None:
+    data = curves(*small_modules["Hinge"])
     assert data.held == (("label", 1.0),)
     assert (data.x.min().item(), data.x.max().item()) == (-3.0, 3.0)
-    data = _curves("specs/classification.py", "BCE", PlotSettings())
+    data = curves(*small_modules["BCE"])
     assert 0.0 < data.x.min().item() < data.x.max().item() < 1.0  # probabilities
 
 

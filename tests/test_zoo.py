@@ -225,6 +225,7 @@ CASES: dict[str, Callable[[], Case]] = {
         lambda x, y, w, reduction: generated.custom_loss(x, y, w, reduction=reduction),
         elementwise(lambda x, y, w: w * F.l1_loss(x, y, reduction="none")),
         lambda g: [*regression_pair(g), uniform(g, 0.5, 2.0)],
+        lambda g: [*residual_pair(0.0)(g), uniform(g, 0.5, 2.0)],
     ),
     "UncertaintyWeightedMSE": lambda: Case(
         lambda x, y, s, reduction: generated.uncertainty_weighted_mse(
