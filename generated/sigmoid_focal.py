@@ -6,20 +6,20 @@ Focal loss on logits (Lin et al., 2017), as kornia's binary_focal_loss_with_logi
 
 Elementwise, with every argument broadcast against the others:
 
-    loss = alpha*target*(log(1 + exp(-Abs(input))) + Max(0, -input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) + (1 - alpha)*(1 - target)*(log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, -input)))
-        LaTeX: \alpha target \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, - input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} + \left(1 - \alpha\right) \left(1 - target\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, - input\right)\right)}
+    loss = alpha*target*(-input + log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) + (1 - alpha)*(1 - target)*(log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(-input + log(1 + exp(-Abs(input))) + Max(0, input)))
+        LaTeX: \alpha target \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} + \left(1 - \alpha\right) \left(1 - target\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)}
 
-    d loss / d input = -alpha*gamma*target*(log(1 + exp(-Abs(input))) + Max(0, -input))*(Heaviside(input) - exp(-Abs(input))*sign(input)/(1 + exp(-Abs(input))))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) - alpha*target*(Heaviside(-input) + exp(-Abs(input))*sign(input)/(1 + exp(-Abs(input))))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) + gamma*(1 - alpha)*(1 - target)*(log(1 + exp(-Abs(input))) + Max(0, input))*(Heaviside(-input) + exp(-Abs(input))*sign(input)/(1 + exp(-Abs(input))))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, -input))) + (1 - alpha)*(1 - target)*(Heaviside(input) - exp(-Abs(input))*sign(input)/(1 + exp(-Abs(input))))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, -input)))
-        LaTeX: - \alpha \gamma target \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, - input\right)\right) \left(\theta\left(input\right) - \frac{e^{- \left|{input}\right|} \operatorname{sign}{\left(input \right)}}{1 + e^{- \left|{input}\right|}}\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} - \alpha target \left(\theta\left(- input\right) + \frac{e^{- \left|{input}\right|} \operatorname{sign}{\left(input \right)}}{1 + e^{- \left|{input}\right|}}\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} + \gamma \left(1 - \alpha\right) \left(1 - target\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) \left(\theta\left(- input\right) + \frac{e^{- \left|{input}\right|} \operatorname{sign}{\left(input \right)}}{1 + e^{- \left|{input}\right|}}\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, - input\right)\right)} + \left(1 - \alpha\right) \left(1 - target\right) \left(\theta\left(input\right) - \frac{e^{- \left|{input}\right|} \operatorname{sign}{\left(input \right)}}{1 + e^{- \left|{input}\right|}}\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, - input\right)\right)}
+    d loss / d input = -alpha*gamma*target*(Heaviside(input) - exp(-Abs(input))*sign(input)/(1 + exp(-Abs(input))))*(-input + log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) + alpha*target*(Heaviside(input) - 1 - exp(-Abs(input))*sign(input)/(1 + exp(-Abs(input))))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) - gamma*(1 - alpha)*(1 - target)*(log(1 + exp(-Abs(input))) + Max(0, input))*(Heaviside(input) - 1 - exp(-Abs(input))*sign(input)/(1 + exp(-Abs(input))))*exp(-gamma*(-input + log(1 + exp(-Abs(input))) + Max(0, input))) + (1 - alpha)*(1 - target)*(Heaviside(input) - exp(-Abs(input))*sign(input)/(1 + exp(-Abs(input))))*exp(-gamma*(-input + log(1 + exp(-Abs(input))) + Max(0, input)))
+        LaTeX: - \alpha \gamma target \left(\theta\left(input\right) - \frac{e^{- \left|{input}\right|} \operatorname{sign}{\left(input \right)}}{1 + e^{- \left|{input}\right|}}\right) \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} + \alpha target \left(\theta\left(input\right) - 1 - \frac{e^{- \left|{input}\right|} \operatorname{sign}{\left(input \right)}}{1 + e^{- \left|{input}\right|}}\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} - \gamma \left(1 - \alpha\right) \left(1 - target\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) \left(\theta\left(input\right) - 1 - \frac{e^{- \left|{input}\right|} \operatorname{sign}{\left(input \right)}}{1 + e^{- \left|{input}\right|}}\right) e^{- \gamma \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} + \left(1 - \alpha\right) \left(1 - target\right) \left(\theta\left(input\right) - \frac{e^{- \left|{input}\right|} \operatorname{sign}{\left(input \right)}}{1 + e^{- \left|{input}\right|}}\right) e^{- \gamma \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)}
 
-    d loss / d target = alpha*(log(1 + exp(-Abs(input))) + Max(0, -input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) - (1 - alpha)*(log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, -input)))
-        LaTeX: \alpha \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, - input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} - \left(1 - \alpha\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, - input\right)\right)}
+    d loss / d target = alpha*(-input + log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) - (1 - alpha)*(log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(-input + log(1 + exp(-Abs(input))) + Max(0, input)))
+        LaTeX: \alpha \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} - \left(1 - \alpha\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)}
 
-    d loss / d alpha = target*(log(1 + exp(-Abs(input))) + Max(0, -input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) - (1 - target)*(log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, -input)))
-        LaTeX: target \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, - input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} - \left(1 - target\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, - input\right)\right)}
+    d loss / d alpha = target*(-input + log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) - (1 - target)*(log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(-input + log(1 + exp(-Abs(input))) + Max(0, input)))
+        LaTeX: target \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} - \left(1 - target\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)}
 
-    d loss / d gamma = -(alpha*target*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) + (1 - alpha)*(1 - target)*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, -input))))*(log(1 + exp(-Abs(input))) + Max(0, -input))*(log(1 + exp(-Abs(input))) + Max(0, input))
-        LaTeX: - \left(\alpha target e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} + \left(1 - \alpha\right) \left(1 - target\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, - input\right)\right)}\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, - input\right)\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)
+    d loss / d gamma = (-alpha*target*(-input + log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) + (1 - alpha)*(1 - target)*(input - log(1 + exp(-Abs(input))) - Max(0, input))*exp(-gamma*(-input + log(1 + exp(-Abs(input))) + Max(0, input))))*(log(1 + exp(-Abs(input))) + Max(0, input))
+        LaTeX: \left(- \alpha target \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} + \left(1 - \alpha\right) \left(1 - target\right) \left(input - \log{\left(1 + e^{- \left|{input}\right|} \right)} - \max\left(0, input\right)\right) e^{- \gamma \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)}\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)
 
 Three ways to use it, all with the same symbolic backward:
     SigmoidFocal(alpha=0.25, gamma=2.0, reduction="mean")(input, target)
@@ -85,10 +85,9 @@ class SigmoidFocalFunction(torch.autograd.Function):
         _check_reduction(reduction)
         alpha = _as_tensor(alpha, input)
         gamma = _as_tensor(gamma, input)
-        tmp0 = torch.log(1 + torch.exp(-torch.abs(input)))
-        tmp1 = tmp0 + torch.clamp(-input, min=0)
-        tmp2 = tmp0 + torch.clamp(input, min=0)
-        loss = alpha * tmp1 * target * torch.exp(-gamma * tmp2) + tmp2 * (1 - alpha) * (
+        tmp0 = torch.log(1 + torch.exp(-torch.abs(input))) + torch.clamp(input, min=0)
+        tmp1 = tmp0 - input
+        loss = alpha * tmp1 * target * torch.exp(-gamma * tmp0) + tmp0 * (1 - alpha) * (
             1 - target
         ) * torch.exp(-gamma * tmp1)
         return _reduce(loss, reduction)
@@ -111,34 +110,34 @@ class SigmoidFocalFunction(torch.autograd.Function):
             input.shape, target.shape, alpha.shape, gamma.shape
         )
         grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
-        tmp0 = -input
-        tmp1 = torch.exp(-torch.abs(input))
-        tmp2 = tmp1 + 1
-        tmp5 = torch.log(tmp2)
-        tmp6 = tmp5 + torch.clamp(input, min=0)
-        tmp7 = torch.exp(-gamma * tmp6)
-        tmp8 = alpha * tmp7 * target
-        tmp9 = 1 - alpha
-        tmp10 = 1 - target
-        tmp11 = tmp5 + torch.clamp(tmp0, min=0)
-        tmp12 = gamma * tmp11
-        tmp13 = torch.exp(-tmp12)
-        tmp15 = tmp11 * tmp7
-        tmp16 = tmp13 * tmp6
+        tmp0 = torch.exp(-torch.abs(input))
+        tmp1 = tmp0 + 1
+        tmp2 = torch.log(tmp1) + torch.clamp(input, min=0)
+        tmp3 = gamma * tmp2
+        tmp4 = torch.exp(-tmp3)
+        tmp8 = 1 - alpha
+        tmp9 = 1 - target
+        tmp10 = tmp2 - input
+        tmp11 = gamma * tmp10
+        tmp12 = torch.exp(-tmp11)
+        tmp14 = tmp10 * tmp4
+        tmp15 = alpha * tmp14
+        tmp16 = tmp12 * tmp2
         grad_input = None
         grad_target = None
         grad_alpha = None
         grad_gamma = None
         if ctx.needs_input_grad[0]:
-            tmp3 = tmp1 * torch.sign(input) / tmp2
-            tmp4 = tmp3 + ((1 + torch.sign(tmp0)) / 2)
-            tmp14 = -tmp3 + ((1 + torch.sign(input)) / 2)
+            tmp5 = (1 + torch.sign(input)) / 2
+            tmp6 = tmp0 * torch.sign(input) / tmp1
+            tmp7 = tmp5 - tmp6 - 1
+            tmp13 = tmp5 - tmp6
             grad_input = _sum_to(
                 (
-                    gamma * tmp10 * tmp13 * tmp4 * tmp6 * tmp9
-                    + tmp10 * tmp13 * tmp14 * tmp9
-                    - tmp12 * tmp14 * tmp8
-                    - tmp4 * tmp8
+                    -alpha * tmp11 * tmp13 * tmp4 * target
+                    + alpha * tmp4 * tmp7 * target
+                    + tmp12 * tmp13 * tmp8 * tmp9
+                    - tmp12 * tmp3 * tmp7 * tmp8 * tmp9
                 )
                 * grad_scale,
                 shape,
@@ -146,15 +145,15 @@ class SigmoidFocalFunction(torch.autograd.Function):
             )
         if ctx.needs_input_grad[1]:
             grad_target = _sum_to(
-                (alpha * tmp15 - tmp16 * tmp9) * grad_scale, shape, target.shape
+                (tmp15 - tmp16 * tmp8) * grad_scale, shape, target.shape
             )
         if ctx.needs_input_grad[2]:
             grad_alpha = _sum_to(
-                (-tmp10 * tmp16 + tmp15 * target) * grad_scale, shape, alpha.shape
+                (tmp14 * target - tmp16 * tmp9) * grad_scale, shape, alpha.shape
             )
         if ctx.needs_input_grad[3]:
             grad_gamma = _sum_to(
-                (-tmp11 * tmp6 * (tmp10 * tmp13 * tmp9 + tmp8)) * grad_scale,
+                tmp2 * (-tmp10 * tmp12 * tmp8 * tmp9 - tmp15 * target) * grad_scale,
                 shape,
                 gamma.shape,
             )

@@ -38,9 +38,13 @@ soft_margin = Loss(
 )
 sigmoid_focal = Loss(
     "SigmoidFocal",
-    # log sigmoid(x) = -softplus(-x), log(1 - sigmoid(x)) = -softplus(x)
-    alpha * sp.exp(-gamma * softplus(input)) * target * softplus(-input)
-    + (1 - alpha) * sp.exp(-gamma * softplus(-input)) * (1 - target) * softplus(input),
+    # log sigmoid(x) = -softplus(-x), log(1 - sigmoid(x)) = -softplus(x), and
+    # softplus(-x) = softplus(x) - x: one Max and one Abs, which halves the derive time.
+    alpha * sp.exp(-gamma * softplus(input)) * target * (softplus(input) - input)
+    + (1 - alpha)
+    * sp.exp(-gamma * (softplus(input) - input))
+    * (1 - target)
+    * softplus(input),
     doc="Focal loss on logits (Lin et al., 2017), as kornia's binary_focal_loss_with_logits "
     "and, for targets in {0, 1}, torchvision.ops.sigmoid_focal_loss.",
 )
