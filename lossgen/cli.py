@@ -44,6 +44,26 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--no-numeric", action="store_true", help="only check drift (fast)"
     )
+
+    plot = commands.add_parser(
+        "plot", help="draw each loss and its derivative over its first tensor (PNG)"
+    )
+    plot.add_argument("specs", nargs="+", metavar="SPEC")
+    plot.add_argument("-o", "--out", default=".", help="directory for <loss>.png")
+    plot.add_argument(
+        "--range", nargs=2, type=float, metavar=("LOW", "HIGH"), dest="x_range"
+    )
+    plot.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        dest="fixed",
+        help="fix another tensor or a param (repeatable)",
+    )
+    plot.add_argument(
+        "--vary", metavar="PARAM=V1,V2,...", help="one curve per value of a param"
+    )
     return parser
 
 
@@ -71,6 +91,14 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "show":
         sys.stdout.write(api.show(args.specs))
+        return EXIT_OK
+    if args.command == "plot":
+        from lossgen import plot  # imports torch and matplotlib: only when plotting
+
+        settings = plot.parse_settings(args.x_range, args.fixed, args.vary)
+        per_loss = plot.settings_for(api.load_models(args.specs), settings)
+        for path in plot.plot(args.specs, args.out, per_loss):
+            print(f"wrote {path.as_posix()}")
         return EXIT_OK
     from lossgen import verify  # imports torch: only when checking
 

@@ -13,6 +13,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import sympy as sp
+
 from lossgen.errors import SourceLocation, SpecError
 from lossgen.vocabulary import Loss
 
@@ -67,6 +69,10 @@ def _execute(spec_path: Path, shown: str) -> object:
     if loader_spec is None or loader_spec.loader is None:
         raise SpecError("not a Python file", location=SourceLocation(shown, 0))
     module = importlib.util.module_from_spec(loader_spec)
+    # SymPy caches expressions by equality, and symbols are equal by name: without this, a spec
+    # loaded after another that declares a same-named Tensor/Param gets that spec's symbol
+    # objects back from the cache, with their metadata (default, learnable, declaration order).
+    sp.core.cache.clear_cache()
     # Let the spec import helpers that sit next to it, as `python spec.py` would.
     sys.path.insert(0, str(spec_path.resolve().parent))
     try:

@@ -41,6 +41,7 @@ cauchy = Loss(
 )
 quantile = Loss(
     "Quantile",
-    sp.Max(tau * residual, (tau - 1) * residual),
-    doc="Pinball loss for the tau-quantile: max(tau * r, (tau - 1) * r).",
+    # u = target - input: under-predicting costs tau per unit (Koenker & Bassett, 1978)
+    sp.Max(tau * -residual, (tau - 1) * -residual),
+    doc="Pinball loss for the tau-quantile: max(tau * u, (tau - 1) * u), u = target - input.",
 )
