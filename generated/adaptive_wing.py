@@ -6,14 +6,17 @@ Adaptive Wing loss for heatmap regression (Wang et al., ICCV 2019); its alpha is
 
 Elementwise, with every argument broadcast against the others:
 
-    loss = Piecewise((0, Eq(Abs(heatmap - input), 0)), (omega*log((Abs(heatmap - input)/epsilon)**(power - heatmap) + 1), theta > Abs(heatmap - input)), (omega*log((theta/epsilon)**(power - heatmap) + 1) - omega*theta*(theta/epsilon)**(power - heatmap - 1)*(power - heatmap)/(epsilon*((theta/epsilon)**(power - heatmap) + 1)) + omega*(theta/epsilon)**(power - heatmap - 1)*(power - heatmap)*Abs(heatmap - input)/(epsilon*((theta/epsilon)**(power - heatmap) + 1)), True))
+    loss as written = Piecewise((0, Eq(Abs(heatmap - input), 0)), (omega*log((Abs(heatmap - input)/epsilon)**(power - heatmap) + 1), theta > Abs(heatmap - input)), (omega*log((theta/epsilon)**(power - heatmap) + 1) - omega*theta*(theta/epsilon)**(power - heatmap - 1)*(power - heatmap)/(epsilon*((theta/epsilon)**(power - heatmap) + 1)) + omega*(theta/epsilon)**(power - heatmap - 1)*(power - heatmap)*Abs(heatmap - input)/(epsilon*((theta/epsilon)**(power - heatmap) + 1)), True))
         LaTeX: \begin{cases} 0 & \text{for}\: \left|{heatmap - input}\right| = 0 \\\omega \log{\left(\left(\frac{\left|{heatmap - input}\right|}{\epsilon}\right)^{power - heatmap} + 1 \right)} & \text{for}\: \theta > \left|{heatmap - input}\right| \\\omega \log{\left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1 \right)} - \frac{\omega \theta \left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(power - heatmap\right)}{\epsilon \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right)} + \frac{\omega \left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(power - heatmap\right) \left|{heatmap - input}\right|}{\epsilon \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right)} & \text{otherwise} \end{cases}
+
+    loss = Piecewise((0, Eq(Abs(heatmap - input), 0)), (omega*log1p((Abs(heatmap - input)/epsilon)**(power - heatmap)), theta > Abs(heatmap - input)), (omega*log1p((theta/epsilon)**(power - heatmap)) - omega*theta*(theta/epsilon)**(power - heatmap - 1)*(power - heatmap)/(epsilon*((theta/epsilon)**(power - heatmap) + 1)) + omega*(theta/epsilon)**(power - heatmap - 1)*(power - heatmap)*Abs(heatmap - input)/(epsilon*((theta/epsilon)**(power - heatmap) + 1)), True))
+        LaTeX: \begin{cases} 0 & \text{for}\: \left|{heatmap - input}\right| = 0 \\\omega \operatorname{log1p}{\left(\left(\frac{\left|{heatmap - input}\right|}{\epsilon}\right)^{power - heatmap} \right)} & \text{for}\: \theta > \left|{heatmap - input}\right| \\\omega \operatorname{log1p}{\left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} \right)} - \frac{\omega \theta \left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(power - heatmap\right)}{\epsilon \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right)} + \frac{\omega \left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(power - heatmap\right) \left|{heatmap - input}\right|}{\epsilon \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right)} & \text{otherwise} \end{cases}
 
     d loss / d input = Piecewise((0, Eq(Abs(heatmap - input), 0)), (-omega*(Abs(heatmap - input)/epsilon)**(power - heatmap)*(power - heatmap)*sign(heatmap - input)/(((Abs(heatmap - input)/epsilon)**(power - heatmap) + 1)*Abs(heatmap - input)), theta > Abs(heatmap - input)), (-omega*(theta/epsilon)**(power - heatmap - 1)*(power - heatmap)*sign(heatmap - input)/(epsilon*((theta/epsilon)**(power - heatmap) + 1)), True))
         LaTeX: \begin{cases} 0 & \text{for}\: \left|{heatmap - input}\right| = 0 \\- \frac{\omega \left(\frac{\left|{heatmap - input}\right|}{\epsilon}\right)^{power - heatmap} \left(power - heatmap\right) \operatorname{sign}{\left(heatmap - input \right)}}{\left(\left(\frac{\left|{heatmap - input}\right|}{\epsilon}\right)^{power - heatmap} + 1\right) \left|{heatmap - input}\right|} & \text{for}\: \theta > \left|{heatmap - input}\right| \\- \frac{\omega \left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(power - heatmap\right) \operatorname{sign}{\left(heatmap - input \right)}}{\epsilon \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right)} & \text{otherwise} \end{cases}
 
-    d loss / d omega = Piecewise((0, Eq(Abs(heatmap - input), 0)), (log((Abs(heatmap - input)/epsilon)**(power - heatmap) + 1), theta > Abs(heatmap - input)), (log((theta/epsilon)**(power - heatmap) + 1) - theta*(theta/epsilon)**(power - heatmap - 1)*(power - heatmap)/(epsilon*((theta/epsilon)**(power - heatmap) + 1)) + (theta/epsilon)**(power - heatmap - 1)*(power - heatmap)*Abs(heatmap - input)/(epsilon*((theta/epsilon)**(power - heatmap) + 1)), True))
-        LaTeX: \begin{cases} 0 & \text{for}\: \left|{heatmap - input}\right| = 0 \\\log{\left(\left(\frac{\left|{heatmap - input}\right|}{\epsilon}\right)^{power - heatmap} + 1 \right)} & \text{for}\: \theta > \left|{heatmap - input}\right| \\\log{\left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1 \right)} - \frac{\theta \left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(power - heatmap\right)}{\epsilon \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right)} + \frac{\left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(power - heatmap\right) \left|{heatmap - input}\right|}{\epsilon \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right)} & \text{otherwise} \end{cases}
+    d loss / d omega = Piecewise((0, Eq(Abs(heatmap - input), 0)), (log1p((Abs(heatmap - input)/epsilon)**(power - heatmap)), theta > Abs(heatmap - input)), (log1p((theta/epsilon)**(power - heatmap)) - theta*(theta/epsilon)**(power - heatmap - 1)*(power - heatmap)/(epsilon*((theta/epsilon)**(power - heatmap) + 1)) + (theta/epsilon)**(power - heatmap - 1)*(power - heatmap)*Abs(heatmap - input)/(epsilon*((theta/epsilon)**(power - heatmap) + 1)), True))
+        LaTeX: \begin{cases} 0 & \text{for}\: \left|{heatmap - input}\right| = 0 \\\operatorname{log1p}{\left(\left(\frac{\left|{heatmap - input}\right|}{\epsilon}\right)^{power - heatmap} \right)} & \text{for}\: \theta > \left|{heatmap - input}\right| \\\operatorname{log1p}{\left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} \right)} - \frac{\theta \left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(power - heatmap\right)}{\epsilon \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right)} + \frac{\left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(power - heatmap\right) \left|{heatmap - input}\right|}{\epsilon \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right)} & \text{otherwise} \end{cases}
 
     d loss / d theta = Piecewise((0, Eq(Abs(heatmap - input), 0) | (theta > Abs(heatmap - input))), (omega*(power - heatmap)*(epsilon*(theta/epsilon)**(power - heatmap)*((theta/epsilon)**(power - heatmap) + 1) + theta*(theta/epsilon)**(power - heatmap - 1)*(-power + heatmap)*((theta/epsilon)**(power - heatmap) + 1) + theta*(theta/epsilon)**(2*power - 2*heatmap - 1)*(power - heatmap) - (theta/epsilon)**(power - heatmap - 1)*((theta/epsilon)**(power - heatmap) + 1)*(-power + heatmap + 1)*Abs(heatmap - input) - (theta/epsilon)**(2*power - 2*heatmap - 1)*(power - heatmap)*Abs(heatmap - input))/(epsilon*theta*((theta/epsilon)**(power - heatmap) + 1)**2), True))
         LaTeX: \begin{cases} 0 & \text{for}\: \left|{heatmap - input}\right| = 0 \vee \theta > \left|{heatmap - input}\right| \\\frac{\omega \left(power - heatmap\right) \left(\epsilon \left(\frac{\theta}{\epsilon}\right)^{power - heatmap} \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right) + \theta \left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(- power + heatmap\right) \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right) + \theta \left(\frac{\theta}{\epsilon}\right)^{2 power - 2 heatmap - 1} \left(power - heatmap\right) - \left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right) \left(- power + heatmap + 1\right) \left|{heatmap - input}\right| - \left(\frac{\theta}{\epsilon}\right)^{2 power - 2 heatmap - 1} \left(power - heatmap\right) \left|{heatmap - input}\right|\right)}{\epsilon \theta \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right)^{2}} & \text{otherwise} \end{cases}
@@ -21,8 +24,11 @@ Elementwise, with every argument broadcast against the others:
     d loss / d epsilon = Piecewise((0, Eq(Abs(heatmap - input), 0)), (-omega*(Abs(heatmap - input)/epsilon)**(power - heatmap)*(power - heatmap)/(epsilon*((Abs(heatmap - input)/epsilon)**(power - heatmap) + 1)), theta > Abs(heatmap - input)), (omega*(power - heatmap)*(-epsilon*(theta/epsilon)**(power - heatmap)*((theta/epsilon)**(power - heatmap) + 1) + (theta/epsilon)**(power - heatmap - 1)*((theta/epsilon)**(power - heatmap) + 1)*(-theta*(-power + heatmap + 1) + theta + (-power + heatmap + 1)*Abs(heatmap - input) - Abs(heatmap - input)) + (theta/epsilon)**(2*power - 2*heatmap - 1)*(power - heatmap)*(-theta + Abs(heatmap - input)))/(epsilon**2*((theta/epsilon)**(power - heatmap) + 1)**2), True))
         LaTeX: \begin{cases} 0 & \text{for}\: \left|{heatmap - input}\right| = 0 \\- \frac{\omega \left(\frac{\left|{heatmap - input}\right|}{\epsilon}\right)^{power - heatmap} \left(power - heatmap\right)}{\epsilon \left(\left(\frac{\left|{heatmap - input}\right|}{\epsilon}\right)^{power - heatmap} + 1\right)} & \text{for}\: \theta > \left|{heatmap - input}\right| \\\frac{\omega \left(power - heatmap\right) \left(- \epsilon \left(\frac{\theta}{\epsilon}\right)^{power - heatmap} \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right) + \left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right) \left(- \theta \left(- power + heatmap + 1\right) + \theta + \left(- power + heatmap + 1\right) \left|{heatmap - input}\right| - \left|{heatmap - input}\right|\right) + \left(\frac{\theta}{\epsilon}\right)^{2 power - 2 heatmap - 1} \left(power - heatmap\right) \left(- \theta + \left|{heatmap - input}\right|\right)\right)}{\epsilon^{2} \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right)^{2}} & \text{otherwise} \end{cases}
 
-    d loss / d power = Piecewise((0, Eq(Abs(heatmap - input), 0)), (omega*(Abs(heatmap - input)/epsilon)**(power - heatmap)*log(Abs(heatmap - input)/epsilon)/((Abs(heatmap - input)/epsilon)**(power - heatmap) + 1), theta > Abs(heatmap - input)), (omega*(epsilon*(theta/epsilon)**(power - heatmap)*((theta/epsilon)**(power - heatmap) + 1)*log(theta/epsilon) + (theta/epsilon)**(power - heatmap - 1)*((theta/epsilon)**(power - heatmap) + 1)*(-theta*(power - heatmap)*log(theta/epsilon) - theta + (power - heatmap)*log(theta/epsilon)*Abs(heatmap - input) + Abs(heatmap - input)) + (theta/epsilon)**(2*power - 2*heatmap - 1)*(power - heatmap)*(theta - Abs(heatmap - input))*log(theta/epsilon))/(epsilon*((theta/epsilon)**(power - heatmap) + 1)**2), True))
-        LaTeX: \begin{cases} 0 & \text{for}\: \left|{heatmap - input}\right| = 0 \\\frac{\omega \left(\frac{\left|{heatmap - input}\right|}{\epsilon}\right)^{power - heatmap} \log{\left(\frac{\left|{heatmap - input}\right|}{\epsilon} \right)}}{\left(\frac{\left|{heatmap - input}\right|}{\epsilon}\right)^{power - heatmap} + 1} & \text{for}\: \theta > \left|{heatmap - input}\right| \\\frac{\omega \left(\epsilon \left(\frac{\theta}{\epsilon}\right)^{power - heatmap} \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right) \log{\left(\frac{\theta}{\epsilon} \right)} + \left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right) \left(- \theta \left(power - heatmap\right) \log{\left(\frac{\theta}{\epsilon} \right)} - \theta + \left(power - heatmap\right) \log{\left(\frac{\theta}{\epsilon} \right)} \left|{heatmap - input}\right| + \left|{heatmap - input}\right|\right) + \left(\frac{\theta}{\epsilon}\right)^{2 power - 2 heatmap - 1} \left(power - heatmap\right) \left(\theta - \left|{heatmap - input}\right|\right) \log{\left(\frac{\theta}{\epsilon} \right)}\right)}{\epsilon \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right)^{2}} & \text{otherwise} \end{cases}
+    d loss / d power = Piecewise((0, Eq(Abs(heatmap - input), 0)), (xlogy(omega*(Abs(heatmap - input)/epsilon)**(power - heatmap)/((Abs(heatmap - input)/epsilon)**(power - heatmap) + 1), Abs(heatmap - input)/epsilon), theta > Abs(heatmap - input)), (omega*((theta/epsilon)**(power - heatmap - 1)*((theta/epsilon)**(power - heatmap) + 1)*(-theta + Abs(heatmap - input) - xlogy(theta*(power - heatmap), theta/epsilon) + xlogy((power - heatmap)*Abs(heatmap - input), theta/epsilon)) + xlogy(epsilon*(theta/epsilon)**(power - heatmap)*((theta/epsilon)**(power - heatmap) + 1), theta/epsilon) + xlogy((theta/epsilon)**(2*power - 2*heatmap - 1)*(power - heatmap)*(theta - Abs(heatmap - input)), theta/epsilon))/(epsilon*((theta/epsilon)**(power - heatmap) + 1)**2), True))
+        LaTeX: \begin{cases} 0 & \text{for}\: \left|{heatmap - input}\right| = 0 \\\operatorname{xlogy}{\left(\frac{\omega \left(\frac{\left|{heatmap - input}\right|}{\epsilon}\right)^{power - heatmap}}{\left(\frac{\left|{heatmap - input}\right|}{\epsilon}\right)^{power - heatmap} + 1},\frac{\left|{heatmap - input}\right|}{\epsilon} \right)} & \text{for}\: \theta > \left|{heatmap - input}\right| \\\frac{\omega \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap - 1} \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right) \left(- \theta + \left|{heatmap - input}\right| - \operatorname{xlogy}{\left(\theta \left(power - heatmap\right),\frac{\theta}{\epsilon} \right)} + \operatorname{xlogy}{\left(\left(power - heatmap\right) \left|{heatmap - input}\right|,\frac{\theta}{\epsilon} \right)}\right) + \operatorname{xlogy}{\left(\epsilon \left(\frac{\theta}{\epsilon}\right)^{power - heatmap} \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right),\frac{\theta}{\epsilon} \right)} + \operatorname{xlogy}{\left(\left(\frac{\theta}{\epsilon}\right)^{2 power - 2 heatmap - 1} \left(power - heatmap\right) \left(\theta - \left|{heatmap - input}\right|\right),\frac{\theta}{\epsilon} \right)}\right)}{\epsilon \left(\left(\frac{\theta}{\epsilon}\right)^{power - heatmap} + 1\right)^{2}} & \text{otherwise} \end{cases}
+
+Operations per element: 27 in the forward, 137 in the backward
+(every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
     AdaptiveWing(omega=14.0, theta=0.5, epsilon=1.0, power=2.1, reduction="mean")(input, heatmap)
@@ -73,6 +79,71 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
+# The fast path. The Function above is the readable reference; for large same-shaped inputs
+# with a "mean"/"sum" reduction, the functional form and the Module instead call a fused
+# Function that computes the loss and the gradients in one pass during forward (compiled with
+# torch.compile on first use, which takes seconds, or run as plain torch where compiling
+# fails), saves only those gradients, and in backward hands them on, rescaled only when
+# grad_output is not 1. Double backward and torch.func transforms take the reference path.
+# Set FUSED = False to always take the reference path; COMPILE = False to skip torch.compile.
+FUSED = True
+COMPILE = True
+FUSED_MIN_NUMEL = 1 << 16  # below this the first-call compile is not worth it
+# Feature checks that older torch versions lack: there the fast path stays off.
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def _use_fused(tensors, params, reduction):
+    """Whether the fused path applies: plain same-shaped float tensors, scalar params."""
+    if not FUSED or reduction not in ("mean", "sum"):
+        return False
+    if _is_compiling is None or _is_compiling():
+        # torch.compile is tracing the caller: it fuses the reference Function itself.
+        return False
+    if _transforms_active is None or _transforms_active():
+        # Under torch.func (vmap, grad, ...): the reference Function supports them.
+        return False
+    first = tensors[0]
+    for tensor in tensors:
+        if not (
+            isinstance(tensor, torch.Tensor)
+            and type(tensor) is torch.Tensor
+            and tensor.layout == torch.strided
+            and tensor.is_floating_point()
+            and tensor.shape == first.shape
+            and tensor.dtype == first.dtype
+            and tensor.device == first.device
+        ):
+            return False
+    for param in params:
+        if isinstance(param, torch.Tensor) and not (
+            type(param) in (torch.Tensor, nn.Parameter)
+            and param.dim() == 0
+            and param.dtype == first.dtype
+            and param.device == first.device
+        ):
+            return False
+    return first.numel() >= FUSED_MIN_NUMEL
+
+
+def _rescaled(grads, grad_output):
+    """The saved gradients times grad_output, skipped where grad_output is a CPU 1 (no sync)."""
+    if grad_output.device.type == "cpu" and grad_output.numel() == 1:
+        if grad_output.item() == 1:
+            return grads
+    return tuple(None if grad is None else grad * grad_output for grad in grads)
+
+
+class _SavedForBackward:
+    """What the reference backward reads from its ctx, for calling it from the fused path."""
+
+    def __init__(self, saved_tensors, needs_input_grad, reduction):
+        self.saved_tensors = saved_tensors
+        self.needs_input_grad = needs_input_grad
+        self.reduction = reduction
+
+
 class AdaptiveWingFunction(torch.autograd.Function):
     r"""AdaptiveWing as an autograd Function with a symbolically derived backward.
 
@@ -97,15 +168,15 @@ class AdaptiveWingFunction(torch.autograd.Function):
         tmp2 = tmp0 * tmp1
         tmp3 = power - heatmap
         tmp4 = theta * tmp1
-        tmp5 = tmp4**tmp3 + 1
-        tmp6 = omega * tmp3 * tmp4 ** (power - heatmap - 1) / tmp5
+        tmp5 = tmp4**tmp3
+        tmp6 = omega * tmp3 * tmp4 ** (power - heatmap - 1) / (tmp5 + 1)
         loss = torch.where(
             tmp0 == 0,
             0,
             torch.where(
                 theta > tmp0,
-                omega * torch.log(tmp2**tmp3 + 1),
-                omega * torch.log(tmp5) + tmp2 * tmp6 - tmp4 * tmp6,
+                omega * torch.log1p(tmp2**tmp3),
+                omega * torch.log1p(tmp5) + tmp2 * tmp6 - tmp4 * tmp6,
             ),
         )
         return _reduce(loss, reduction)
@@ -139,7 +210,7 @@ class AdaptiveWingFunction(torch.autograd.Function):
             epsilon.shape,
             power.shape,
         )
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         tmp0 = heatmap - input
         tmp1 = torch.abs(tmp0)
         tmp2 = tmp1 == 0
@@ -147,33 +218,32 @@ class AdaptiveWingFunction(torch.autograd.Function):
         tmp4 = tmp1 != 0
         tmp5 = tmp3 & tmp4
         tmp7 = power - heatmap
-        tmp8 = omega * tmp7
-        tmp9 = 1 / torch.where(tmp5, epsilon, 1)
-        tmp10 = torch.where(tmp5, tmp1 * tmp9, 1)
-        tmp11 = tmp10**tmp7
-        tmp12 = torch.where(tmp5, tmp11 + 1, 1)
-        tmp13 = tmp11 / tmp12
-        tmp14 = tmp13 * tmp8
-        tmp15 = tmp4 & (theta <= tmp1)
-        tmp16 = torch.where(tmp15, epsilon, 1)
-        tmp17 = 1 / tmp16
-        tmp18 = theta * tmp17
-        tmp19 = torch.where(tmp15, tmp18, 1)
-        tmp20 = -power + heatmap + 1
-        tmp21 = tmp19 ** (-tmp20)
-        tmp22 = tmp19**tmp7
-        tmp23 = tmp22 + 1
-        tmp24 = torch.where(tmp15, tmp23, 1)
-        tmp25 = tmp21 / tmp24
-        tmp26 = tmp17 * tmp25
-        tmp27 = tmp1 * tmp7
-        tmp34 = theta * tmp7
-        tmp35 = -2 * power + 2 * heatmap + 1
-        tmp38 = tmp24 ** (-2)
-        tmp39 = theta - tmp1
-        tmp40 = tmp7 / tmp19**tmp35
-        tmp41 = epsilon * tmp22 * tmp23
-        tmp42 = tmp21 * tmp23
+        tmp8 = 1 / torch.where(tmp5, epsilon, 1)
+        tmp9 = torch.where(tmp5, tmp1 * tmp8, 1)
+        tmp10 = tmp9**tmp7
+        tmp11 = omega * tmp10 / torch.where(tmp5, tmp10 + 1, 1)
+        tmp12 = tmp11 * tmp7
+        tmp13 = omega * tmp7
+        tmp14 = tmp4 & (theta <= tmp1)
+        tmp15 = torch.where(tmp14, epsilon, 1)
+        tmp16 = 1 / tmp15
+        tmp17 = theta * tmp16
+        tmp18 = torch.where(tmp14, tmp17, 1)
+        tmp19 = -power + heatmap + 1
+        tmp20 = tmp18 ** (-tmp19)
+        tmp21 = tmp18**tmp7
+        tmp22 = tmp21 + 1
+        tmp23 = torch.where(tmp14, tmp22, 1)
+        tmp24 = tmp20 / tmp23
+        tmp25 = tmp16 * tmp24
+        tmp26 = tmp1 * tmp7
+        tmp33 = theta * tmp7
+        tmp34 = -2 * power + 2 * heatmap + 1
+        tmp37 = tmp23 ** (-2)
+        tmp38 = theta - tmp1
+        tmp39 = tmp7 / tmp18**tmp34
+        tmp40 = epsilon * tmp21 * tmp22
+        tmp41 = tmp20 * tmp22
         grad_input = None
         grad_omega = None
         grad_theta = None
@@ -187,11 +257,11 @@ class AdaptiveWingFunction(torch.autograd.Function):
                     0,
                     torch.where(
                         tmp3,
-                        -tmp14 * tmp6 / torch.where(tmp5, tmp1, 1),
-                        -tmp26 * tmp6 * tmp8,
+                        -tmp12 * tmp6 / torch.where(tmp5, tmp1, 1),
+                        -tmp13 * tmp25 * tmp6,
                     ),
                 )
-                * grad_scale,
+                * upstream,
                 shape,
                 input.shape,
             )
@@ -202,41 +272,43 @@ class AdaptiveWingFunction(torch.autograd.Function):
                     0,
                     torch.where(
                         tmp3,
-                        torch.log(tmp12),
-                        -tmp18 * tmp25 * tmp7 + tmp26 * tmp27 + torch.log(tmp24),
+                        torch.log1p(torch.where(tmp5, tmp10, 1)),
+                        -tmp17 * tmp24 * tmp7
+                        + tmp25 * tmp26
+                        + torch.log1p(torch.where(tmp14, tmp21, 1)),
                     ),
                 )
-                * grad_scale,
+                * upstream,
                 shape,
                 omega.shape,
             )
         if ctx.needs_input_grad[3]:
-            tmp28 = tmp2 | tmp3
-            tmp29 = ~tmp28
-            tmp30 = 1 / torch.where(tmp29, epsilon, 1)
-            tmp31 = torch.where(tmp29, theta * tmp30, 1)
-            tmp32 = tmp31**tmp7
-            tmp33 = tmp32 + 1
-            tmp36 = tmp31 ** (-tmp35)
-            tmp37 = tmp33 / tmp31**tmp20
+            tmp27 = tmp2 | tmp3
+            tmp28 = ~tmp27
+            tmp29 = 1 / torch.where(tmp28, epsilon, 1)
+            tmp30 = torch.where(tmp28, theta * tmp29, 1)
+            tmp31 = tmp30**tmp7
+            tmp32 = tmp31 + 1
+            tmp35 = tmp30 ** (-tmp34)
+            tmp36 = tmp32 / tmp30**tmp19
             grad_theta = _sum_to(
                 torch.where(
-                    tmp28,
+                    tmp27,
                     0,
-                    tmp30
-                    * tmp8
+                    tmp13
+                    * tmp29
                     * (
-                        epsilon * tmp32 * tmp33
-                        - theta * tmp37 * tmp7
-                        - tmp1 * tmp20 * tmp37
-                        - tmp27 * tmp36
-                        + tmp34 * tmp36
+                        epsilon * tmp31 * tmp32
+                        - theta * tmp36 * tmp7
+                        - tmp1 * tmp19 * tmp36
+                        - tmp26 * tmp35
+                        + tmp33 * tmp35
                     )
                     / (
-                        torch.where(tmp29, theta, 1) * torch.where(tmp29, tmp33, 1) ** 2
+                        torch.where(tmp28, theta, 1) * torch.where(tmp28, tmp32, 1) ** 2
                     ),
                 )
-                * grad_scale,
+                * upstream,
                 shape,
                 theta.shape,
             )
@@ -247,44 +319,284 @@ class AdaptiveWingFunction(torch.autograd.Function):
                     0,
                     torch.where(
                         tmp3,
-                        -tmp14 * tmp9,
-                        tmp38
-                        * tmp8
+                        -tmp12 * tmp8,
+                        tmp13
+                        * tmp37
                         * (
-                            -tmp39 * tmp40
-                            - tmp41
-                            + tmp42 * (-theta * tmp20 + theta + tmp1 * tmp20 - tmp1)
+                            -tmp38 * tmp39
+                            - tmp40
+                            + tmp41 * (-theta * tmp19 + theta + tmp1 * tmp19 - tmp1)
                         )
-                        / tmp16**2,
+                        / tmp15**2,
                     ),
                 )
-                * grad_scale,
+                * upstream,
                 shape,
                 epsilon.shape,
             )
         if ctx.needs_input_grad[5]:
-            tmp43 = torch.log(tmp19)
             grad_power = _sum_to(
                 torch.where(
                     tmp2,
                     0,
                     torch.where(
                         tmp3,
-                        omega * tmp13 * torch.log(tmp10),
+                        torch.xlogy(tmp11, tmp9),
                         omega
-                        * tmp17
-                        * tmp38
+                        * tmp16
+                        * tmp37
                         * (
-                            tmp39 * tmp40 * tmp43
-                            + tmp41 * tmp43
-                            + tmp42 * (tmp1 * tmp43 * tmp7 - tmp34 * tmp43 - tmp39)
+                            tmp41
+                            * (
+                                -tmp38
+                                + torch.xlogy(tmp26, tmp18)
+                                - torch.xlogy(tmp33, tmp18)
+                            )
+                            + torch.xlogy(tmp40, tmp18)
+                            + torch.xlogy(tmp38 * tmp39, tmp18)
                         ),
                     ),
                 )
-                * grad_scale,
+                * upstream,
                 shape,
                 power.shape,
             )
+        return (
+            grad_input,
+            None,
+            grad_omega,
+            grad_theta,
+            grad_epsilon,
+            grad_power,
+            None,
+        )
+
+
+def _fused(input, heatmap, omega, theta, epsilon, power, reduction, needs_grad):
+    """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
+    shape = torch.broadcast_shapes(
+        input.shape, heatmap.shape, omega.shape, theta.shape, epsilon.shape, power.shape
+    )
+    upstream = 1 / shape.numel() if reduction == "mean" else 1
+    tmp0 = heatmap - input
+    tmp1 = torch.abs(tmp0)
+    tmp2 = tmp1 == 0
+    tmp3 = 1 / epsilon
+    tmp4 = tmp1 * tmp3
+    tmp5 = power - heatmap
+    tmp6 = theta > tmp1
+    tmp7 = theta * tmp3
+    tmp8 = tmp7**tmp5
+    tmp9 = -power + heatmap + 1
+    tmp10 = omega * tmp5
+    tmp11 = tmp10 / (tmp7**tmp9 * (tmp8 + 1))
+    tmp12 = tmp1 != 0
+    tmp13 = tmp12 & tmp6
+    tmp14 = torch.sign(tmp0)
+    tmp15 = 1 / torch.where(tmp13, epsilon, 1)
+    tmp16 = torch.where(tmp13, tmp1 * tmp15, 1)
+    tmp17 = tmp16**tmp5
+    tmp18 = omega * tmp17 / torch.where(tmp13, tmp17 + 1, 1)
+    tmp19 = tmp18 * tmp5
+    tmp20 = tmp12 & (theta <= tmp1)
+    tmp21 = torch.where(tmp20, epsilon, 1)
+    tmp22 = 1 / tmp21
+    tmp23 = theta * tmp22
+    tmp24 = torch.where(tmp20, tmp23, 1)
+    tmp25 = tmp24 ** (-tmp9)
+    tmp26 = tmp24**tmp5
+    tmp27 = tmp26 + 1
+    tmp28 = torch.where(tmp20, tmp27, 1)
+    tmp29 = tmp25 / tmp28
+    tmp30 = tmp22 * tmp29
+    tmp31 = tmp1 * tmp5
+    tmp32 = tmp2 | tmp6
+    tmp33 = ~tmp32
+    tmp34 = 1 / torch.where(tmp33, epsilon, 1)
+    tmp35 = torch.where(tmp33, theta * tmp34, 1)
+    tmp36 = tmp35**tmp5
+    tmp37 = tmp36 + 1
+    tmp38 = theta * tmp5
+    tmp39 = -2 * power + 2 * heatmap + 1
+    tmp40 = tmp35 ** (-tmp39)
+    tmp41 = tmp37 / tmp35**tmp9
+    tmp42 = tmp28 ** (-2)
+    tmp43 = theta - tmp1
+    tmp44 = tmp5 / tmp24**tmp39
+    tmp45 = epsilon * tmp26 * tmp27
+    tmp46 = tmp25 * tmp27
+    loss = _reduce(
+        torch.where(
+            tmp2,
+            0,
+            torch.where(
+                tmp6,
+                omega * torch.log1p(tmp4**tmp5),
+                omega * torch.log1p(tmp8) + tmp11 * tmp4 - tmp11 * tmp7,
+            ),
+        ),
+        reduction,
+    )
+    grad_input = None
+    if needs_grad[0]:
+        grad_input = _sum_to(
+            torch.where(
+                tmp2,
+                0,
+                torch.where(
+                    tmp6,
+                    -tmp14 * tmp19 / torch.where(tmp13, tmp1, 1),
+                    -tmp10 * tmp14 * tmp30,
+                ),
+            )
+            * upstream,
+            shape,
+            input.shape,
+        )
+    grad_omega = None
+    if needs_grad[2]:
+        grad_omega = _sum_to(
+            torch.where(
+                tmp2,
+                0,
+                torch.where(
+                    tmp6,
+                    torch.log1p(torch.where(tmp13, tmp17, 1)),
+                    -tmp23 * tmp29 * tmp5
+                    + tmp30 * tmp31
+                    + torch.log1p(torch.where(tmp20, tmp26, 1)),
+                ),
+            )
+            * upstream,
+            shape,
+            omega.shape,
+        )
+    grad_theta = None
+    if needs_grad[3]:
+        grad_theta = _sum_to(
+            torch.where(
+                tmp32,
+                0,
+                tmp10
+                * tmp34
+                * (
+                    epsilon * tmp36 * tmp37
+                    - theta * tmp41 * tmp5
+                    - tmp1 * tmp41 * tmp9
+                    - tmp31 * tmp40
+                    + tmp38 * tmp40
+                )
+                / (torch.where(tmp33, theta, 1) * torch.where(tmp33, tmp37, 1) ** 2),
+            )
+            * upstream,
+            shape,
+            theta.shape,
+        )
+    grad_epsilon = None
+    if needs_grad[4]:
+        grad_epsilon = _sum_to(
+            torch.where(
+                tmp2,
+                0,
+                torch.where(
+                    tmp6,
+                    -tmp15 * tmp19,
+                    tmp10
+                    * tmp42
+                    * (
+                        -tmp43 * tmp44
+                        - tmp45
+                        + tmp46 * (-theta * tmp9 + theta + tmp1 * tmp9 - tmp1)
+                    )
+                    / tmp21**2,
+                ),
+            )
+            * upstream,
+            shape,
+            epsilon.shape,
+        )
+    grad_power = None
+    if needs_grad[5]:
+        grad_power = _sum_to(
+            torch.where(
+                tmp2,
+                0,
+                torch.where(
+                    tmp6,
+                    torch.xlogy(tmp18, tmp16),
+                    omega
+                    * tmp22
+                    * tmp42
+                    * (
+                        tmp46
+                        * (
+                            -tmp43
+                            + torch.xlogy(tmp31, tmp24)
+                            - torch.xlogy(tmp38, tmp24)
+                        )
+                        + torch.xlogy(tmp45, tmp24)
+                        + torch.xlogy(tmp43 * tmp44, tmp24)
+                    ),
+                ),
+            )
+            * upstream,
+            shape,
+            power.shape,
+        )
+    return loss, grad_input, grad_omega, grad_theta, grad_epsilon, grad_power
+
+
+_compiled_fused = None
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    if not COMPILE:
+        return _fused(*args)
+    if _compiled_fused is None:
+        _compiled_fused = torch.compile(_fused, dynamic=True, fullgraph=True)
+    try:
+        return _compiled_fused(*args)
+    except Exception:  # no compiler for this device here: the same code, uncompiled
+        _compiled_fused = _fused
+        return _fused(*args)
+
+
+class _AdaptiveWingFused(torch.autograd.Function):
+    """The fast path: the gradients are computed during forward and saved for backward."""
+
+    @staticmethod
+    def forward(ctx, input, heatmap, omega, theta, epsilon, power, reduction):
+        omega = _as_tensor(omega, input)
+        theta = _as_tensor(theta, input)
+        epsilon = _as_tensor(epsilon, input)
+        power = _as_tensor(power, input)
+        needs_grad = ctx.needs_input_grad[:6]
+        loss, *grads = _run_fused(
+            input, heatmap, omega, theta, epsilon, power, reduction, needs_grad
+        )
+        ctx.save_for_backward(input, heatmap, omega, theta, epsilon, power, *grads)
+        ctx.reduction = reduction
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        if ctx.needs_input_grad[1]:
+            raise RuntimeError(
+                "AdaptiveWing: heatmap is declared with differentiable=False; "
+                "detach it or declare it differentiable in the spec"
+            )
+        # Double backward is being recorded: the symbolic, differentiable path.
+        if torch.is_grad_enabled():
+            reference = _SavedForBackward(
+                saved[:6], ctx.needs_input_grad, ctx.reduction
+            )
+            return AdaptiveWingFunction.backward(reference, grad_output)
+        grad_input, grad_omega, grad_theta, grad_epsilon, grad_power = _rescaled(
+            saved[6:], grad_output
+        )
         return (
             grad_input,
             None,
@@ -329,7 +641,7 @@ class AdaptiveWing(nn.Module):
         self.reduction = reduction
 
     def forward(self, input, heatmap):
-        return AdaptiveWingFunction.apply(
+        return adaptive_wing(
             input,
             heatmap,
             self.omega,
@@ -346,7 +658,14 @@ class AdaptiveWing(nn.Module):
 def adaptive_wing(
     input, heatmap, omega=14.0, theta=0.5, epsilon=1.0, power=2.1, reduction="mean"
 ):
-    r"""AdaptiveWing as a function; see the module docstring for the formula."""
+    r"""AdaptiveWing as a function; see the module docstring for the formula.
+
+    Takes the fused fast path where it applies, else AdaptiveWingFunction.
+    """
+    if _use_fused([input, heatmap], [omega, theta, epsilon, power], reduction):
+        return _AdaptiveWingFused.apply(
+            input, heatmap, omega, theta, epsilon, power, reduction
+        )
     return AdaptiveWingFunction.apply(
         input, heatmap, omega, theta, epsilon, power, reduction
     )

@@ -6,17 +6,23 @@ Poisson NLL with rate input, as torch.nn.PoissonNLLLoss(log_input=False, full=Fa
 
 Elementwise, with every argument broadcast against the others:
 
-    loss = input - target*log(rate_eps + input)
+    loss as written = input - target*log(rate_eps + input)
         LaTeX: input - target \log{\left(rate_{eps} + input \right)}
+
+    loss = input - xlogy(target, rate_eps + input)
+        LaTeX: input - \operatorname{xlogy}{\left(target,rate_{eps} + input \right)}
 
     d loss / d input = -target/(rate_eps + input) + 1
         LaTeX: - \frac{target}{rate_{eps} + input} + 1
 
-    d loss / d target = -log(rate_eps + input)
-        LaTeX: - \log{\left(rate_{eps} + input \right)}
+    d loss / d target = -xlogy(Max(Abs(sign(target)), sign(rate_eps + input)), rate_eps + input)
+        LaTeX: - \operatorname{xlogy}{\left(\max\left(\left|{\operatorname{sign}{\left(target \right)}}\right|, \operatorname{sign}{\left(rate_{eps} + input \right)}\right),rate_{eps} + input \right)}
 
     d loss / d rate_eps = -target/(rate_eps + input)
         LaTeX: - \frac{target}{rate_{eps} + input}
+
+Operations per element: 3 in the forward, 10 in the backward
+(every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
     PoissonNLLRate(rate_eps=1e-08, reduction="mean")(input, target)
@@ -67,6 +73,71 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
+# The fast path. The Function above is the readable reference; for large same-shaped inputs
+# with a "mean"/"sum" reduction, the functional form and the Module instead call a fused
+# Function that computes the loss and the gradients in one pass during forward (compiled with
+# torch.compile on first use, which takes seconds, or run as plain torch where compiling
+# fails), saves only those gradients, and in backward hands them on, rescaled only when
+# grad_output is not 1. Double backward and torch.func transforms take the reference path.
+# Set FUSED = False to always take the reference path; COMPILE = False to skip torch.compile.
+FUSED = True
+COMPILE = True
+FUSED_MIN_NUMEL = 1 << 16  # below this the first-call compile is not worth it
+# Feature checks that older torch versions lack: there the fast path stays off.
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def _use_fused(tensors, params, reduction):
+    """Whether the fused path applies: plain same-shaped float tensors, scalar params."""
+    if not FUSED or reduction not in ("mean", "sum"):
+        return False
+    if _is_compiling is None or _is_compiling():
+        # torch.compile is tracing the caller: it fuses the reference Function itself.
+        return False
+    if _transforms_active is None or _transforms_active():
+        # Under torch.func (vmap, grad, ...): the reference Function supports them.
+        return False
+    first = tensors[0]
+    for tensor in tensors:
+        if not (
+            isinstance(tensor, torch.Tensor)
+            and type(tensor) is torch.Tensor
+            and tensor.layout == torch.strided
+            and tensor.is_floating_point()
+            and tensor.shape == first.shape
+            and tensor.dtype == first.dtype
+            and tensor.device == first.device
+        ):
+            return False
+    for param in params:
+        if isinstance(param, torch.Tensor) and not (
+            type(param) in (torch.Tensor, nn.Parameter)
+            and param.dim() == 0
+            and param.dtype == first.dtype
+            and param.device == first.device
+        ):
+            return False
+    return first.numel() >= FUSED_MIN_NUMEL
+
+
+def _rescaled(grads, grad_output):
+    """The saved gradients times grad_output, skipped where grad_output is a CPU 1 (no sync)."""
+    if grad_output.device.type == "cpu" and grad_output.numel() == 1:
+        if grad_output.item() == 1:
+            return grads
+    return tuple(None if grad is None else grad * grad_output for grad in grads)
+
+
+class _SavedForBackward:
+    """What the reference backward reads from its ctx, for calling it from the fused path."""
+
+    def __init__(self, saved_tensors, needs_input_grad, reduction):
+        self.saved_tensors = saved_tensors
+        self.needs_input_grad = needs_input_grad
+        self.reduction = reduction
+
+
 class PoissonNLLRateFunction(torch.autograd.Function):
     r"""PoissonNLLRate as an autograd Function with a symbolically derived backward.
 
@@ -81,7 +152,7 @@ class PoissonNLLRateFunction(torch.autograd.Function):
     def forward(input, target, rate_eps=1e-08, reduction="mean"):
         _check_reduction(reduction)
         rate_eps = _as_tensor(rate_eps, input)
-        loss = input - target * torch.log(rate_eps + input)
+        loss = input - torch.xlogy(target, rate_eps + input)
         return _reduce(loss, reduction)
 
     @staticmethod
@@ -98,18 +169,103 @@ class PoissonNLLRateFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, target, rate_eps = ctx.saved_tensors
         shape = torch.broadcast_shapes(input.shape, target.shape, rate_eps.shape)
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         tmp0 = rate_eps + input
         tmp1 = target / tmp0
         grad_input = None
         grad_target = None
         grad_rate_eps = None
         if ctx.needs_input_grad[0]:
-            grad_input = _sum_to((1 - tmp1) * grad_scale, shape, input.shape)
+            grad_input = _sum_to((1 - tmp1) * upstream, shape, input.shape)
         if ctx.needs_input_grad[1]:
-            grad_target = _sum_to((-torch.log(tmp0)) * grad_scale, shape, target.shape)
+            grad_target = _sum_to(
+                (
+                    -torch.xlogy(
+                        torch.maximum(torch.abs(torch.sign(target)), torch.sign(tmp0)),
+                        tmp0,
+                    )
+                )
+                * upstream,
+                shape,
+                target.shape,
+            )
         if ctx.needs_input_grad[2]:
-            grad_rate_eps = _sum_to((-tmp1) * grad_scale, shape, rate_eps.shape)
+            grad_rate_eps = _sum_to((-tmp1) * upstream, shape, rate_eps.shape)
+        return (
+            grad_input,
+            grad_target,
+            grad_rate_eps,
+            None,
+        )
+
+
+def _fused(input, target, rate_eps, reduction, needs_grad):
+    """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
+    shape = torch.broadcast_shapes(input.shape, target.shape, rate_eps.shape)
+    upstream = 1 / shape.numel() if reduction == "mean" else 1
+    tmp0 = rate_eps + input
+    tmp1 = target / tmp0
+    loss = _reduce(input - torch.xlogy(target, tmp0), reduction)
+    grad_input = None
+    if needs_grad[0]:
+        grad_input = _sum_to((1 - tmp1) * upstream, shape, input.shape)
+    grad_target = None
+    if needs_grad[1]:
+        grad_target = _sum_to(
+            (
+                -torch.xlogy(
+                    torch.maximum(torch.abs(torch.sign(target)), torch.sign(tmp0)), tmp0
+                )
+            )
+            * upstream,
+            shape,
+            target.shape,
+        )
+    grad_rate_eps = None
+    if needs_grad[2]:
+        grad_rate_eps = _sum_to((-tmp1) * upstream, shape, rate_eps.shape)
+    return loss, grad_input, grad_target, grad_rate_eps
+
+
+_compiled_fused = None
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    if not COMPILE:
+        return _fused(*args)
+    if _compiled_fused is None:
+        _compiled_fused = torch.compile(_fused, dynamic=True, fullgraph=True)
+    try:
+        return _compiled_fused(*args)
+    except Exception:  # no compiler for this device here: the same code, uncompiled
+        _compiled_fused = _fused
+        return _fused(*args)
+
+
+class _PoissonNLLRateFused(torch.autograd.Function):
+    """The fast path: the gradients are computed during forward and saved for backward."""
+
+    @staticmethod
+    def forward(ctx, input, target, rate_eps, reduction):
+        rate_eps = _as_tensor(rate_eps, input)
+        needs_grad = ctx.needs_input_grad[:3]
+        loss, *grads = _run_fused(input, target, rate_eps, reduction, needs_grad)
+        ctx.save_for_backward(input, target, rate_eps, *grads)
+        ctx.reduction = reduction
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        # Double backward is being recorded: the symbolic, differentiable path.
+        if torch.is_grad_enabled():
+            reference = _SavedForBackward(
+                saved[:3], ctx.needs_input_grad, ctx.reduction
+            )
+            return PoissonNLLRateFunction.backward(reference, grad_output)
+        grad_input, grad_target, grad_rate_eps = _rescaled(saved[3:], grad_output)
         return (
             grad_input,
             grad_target,
@@ -136,14 +292,17 @@ class PoissonNLLRate(nn.Module):
         self.reduction = reduction
 
     def forward(self, input, target):
-        return PoissonNLLRateFunction.apply(
-            input, target, self.rate_eps, self.reduction
-        )
+        return poisson_nll_rate(input, target, self.rate_eps, self.reduction)
 
     def extra_repr(self):
         return f"rate_eps={self.rate_eps}, reduction={self.reduction!r}"
 
 
 def poisson_nll_rate(input, target, rate_eps=1e-08, reduction="mean"):
-    r"""PoissonNLLRate as a function; see the module docstring for the formula."""
+    r"""PoissonNLLRate as a function; see the module docstring for the formula.
+
+    Takes the fused fast path where it applies, else PoissonNLLRateFunction.
+    """
+    if _use_fused([input, target], [rate_eps], reduction):
+        return _PoissonNLLRateFused.apply(input, target, rate_eps, reduction)
     return PoissonNLLRateFunction.apply(input, target, rate_eps, reduction)

@@ -9,17 +9,20 @@ Elementwise, with every argument broadcast against the others:
     loss = alpha*target*(-input + log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) + (1 - alpha)*(1 - target)*(log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(-input + log(1 + exp(-Abs(input))) + Max(0, input)))
         LaTeX: \alpha target \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} + \left(1 - \alpha\right) \left(1 - target\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)}
 
-    d loss / d input = -alpha*gamma*target*(Heaviside(input) - exp(-Abs(input))*sign(input)/(1 + exp(-Abs(input))))*(-input + log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) + alpha*target*(Heaviside(input) - 1 - exp(-Abs(input))*sign(input)/(1 + exp(-Abs(input))))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) - gamma*(1 - alpha)*(1 - target)*(log(1 + exp(-Abs(input))) + Max(0, input))*(Heaviside(input) - 1 - exp(-Abs(input))*sign(input)/(1 + exp(-Abs(input))))*exp(-gamma*(-input + log(1 + exp(-Abs(input))) + Max(0, input))) + (1 - alpha)*(1 - target)*(Heaviside(input) - exp(-Abs(input))*sign(input)/(1 + exp(-Abs(input))))*exp(-gamma*(-input + log(1 + exp(-Abs(input))) + Max(0, input)))
-        LaTeX: - \alpha \gamma target \left(\theta\left(input\right) - \frac{e^{- \left|{input}\right|} \operatorname{sign}{\left(input \right)}}{1 + e^{- \left|{input}\right|}}\right) \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} + \alpha target \left(\theta\left(input\right) - 1 - \frac{e^{- \left|{input}\right|} \operatorname{sign}{\left(input \right)}}{1 + e^{- \left|{input}\right|}}\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} - \gamma \left(1 - \alpha\right) \left(1 - target\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) \left(\theta\left(input\right) - 1 - \frac{e^{- \left|{input}\right|} \operatorname{sign}{\left(input \right)}}{1 + e^{- \left|{input}\right|}}\right) e^{- \gamma \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} + \left(1 - \alpha\right) \left(1 - target\right) \left(\theta\left(input\right) - \frac{e^{- \left|{input}\right|} \operatorname{sign}{\left(input \right)}}{1 + e^{- \left|{input}\right|}}\right) e^{- \gamma \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)}
+    d loss / d input = -alpha*gamma*target*(-input + softplus(input))*(Heaviside(input) - sigmoid(-Abs(input))*sign(input))*exp(-gamma*softplus(input)) + alpha*target*(Heaviside(input) - sigmoid(-Abs(input))*sign(input) - 1)*exp(-gamma*softplus(input)) - gamma*(1 - alpha)*(1 - target)*(Heaviside(input) - sigmoid(-Abs(input))*sign(input) - 1)*exp(-gamma*(-input + softplus(input)))*softplus(input) + (1 - alpha)*(1 - target)*(Heaviside(input) - sigmoid(-Abs(input))*sign(input))*exp(-gamma*(-input + softplus(input)))
+        LaTeX: - \alpha \gamma target \left(- input + \operatorname{softplus}{\left(input \right)}\right) \left(\theta\left(input\right) - \operatorname{sigmoid}{\left(- \left|{input}\right| \right)} \operatorname{sign}{\left(input \right)}\right) e^{- \gamma \operatorname{softplus}{\left(input \right)}} + \alpha target \left(\theta\left(input\right) - \operatorname{sigmoid}{\left(- \left|{input}\right| \right)} \operatorname{sign}{\left(input \right)} - 1\right) e^{- \gamma \operatorname{softplus}{\left(input \right)}} - \gamma \left(1 - \alpha\right) \left(1 - target\right) \left(\theta\left(input\right) - \operatorname{sigmoid}{\left(- \left|{input}\right| \right)} \operatorname{sign}{\left(input \right)} - 1\right) e^{- \gamma \left(- input + \operatorname{softplus}{\left(input \right)}\right)} \operatorname{softplus}{\left(input \right)} + \left(1 - \alpha\right) \left(1 - target\right) \left(\theta\left(input\right) - \operatorname{sigmoid}{\left(- \left|{input}\right| \right)} \operatorname{sign}{\left(input \right)}\right) e^{- \gamma \left(- input + \operatorname{softplus}{\left(input \right)}\right)}
 
-    d loss / d target = alpha*(-input + log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) - (1 - alpha)*(log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(-input + log(1 + exp(-Abs(input))) + Max(0, input)))
-        LaTeX: \alpha \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} - \left(1 - \alpha\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)}
+    d loss / d target = alpha*(-input + softplus(input))*exp(-gamma*softplus(input)) - (1 - alpha)*exp(-gamma*(-input + softplus(input)))*softplus(input)
+        LaTeX: \alpha \left(- input + \operatorname{softplus}{\left(input \right)}\right) e^{- \gamma \operatorname{softplus}{\left(input \right)}} - \left(1 - \alpha\right) e^{- \gamma \left(- input + \operatorname{softplus}{\left(input \right)}\right)} \operatorname{softplus}{\left(input \right)}
 
-    d loss / d alpha = target*(-input + log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) - (1 - target)*(log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(-input + log(1 + exp(-Abs(input))) + Max(0, input)))
-        LaTeX: target \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} - \left(1 - target\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)}
+    d loss / d alpha = target*(-input + softplus(input))*exp(-gamma*softplus(input)) - (1 - target)*exp(-gamma*(-input + softplus(input)))*softplus(input)
+        LaTeX: target \left(- input + \operatorname{softplus}{\left(input \right)}\right) e^{- \gamma \operatorname{softplus}{\left(input \right)}} - \left(1 - target\right) e^{- \gamma \left(- input + \operatorname{softplus}{\left(input \right)}\right)} \operatorname{softplus}{\left(input \right)}
 
-    d loss / d gamma = (-alpha*target*(-input + log(1 + exp(-Abs(input))) + Max(0, input))*exp(-gamma*(log(1 + exp(-Abs(input))) + Max(0, input))) + (1 - alpha)*(1 - target)*(input - log(1 + exp(-Abs(input))) - Max(0, input))*exp(-gamma*(-input + log(1 + exp(-Abs(input))) + Max(0, input))))*(log(1 + exp(-Abs(input))) + Max(0, input))
-        LaTeX: \left(- \alpha target \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right) e^{- \gamma \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)} + \left(1 - \alpha\right) \left(1 - target\right) \left(input - \log{\left(1 + e^{- \left|{input}\right|} \right)} - \max\left(0, input\right)\right) e^{- \gamma \left(- input + \log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)}\right) \left(\log{\left(1 + e^{- \left|{input}\right|} \right)} + \max\left(0, input\right)\right)
+    d loss / d gamma = (-alpha*target*(-input + softplus(input))*exp(-gamma*softplus(input)) + (1 - alpha)*(1 - target)*(input - softplus(-Abs(input)) - Max(0, input))*exp(-gamma*(-input + softplus(input))))*softplus(input)
+        LaTeX: \left(- \alpha target \left(- input + \operatorname{softplus}{\left(input \right)}\right) e^{- \gamma \operatorname{softplus}{\left(input \right)}} + \left(1 - \alpha\right) \left(1 - target\right) \left(input - \operatorname{softplus}{\left(- \left|{input}\right| \right)} - \max\left(0, input\right)\right) e^{- \gamma \left(- input + \operatorname{softplus}{\left(input \right)}\right)}\right) \operatorname{softplus}{\left(input \right)}
+
+Operations per element: 23 in the forward, 58 in the backward
+(every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
     SigmoidFocal(alpha=0.25, gamma=2.0, reduction="mean")(input, target)
@@ -70,6 +73,71 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
+# The fast path. The Function above is the readable reference; for large same-shaped inputs
+# with a "mean"/"sum" reduction, the functional form and the Module instead call a fused
+# Function that computes the loss and the gradients in one pass during forward (compiled with
+# torch.compile on first use, which takes seconds, or run as plain torch where compiling
+# fails), saves only those gradients, and in backward hands them on, rescaled only when
+# grad_output is not 1. Double backward and torch.func transforms take the reference path.
+# Set FUSED = False to always take the reference path; COMPILE = False to skip torch.compile.
+FUSED = True
+COMPILE = True
+FUSED_MIN_NUMEL = 1 << 16  # below this the first-call compile is not worth it
+# Feature checks that older torch versions lack: there the fast path stays off.
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def _use_fused(tensors, params, reduction):
+    """Whether the fused path applies: plain same-shaped float tensors, scalar params."""
+    if not FUSED or reduction not in ("mean", "sum"):
+        return False
+    if _is_compiling is None or _is_compiling():
+        # torch.compile is tracing the caller: it fuses the reference Function itself.
+        return False
+    if _transforms_active is None or _transforms_active():
+        # Under torch.func (vmap, grad, ...): the reference Function supports them.
+        return False
+    first = tensors[0]
+    for tensor in tensors:
+        if not (
+            isinstance(tensor, torch.Tensor)
+            and type(tensor) is torch.Tensor
+            and tensor.layout == torch.strided
+            and tensor.is_floating_point()
+            and tensor.shape == first.shape
+            and tensor.dtype == first.dtype
+            and tensor.device == first.device
+        ):
+            return False
+    for param in params:
+        if isinstance(param, torch.Tensor) and not (
+            type(param) in (torch.Tensor, nn.Parameter)
+            and param.dim() == 0
+            and param.dtype == first.dtype
+            and param.device == first.device
+        ):
+            return False
+    return first.numel() >= FUSED_MIN_NUMEL
+
+
+def _rescaled(grads, grad_output):
+    """The saved gradients times grad_output, skipped where grad_output is a CPU 1 (no sync)."""
+    if grad_output.device.type == "cpu" and grad_output.numel() == 1:
+        if grad_output.item() == 1:
+            return grads
+    return tuple(None if grad is None else grad * grad_output for grad in grads)
+
+
+class _SavedForBackward:
+    """What the reference backward reads from its ctx, for calling it from the fused path."""
+
+    def __init__(self, saved_tensors, needs_input_grad, reduction):
+        self.saved_tensors = saved_tensors
+        self.needs_input_grad = needs_input_grad
+        self.reduction = reduction
+
+
 class SigmoidFocalFunction(torch.autograd.Function):
     r"""SigmoidFocal as an autograd Function with a symbolically derived backward.
 
@@ -109,54 +177,185 @@ class SigmoidFocalFunction(torch.autograd.Function):
         shape = torch.broadcast_shapes(
             input.shape, target.shape, alpha.shape, gamma.shape
         )
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
-        tmp0 = torch.exp(-torch.abs(input))
-        tmp1 = tmp0 + 1
-        tmp2 = torch.log(tmp1) + torch.clamp(input, min=0)
-        tmp3 = gamma * tmp2
-        tmp4 = torch.exp(-tmp3)
-        tmp8 = 1 - alpha
-        tmp9 = 1 - target
-        tmp10 = tmp2 - input
-        tmp11 = gamma * tmp10
-        tmp12 = torch.exp(-tmp11)
-        tmp14 = tmp10 * tmp4
-        tmp15 = alpha * tmp14
-        tmp16 = tmp12 * tmp2
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
+        tmp0 = torch.nn.functional.softplus(input)
+        tmp1 = gamma * tmp0
+        tmp2 = torch.exp(-tmp1)
+        tmp4 = -torch.abs(input)
+        tmp8 = tmp0 - input
+        tmp9 = gamma * tmp8
+        tmp10 = 1 - alpha
+        tmp11 = 1 - target
+        tmp12 = torch.exp(-tmp9)
+        tmp13 = tmp2 * tmp8
+        tmp14 = alpha * tmp13
+        tmp15 = tmp0 * tmp12
         grad_input = None
         grad_target = None
         grad_alpha = None
         grad_gamma = None
         if ctx.needs_input_grad[0]:
-            tmp5 = (1 + torch.sign(input)) / 2
-            tmp6 = tmp0 * torch.sign(input) / tmp1
-            tmp7 = tmp5 - tmp6 - 1
-            tmp13 = tmp5 - tmp6
+            tmp3 = (1 + torch.sign(input)) / 2
+            tmp5 = torch.sigmoid(tmp4) * torch.sign(input)
+            tmp6 = tmp3 - tmp5 - 1
+            tmp7 = tmp3 - tmp5
             grad_input = _sum_to(
                 (
-                    -alpha * tmp11 * tmp13 * tmp4 * target
-                    + alpha * tmp4 * tmp7 * target
-                    + tmp12 * tmp13 * tmp8 * tmp9
-                    - tmp12 * tmp3 * tmp7 * tmp8 * tmp9
+                    alpha * tmp2 * tmp6 * target
+                    - alpha * tmp2 * tmp7 * tmp9 * target
+                    - tmp1 * tmp10 * tmp11 * tmp12 * tmp6
+                    + tmp10 * tmp11 * tmp12 * tmp7
                 )
-                * grad_scale,
+                * upstream,
                 shape,
                 input.shape,
             )
         if ctx.needs_input_grad[1]:
             grad_target = _sum_to(
-                (tmp15 - tmp16 * tmp8) * grad_scale, shape, target.shape
+                (-tmp10 * tmp15 + tmp14) * upstream, shape, target.shape
             )
         if ctx.needs_input_grad[2]:
             grad_alpha = _sum_to(
-                (tmp14 * target - tmp16 * tmp9) * grad_scale, shape, alpha.shape
+                (-tmp11 * tmp15 + tmp13 * target) * upstream, shape, alpha.shape
             )
         if ctx.needs_input_grad[3]:
             grad_gamma = _sum_to(
-                tmp2 * (-tmp10 * tmp12 * tmp8 * tmp9 - tmp15 * target) * grad_scale,
+                tmp0
+                * (
+                    tmp10
+                    * tmp11
+                    * tmp12
+                    * (
+                        input
+                        - torch.nn.functional.softplus(tmp4)
+                        - torch.clamp(input, min=0)
+                    )
+                    - tmp14 * target
+                )
+                * upstream,
                 shape,
                 gamma.shape,
             )
+        return (
+            grad_input,
+            grad_target,
+            grad_alpha,
+            grad_gamma,
+            None,
+        )
+
+
+def _fused(input, target, alpha, gamma, reduction, needs_grad):
+    """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
+    shape = torch.broadcast_shapes(input.shape, target.shape, alpha.shape, gamma.shape)
+    upstream = 1 / shape.numel() if reduction == "mean" else 1
+    tmp0 = -input
+    tmp1 = torch.clamp(input, min=0)
+    tmp2 = -torch.abs(input)
+    tmp3 = tmp1 + torch.log(torch.exp(tmp2) + 1)
+    tmp4 = tmp0 + tmp3
+    tmp5 = alpha * target
+    tmp6 = 1 - alpha
+    tmp7 = 1 - target
+    tmp8 = tmp6 * tmp7
+    tmp9 = torch.nn.functional.softplus(input)
+    tmp10 = gamma * tmp9
+    tmp11 = torch.exp(-tmp10)
+    tmp12 = (1 + torch.sign(input)) / 2
+    tmp13 = torch.sigmoid(tmp2) * torch.sign(input)
+    tmp14 = tmp12 - tmp13 - 1
+    tmp15 = tmp12 - tmp13
+    tmp16 = tmp9 - input
+    tmp17 = gamma * tmp16
+    tmp18 = torch.exp(-tmp17)
+    tmp19 = tmp11 * tmp16
+    tmp20 = alpha * tmp19
+    tmp21 = tmp18 * tmp9
+    loss = _reduce(
+        tmp3 * tmp8 * torch.exp(-gamma * tmp4) + tmp4 * tmp5 * torch.exp(-gamma * tmp3),
+        reduction,
+    )
+    grad_input = None
+    if needs_grad[0]:
+        grad_input = _sum_to(
+            (
+                alpha * tmp11 * tmp14 * target
+                - tmp10 * tmp14 * tmp18 * tmp8
+                - tmp11 * tmp15 * tmp17 * tmp5
+                + tmp15 * tmp18 * tmp6 * tmp7
+            )
+            * upstream,
+            shape,
+            input.shape,
+        )
+    grad_target = None
+    if needs_grad[1]:
+        grad_target = _sum_to((tmp20 - tmp21 * tmp6) * upstream, shape, target.shape)
+    grad_alpha = None
+    if needs_grad[2]:
+        grad_alpha = _sum_to(
+            (tmp19 * target - tmp21 * tmp7) * upstream, shape, alpha.shape
+        )
+    grad_gamma = None
+    if needs_grad[3]:
+        grad_gamma = _sum_to(
+            tmp9
+            * (
+                tmp18
+                * tmp6
+                * tmp7
+                * (-tmp0 - tmp1 - torch.nn.functional.softplus(tmp2))
+                - tmp20 * target
+            )
+            * upstream,
+            shape,
+            gamma.shape,
+        )
+    return loss, grad_input, grad_target, grad_alpha, grad_gamma
+
+
+_compiled_fused = None
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    if not COMPILE:
+        return _fused(*args)
+    if _compiled_fused is None:
+        _compiled_fused = torch.compile(_fused, dynamic=True, fullgraph=True)
+    try:
+        return _compiled_fused(*args)
+    except Exception:  # no compiler for this device here: the same code, uncompiled
+        _compiled_fused = _fused
+        return _fused(*args)
+
+
+class _SigmoidFocalFused(torch.autograd.Function):
+    """The fast path: the gradients are computed during forward and saved for backward."""
+
+    @staticmethod
+    def forward(ctx, input, target, alpha, gamma, reduction):
+        alpha = _as_tensor(alpha, input)
+        gamma = _as_tensor(gamma, input)
+        needs_grad = ctx.needs_input_grad[:4]
+        loss, *grads = _run_fused(input, target, alpha, gamma, reduction, needs_grad)
+        ctx.save_for_backward(input, target, alpha, gamma, *grads)
+        ctx.reduction = reduction
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        # Double backward is being recorded: the symbolic, differentiable path.
+        if torch.is_grad_enabled():
+            reference = _SavedForBackward(
+                saved[:4], ctx.needs_input_grad, ctx.reduction
+            )
+            return SigmoidFocalFunction.backward(reference, grad_output)
+        grad_input, grad_target, grad_alpha, grad_gamma = _rescaled(
+            saved[4:], grad_output
+        )
         return (
             grad_input,
             grad_target,
@@ -189,14 +388,17 @@ class SigmoidFocal(nn.Module):
         self.reduction = reduction
 
     def forward(self, input, target):
-        return SigmoidFocalFunction.apply(
-            input, target, self.alpha, self.gamma, self.reduction
-        )
+        return sigmoid_focal(input, target, self.alpha, self.gamma, self.reduction)
 
     def extra_repr(self):
         return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}"
 
 
 def sigmoid_focal(input, target, alpha=0.25, gamma=2.0, reduction="mean"):
-    r"""SigmoidFocal as a function; see the module docstring for the formula."""
+    r"""SigmoidFocal as a function; see the module docstring for the formula.
+
+    Takes the fused fast path where it applies, else SigmoidFocalFunction.
+    """
+    if _use_fused([input, target], [alpha, gamma], reduction):
+        return _SigmoidFocalFused.apply(input, target, alpha, gamma, reduction)
     return SigmoidFocalFunction.apply(input, target, alpha, gamma, reduction)

@@ -6,11 +6,17 @@ Logistic loss log(1 + exp(-y x)) for labels y in {-1, 1}, as torch.nn.SoftMargin
 
 Elementwise, with every argument broadcast against the others:
 
-    loss = log(1 + exp(-Abs(input*label))) + Max(0, -input*label)
+    loss as written = log(1 + exp(-Abs(input*label))) + Max(0, -input*label)
         LaTeX: \log{\left(1 + e^{- \left|{input label}\right|} \right)} + \max\left(0, - input label\right)
 
-    d loss / d input = -label*(Heaviside(-input*label) + exp(-Abs(input*label))*sign(input*label)/(1 + exp(-Abs(input*label))))
-        LaTeX: - label \left(\theta\left(- input label\right) + \frac{e^{- \left|{input label}\right|} \operatorname{sign}{\left(input label \right)}}{1 + e^{- \left|{input label}\right|}}\right)
+    loss = softplus(-input*label)
+        LaTeX: \operatorname{softplus}{\left(- input label \right)}
+
+    d loss / d input = -label*sigmoid(-input*label)
+        LaTeX: - label \operatorname{sigmoid}{\left(- input label \right)}
+
+Operations per element: 3 in the forward, 5 in the backward
+(every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
     SoftMargin(reduction="mean")(input, label)
@@ -61,6 +67,71 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
+# The fast path. The Function above is the readable reference; for large same-shaped inputs
+# with a "mean"/"sum" reduction, the functional form and the Module instead call a fused
+# Function that computes the loss and the gradients in one pass during forward (compiled with
+# torch.compile on first use, which takes seconds, or run as plain torch where compiling
+# fails), saves only those gradients, and in backward hands them on, rescaled only when
+# grad_output is not 1. Double backward and torch.func transforms take the reference path.
+# Set FUSED = False to always take the reference path; COMPILE = False to skip torch.compile.
+FUSED = True
+COMPILE = True
+FUSED_MIN_NUMEL = 1 << 16  # below this the first-call compile is not worth it
+# Feature checks that older torch versions lack: there the fast path stays off.
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def _use_fused(tensors, params, reduction):
+    """Whether the fused path applies: plain same-shaped float tensors, scalar params."""
+    if not FUSED or reduction not in ("mean", "sum"):
+        return False
+    if _is_compiling is None or _is_compiling():
+        # torch.compile is tracing the caller: it fuses the reference Function itself.
+        return False
+    if _transforms_active is None or _transforms_active():
+        # Under torch.func (vmap, grad, ...): the reference Function supports them.
+        return False
+    first = tensors[0]
+    for tensor in tensors:
+        if not (
+            isinstance(tensor, torch.Tensor)
+            and type(tensor) is torch.Tensor
+            and tensor.layout == torch.strided
+            and tensor.is_floating_point()
+            and tensor.shape == first.shape
+            and tensor.dtype == first.dtype
+            and tensor.device == first.device
+        ):
+            return False
+    for param in params:
+        if isinstance(param, torch.Tensor) and not (
+            type(param) in (torch.Tensor, nn.Parameter)
+            and param.dim() == 0
+            and param.dtype == first.dtype
+            and param.device == first.device
+        ):
+            return False
+    return first.numel() >= FUSED_MIN_NUMEL
+
+
+def _rescaled(grads, grad_output):
+    """The saved gradients times grad_output, skipped where grad_output is a CPU 1 (no sync)."""
+    if grad_output.device.type == "cpu" and grad_output.numel() == 1:
+        if grad_output.item() == 1:
+            return grads
+    return tuple(None if grad is None else grad * grad_output for grad in grads)
+
+
+class _SavedForBackward:
+    """What the reference backward reads from its ctx, for calling it from the fused path."""
+
+    def __init__(self, saved_tensors, needs_input_grad, reduction):
+        self.saved_tensors = saved_tensors
+        self.needs_input_grad = needs_input_grad
+        self.reduction = reduction
+
+
 class SoftMarginFunction(torch.autograd.Function):
     r"""SoftMargin as an autograd Function with a symbolically derived backward.
 
@@ -74,8 +145,7 @@ class SoftMarginFunction(torch.autograd.Function):
     @staticmethod
     def forward(input, label, reduction="mean"):
         _check_reduction(reduction)
-        tmp0 = input * label
-        loss = torch.log(1 + torch.exp(-torch.abs(tmp0))) + torch.clamp(-tmp0, min=0)
+        loss = torch.nn.functional.softplus(-input * label)
         return _reduce(loss, reduction)
 
     @staticmethod
@@ -96,23 +166,76 @@ class SoftMarginFunction(torch.autograd.Function):
                 "detach it or declare it differentiable in the spec"
             )
         shape = torch.broadcast_shapes(input.shape, label.shape)
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         grad_input = None
         if ctx.needs_input_grad[0]:
-            tmp0 = input * label
-            tmp1 = torch.exp(-torch.abs(tmp0))
             grad_input = _sum_to(
-                (
-                    -label
-                    * (
-                        tmp1 * torch.sign(tmp0) / (tmp1 + 1)
-                        + ((1 + torch.sign(-tmp0)) / 2)
-                    )
-                )
-                * grad_scale,
-                shape,
-                input.shape,
+                (-label * torch.sigmoid(-input * label)) * upstream, shape, input.shape
             )
+        return (
+            grad_input,
+            None,
+            None,
+        )
+
+
+def _fused(input, label, reduction, needs_grad):
+    """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
+    shape = torch.broadcast_shapes(input.shape, label.shape)
+    upstream = 1 / shape.numel() if reduction == "mean" else 1
+    tmp0 = -input * label
+    loss = _reduce(torch.nn.functional.softplus(tmp0), reduction)
+    grad_input = None
+    if needs_grad[0]:
+        grad_input = _sum_to(
+            (-label * torch.sigmoid(tmp0)) * upstream, shape, input.shape
+        )
+    return loss, grad_input
+
+
+_compiled_fused = None
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    if not COMPILE:
+        return _fused(*args)
+    if _compiled_fused is None:
+        _compiled_fused = torch.compile(_fused, dynamic=True, fullgraph=True)
+    try:
+        return _compiled_fused(*args)
+    except Exception:  # no compiler for this device here: the same code, uncompiled
+        _compiled_fused = _fused
+        return _fused(*args)
+
+
+class _SoftMarginFused(torch.autograd.Function):
+    """The fast path: the gradients are computed during forward and saved for backward."""
+
+    @staticmethod
+    def forward(ctx, input, label, reduction):
+        needs_grad = ctx.needs_input_grad[:2]
+        loss, *grads = _run_fused(input, label, reduction, needs_grad)
+        ctx.save_for_backward(input, label, *grads)
+        ctx.reduction = reduction
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        if ctx.needs_input_grad[1]:
+            raise RuntimeError(
+                "SoftMargin: label is declared with differentiable=False; "
+                "detach it or declare it differentiable in the spec"
+            )
+        # Double backward is being recorded: the symbolic, differentiable path.
+        if torch.is_grad_enabled():
+            reference = _SavedForBackward(
+                saved[:2], ctx.needs_input_grad, ctx.reduction
+            )
+            return SoftMarginFunction.backward(reference, grad_output)
+        (grad_input,) = _rescaled(saved[2:], grad_output)
         return (
             grad_input,
             None,
@@ -133,12 +256,17 @@ class SoftMargin(nn.Module):
         self.reduction = reduction
 
     def forward(self, input, label):
-        return SoftMarginFunction.apply(input, label, self.reduction)
+        return soft_margin(input, label, self.reduction)
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}"
 
 
 def soft_margin(input, label, reduction="mean"):
-    r"""SoftMargin as a function; see the module docstring for the formula."""
+    r"""SoftMargin as a function; see the module docstring for the formula.
+
+    Takes the fused fast path where it applies, else SoftMarginFunction.
+    """
+    if _use_fused([input, label], [], reduction):
+        return _SoftMarginFused.apply(input, label, reduction)
     return SoftMarginFunction.apply(input, label, reduction)

@@ -6,8 +6,11 @@ Student's t NLL with location input, learnable scale and nu degrees of freedom, 
 
 Elementwise, with every argument broadcast against the others:
 
-    loss = (nu/2 + 1/2)*log(1 + (-input + target)**2/(nu*sigma**2)) + log(sigma)
+    loss as written = (nu/2 + 1/2)*log(1 + (-input + target)**2/(nu*sigma**2)) + log(sigma)
         LaTeX: \left(\frac{\nu}{2} + \frac{1}{2}\right) \log{\left(1 + \frac{\left(- input + target\right)^{2}}{\nu \sigma^{2}} \right)} + \log{\left(\sigma \right)}
+
+    loss = (nu/2 + 1/2)*log1p((-input + target)**2/(nu*sigma**2)) + log(sigma)
+        LaTeX: \left(\frac{\nu}{2} + \frac{1}{2}\right) \operatorname{log1p}{\left(\frac{\left(- input + target\right)^{2}}{\nu \sigma^{2}} \right)} + \log{\left(\sigma \right)}
 
     d loss / d input = (nu + 1)*(input - target)/(nu*sigma**2 + (input - target)**2)
         LaTeX: \frac{\left(\nu + 1\right) \left(input - target\right)}{\nu \sigma^{2} + \left(input - target\right)^{2}}
@@ -18,8 +21,11 @@ Elementwise, with every argument broadcast against the others:
     d loss / d sigma = (1 - (nu + 1)*(-input + target)**2/(nu*sigma**2*(1 + (-input + target)**2/(nu*sigma**2))))/sigma
         LaTeX: \frac{1 - \frac{\left(\nu + 1\right) \left(- input + target\right)^{2}}{\nu \sigma^{2} \left(1 + \frac{\left(- input + target\right)^{2}}{\nu \sigma^{2}}\right)}}{\sigma}
 
-    d loss / d nu = (log(1 + (-input + target)**2/(nu*sigma**2)) - (nu + 1)*(-input + target)**2/(nu**2*sigma**2*(1 + (-input + target)**2/(nu*sigma**2))))/2
-        LaTeX: \frac{\log{\left(1 + \frac{\left(- input + target\right)^{2}}{\nu \sigma^{2}} \right)} - \frac{\left(\nu + 1\right) \left(- input + target\right)^{2}}{\nu^{2} \sigma^{2} \left(1 + \frac{\left(- input + target\right)^{2}}{\nu \sigma^{2}}\right)}}{2}
+    d loss / d nu = (log1p((-input + target)**2/(nu*sigma**2)) - (nu + 1)*(-input + target)**2/(nu**2*sigma**2*(1 + (-input + target)**2/(nu*sigma**2))))/2
+        LaTeX: \frac{\operatorname{log1p}{\left(\frac{\left(- input + target\right)^{2}}{\nu \sigma^{2}} \right)} - \frac{\left(\nu + 1\right) \left(- input + target\right)^{2}}{\nu^{2} \sigma^{2} \left(1 + \frac{\left(- input + target\right)^{2}}{\nu \sigma^{2}}\right)}}{2}
+
+Operations per element: 12 in the forward, 25 in the backward
+(every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
     StudentNLL(sigma=1.0, nu=3.0, reduction="mean")(input, target)
@@ -70,6 +76,71 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
+# The fast path. The Function above is the readable reference; for large same-shaped inputs
+# with a "mean"/"sum" reduction, the functional form and the Module instead call a fused
+# Function that computes the loss and the gradients in one pass during forward (compiled with
+# torch.compile on first use, which takes seconds, or run as plain torch where compiling
+# fails), saves only those gradients, and in backward hands them on, rescaled only when
+# grad_output is not 1. Double backward and torch.func transforms take the reference path.
+# Set FUSED = False to always take the reference path; COMPILE = False to skip torch.compile.
+FUSED = True
+COMPILE = True
+FUSED_MIN_NUMEL = 1 << 16  # below this the first-call compile is not worth it
+# Feature checks that older torch versions lack: there the fast path stays off.
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def _use_fused(tensors, params, reduction):
+    """Whether the fused path applies: plain same-shaped float tensors, scalar params."""
+    if not FUSED or reduction not in ("mean", "sum"):
+        return False
+    if _is_compiling is None or _is_compiling():
+        # torch.compile is tracing the caller: it fuses the reference Function itself.
+        return False
+    if _transforms_active is None or _transforms_active():
+        # Under torch.func (vmap, grad, ...): the reference Function supports them.
+        return False
+    first = tensors[0]
+    for tensor in tensors:
+        if not (
+            isinstance(tensor, torch.Tensor)
+            and type(tensor) is torch.Tensor
+            and tensor.layout == torch.strided
+            and tensor.is_floating_point()
+            and tensor.shape == first.shape
+            and tensor.dtype == first.dtype
+            and tensor.device == first.device
+        ):
+            return False
+    for param in params:
+        if isinstance(param, torch.Tensor) and not (
+            type(param) in (torch.Tensor, nn.Parameter)
+            and param.dim() == 0
+            and param.dtype == first.dtype
+            and param.device == first.device
+        ):
+            return False
+    return first.numel() >= FUSED_MIN_NUMEL
+
+
+def _rescaled(grads, grad_output):
+    """The saved gradients times grad_output, skipped where grad_output is a CPU 1 (no sync)."""
+    if grad_output.device.type == "cpu" and grad_output.numel() == 1:
+        if grad_output.item() == 1:
+            return grads
+    return tuple(None if grad is None else grad * grad_output for grad in grads)
+
+
+class _SavedForBackward:
+    """What the reference backward reads from its ctx, for calling it from the fused path."""
+
+    def __init__(self, saved_tensors, needs_input_grad, reduction):
+        self.saved_tensors = saved_tensors
+        self.needs_input_grad = needs_input_grad
+        self.reduction = reduction
+
+
 def _as_parameter(value):
     if isinstance(value, torch.Tensor):
         return nn.Parameter(value.detach().clone())
@@ -91,8 +162,8 @@ class StudentNLLFunction(torch.autograd.Function):
         _check_reduction(reduction)
         sigma = _as_tensor(sigma, input)
         nu = _as_tensor(nu, input)
-        loss = (nu / 2 + 1 / 2) * torch.log(
-            1 + (-input + target) ** 2 / (nu * sigma**2)
+        loss = (nu / 2 + 1 / 2) * torch.log1p(
+            (-input + target) ** 2 / (nu * sigma**2)
         ) + torch.log(sigma)
         return _reduce(loss, reduction)
 
@@ -111,33 +182,111 @@ class StudentNLLFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, target, sigma, nu = ctx.saved_tensors
         shape = torch.broadcast_shapes(input.shape, target.shape, sigma.shape, nu.shape)
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         tmp0 = nu + 1
         tmp1 = input - target
         tmp2 = sigma**2
         tmp3 = tmp0 * tmp1 / (nu * tmp2 + tmp1**2)
         tmp4 = tmp1**2 / tmp2
         tmp5 = tmp4 / nu
-        tmp6 = tmp5 + 1
-        tmp7 = tmp0 / tmp6
+        tmp6 = tmp0 / (tmp5 + 1)
         grad_input = None
         grad_target = None
         grad_sigma = None
         grad_nu = None
         if ctx.needs_input_grad[0]:
-            grad_input = _sum_to(tmp3 * grad_scale, shape, input.shape)
+            grad_input = _sum_to(tmp3 * upstream, shape, input.shape)
         if ctx.needs_input_grad[1]:
-            grad_target = _sum_to((-tmp3) * grad_scale, shape, target.shape)
+            grad_target = _sum_to((-tmp3) * upstream, shape, target.shape)
         if ctx.needs_input_grad[2]:
             grad_sigma = _sum_to(
-                (-tmp5 * tmp7 + 1) / sigma * grad_scale, shape, sigma.shape
+                (-tmp5 * tmp6 + 1) / sigma * upstream, shape, sigma.shape
             )
         if ctx.needs_input_grad[3]:
             grad_nu = _sum_to(
-                (torch.log(tmp6) / 2 - tmp4 * tmp7 / (2 * nu**2)) * grad_scale,
+                (torch.log1p(tmp5) / 2 - tmp4 * tmp6 / (2 * nu**2)) * upstream,
                 shape,
                 nu.shape,
             )
+        return (
+            grad_input,
+            grad_target,
+            grad_sigma,
+            grad_nu,
+            None,
+        )
+
+
+def _fused(input, target, sigma, nu, reduction, needs_grad):
+    """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
+    shape = torch.broadcast_shapes(input.shape, target.shape, sigma.shape, nu.shape)
+    upstream = 1 / shape.numel() if reduction == "mean" else 1
+    tmp0 = input - target
+    tmp1 = sigma**2
+    tmp2 = tmp0**2 / tmp1
+    tmp3 = tmp2 / nu
+    tmp4 = torch.log1p(tmp3)
+    tmp5 = nu + 1
+    tmp6 = tmp0 * tmp5 / (nu * tmp1 + tmp0**2)
+    tmp7 = tmp5 / (tmp3 + 1)
+    loss = _reduce(tmp4 * (nu / 2 + 1 / 2) + torch.log(sigma), reduction)
+    grad_input = None
+    if needs_grad[0]:
+        grad_input = _sum_to(tmp6 * upstream, shape, input.shape)
+    grad_target = None
+    if needs_grad[1]:
+        grad_target = _sum_to((-tmp6) * upstream, shape, target.shape)
+    grad_sigma = None
+    if needs_grad[2]:
+        grad_sigma = _sum_to((-tmp3 * tmp7 + 1) / sigma * upstream, shape, sigma.shape)
+    grad_nu = None
+    if needs_grad[3]:
+        grad_nu = _sum_to(
+            (tmp4 / 2 - tmp2 * tmp7 / (2 * nu**2)) * upstream, shape, nu.shape
+        )
+    return loss, grad_input, grad_target, grad_sigma, grad_nu
+
+
+_compiled_fused = None
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    if not COMPILE:
+        return _fused(*args)
+    if _compiled_fused is None:
+        _compiled_fused = torch.compile(_fused, dynamic=True, fullgraph=True)
+    try:
+        return _compiled_fused(*args)
+    except Exception:  # no compiler for this device here: the same code, uncompiled
+        _compiled_fused = _fused
+        return _fused(*args)
+
+
+class _StudentNLLFused(torch.autograd.Function):
+    """The fast path: the gradients are computed during forward and saved for backward."""
+
+    @staticmethod
+    def forward(ctx, input, target, sigma, nu, reduction):
+        sigma = _as_tensor(sigma, input)
+        nu = _as_tensor(nu, input)
+        needs_grad = ctx.needs_input_grad[:4]
+        loss, *grads = _run_fused(input, target, sigma, nu, reduction, needs_grad)
+        ctx.save_for_backward(input, target, sigma, nu, *grads)
+        ctx.reduction = reduction
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        # Double backward is being recorded: the symbolic, differentiable path.
+        if torch.is_grad_enabled():
+            reference = _SavedForBackward(
+                saved[:4], ctx.needs_input_grad, ctx.reduction
+            )
+            return StudentNLLFunction.backward(reference, grad_output)
+        grad_input, grad_target, grad_sigma, grad_nu = _rescaled(saved[4:], grad_output)
         return (
             grad_input,
             grad_target,
@@ -167,14 +316,17 @@ class StudentNLL(nn.Module):
         self.reduction = reduction
 
     def forward(self, input, target):
-        return StudentNLLFunction.apply(
-            input, target, self.sigma, self.nu, self.reduction
-        )
+        return student_nll(input, target, self.sigma, self.nu, self.reduction)
 
     def extra_repr(self):
         return f"sigma={self.sigma}, nu={self.nu}, reduction={self.reduction!r}"
 
 
 def student_nll(input, target, sigma=1.0, nu=3.0, reduction="mean"):
-    r"""StudentNLL as a function; see the module docstring for the formula."""
+    r"""StudentNLL as a function; see the module docstring for the formula.
+
+    Takes the fused fast path where it applies, else StudentNLLFunction.
+    """
+    if _use_fused([input, target], [sigma, nu], reduction):
+        return _StudentNLLFused.apply(input, target, sigma, nu, reduction)
     return StudentNLLFunction.apply(input, target, sigma, nu, reduction)

@@ -6,8 +6,11 @@ Wing loss for landmark regression (Feng et al., CVPR 2018), w = width, eps = cur
 
 Elementwise, with every argument broadcast against the others:
 
-    loss = Piecewise((width*log(1 + Abs(input - target)/curvature), width > Abs(input - target)), (width*log(1 + width/curvature) - width + Abs(input - target), True))
+    loss as written = Piecewise((width*log(1 + Abs(input - target)/curvature), width > Abs(input - target)), (width*log(1 + width/curvature) - width + Abs(input - target), True))
         LaTeX: \begin{cases} width \log{\left(1 + \frac{\left|{input - target}\right|}{curvature} \right)} & \text{for}\: width > \left|{input - target}\right| \\width \log{\left(1 + \frac{width}{curvature} \right)} - width + \left|{input - target}\right| & \text{otherwise} \end{cases}
+
+    loss = Piecewise((width*log1p(Abs(input - target)/curvature), width > Abs(input - target)), (width*log1p(width/curvature) - width + Abs(input - target), True))
+        LaTeX: \begin{cases} width \operatorname{log1p}{\left(\frac{\left|{input - target}\right|}{curvature} \right)} & \text{for}\: width > \left|{input - target}\right| \\width \operatorname{log1p}{\left(\frac{width}{curvature} \right)} - width + \left|{input - target}\right| & \text{otherwise} \end{cases}
 
     d loss / d input = Piecewise((width*sign(input - target)/(curvature*(1 + Abs(input - target)/curvature)), width > Abs(input - target)), (sign(input - target), True))
         LaTeX: \begin{cases} \frac{width \operatorname{sign}{\left(input - target \right)}}{curvature \left(1 + \frac{\left|{input - target}\right|}{curvature}\right)} & \text{for}\: width > \left|{input - target}\right| \\\operatorname{sign}{\left(input - target \right)} & \text{otherwise} \end{cases}
@@ -15,11 +18,14 @@ Elementwise, with every argument broadcast against the others:
     d loss / d target = Piecewise((-width*sign(input - target)/(curvature*(1 + Abs(input - target)/curvature)), width > Abs(input - target)), (-sign(input - target), True))
         LaTeX: \begin{cases} - \frac{width \operatorname{sign}{\left(input - target \right)}}{curvature \left(1 + \frac{\left|{input - target}\right|}{curvature}\right)} & \text{for}\: width > \left|{input - target}\right| \\- \operatorname{sign}{\left(input - target \right)} & \text{otherwise} \end{cases}
 
-    d loss / d width = Piecewise((log(1 + Abs(input - target)/curvature), width > Abs(input - target)), (log(1 + width/curvature) - 1 + width/(curvature*(1 + width/curvature)), True))
-        LaTeX: \begin{cases} \log{\left(1 + \frac{\left|{input - target}\right|}{curvature} \right)} & \text{for}\: width > \left|{input - target}\right| \\\log{\left(1 + \frac{width}{curvature} \right)} - 1 + \frac{width}{curvature \left(1 + \frac{width}{curvature}\right)} & \text{otherwise} \end{cases}
+    d loss / d width = Piecewise((log1p(Abs(input - target)/curvature), width > Abs(input - target)), (log1p(width/curvature) - 1 + width/(curvature*(1 + width/curvature)), True))
+        LaTeX: \begin{cases} \operatorname{log1p}{\left(\frac{\left|{input - target}\right|}{curvature} \right)} & \text{for}\: width > \left|{input - target}\right| \\\operatorname{log1p}{\left(\frac{width}{curvature} \right)} - 1 + \frac{width}{curvature \left(1 + \frac{width}{curvature}\right)} & \text{otherwise} \end{cases}
 
     d loss / d curvature = Piecewise((-width*Abs(input - target)/(curvature*(curvature + Abs(input - target))), width > Abs(input - target)), (-width**2/(curvature*(curvature + width)), True))
         LaTeX: \begin{cases} - \frac{width \left|{input - target}\right|}{curvature \left(curvature + \left|{input - target}\right|\right)} & \text{for}\: width > \left|{input - target}\right| \\- \frac{width^{2}}{curvature \left(curvature + width\right)} & \text{otherwise} \end{cases}
+
+Operations per element: 13 in the forward, 42 in the backward
+(every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
     Wing(width=10.0, curvature=2.0, reduction="mean")(input, target)
@@ -70,6 +76,71 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
+# The fast path. The Function above is the readable reference; for large same-shaped inputs
+# with a "mean"/"sum" reduction, the functional form and the Module instead call a fused
+# Function that computes the loss and the gradients in one pass during forward (compiled with
+# torch.compile on first use, which takes seconds, or run as plain torch where compiling
+# fails), saves only those gradients, and in backward hands them on, rescaled only when
+# grad_output is not 1. Double backward and torch.func transforms take the reference path.
+# Set FUSED = False to always take the reference path; COMPILE = False to skip torch.compile.
+FUSED = True
+COMPILE = True
+FUSED_MIN_NUMEL = 1 << 16  # below this the first-call compile is not worth it
+# Feature checks that older torch versions lack: there the fast path stays off.
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def _use_fused(tensors, params, reduction):
+    """Whether the fused path applies: plain same-shaped float tensors, scalar params."""
+    if not FUSED or reduction not in ("mean", "sum"):
+        return False
+    if _is_compiling is None or _is_compiling():
+        # torch.compile is tracing the caller: it fuses the reference Function itself.
+        return False
+    if _transforms_active is None or _transforms_active():
+        # Under torch.func (vmap, grad, ...): the reference Function supports them.
+        return False
+    first = tensors[0]
+    for tensor in tensors:
+        if not (
+            isinstance(tensor, torch.Tensor)
+            and type(tensor) is torch.Tensor
+            and tensor.layout == torch.strided
+            and tensor.is_floating_point()
+            and tensor.shape == first.shape
+            and tensor.dtype == first.dtype
+            and tensor.device == first.device
+        ):
+            return False
+    for param in params:
+        if isinstance(param, torch.Tensor) and not (
+            type(param) in (torch.Tensor, nn.Parameter)
+            and param.dim() == 0
+            and param.dtype == first.dtype
+            and param.device == first.device
+        ):
+            return False
+    return first.numel() >= FUSED_MIN_NUMEL
+
+
+def _rescaled(grads, grad_output):
+    """The saved gradients times grad_output, skipped where grad_output is a CPU 1 (no sync)."""
+    if grad_output.device.type == "cpu" and grad_output.numel() == 1:
+        if grad_output.item() == 1:
+            return grads
+    return tuple(None if grad is None else grad * grad_output for grad in grads)
+
+
+class _SavedForBackward:
+    """What the reference backward reads from its ctx, for calling it from the fused path."""
+
+    def __init__(self, saved_tensors, needs_input_grad, reduction):
+        self.saved_tensors = saved_tensors
+        self.needs_input_grad = needs_input_grad
+        self.reduction = reduction
+
+
 class WingFunction(torch.autograd.Function):
     r"""Wing as an autograd Function with a symbolically derived backward.
 
@@ -89,8 +160,8 @@ class WingFunction(torch.autograd.Function):
         tmp1 = torch.abs(input - target)
         loss = torch.where(
             width > tmp1,
-            width * torch.log(tmp0 * tmp1 + 1),
-            width * torch.log(width * tmp0 + 1) - width + tmp1,
+            width * torch.log1p(tmp0 * tmp1),
+            width * torch.log1p(width * tmp0) - width + tmp1,
         )
         return _reduce(loss, reduction)
 
@@ -111,35 +182,39 @@ class WingFunction(torch.autograd.Function):
         shape = torch.broadcast_shapes(
             input.shape, target.shape, width.shape, curvature.shape
         )
-        grad_scale = _grad_scale(grad_output, ctx.reduction, shape)
+        upstream = _grad_scale(grad_output, ctx.reduction, shape)
         tmp0 = input - target
         tmp1 = torch.sign(tmp0)
         tmp2 = torch.abs(tmp0)
         tmp3 = width > tmp2
         tmp4 = 1 / torch.where(tmp3, curvature, 1)
         tmp5 = tmp2 * tmp4
-        tmp6 = torch.where(tmp3, tmp5 + 1, 1)
-        tmp7 = width * tmp1 * tmp4 / tmp6
-        tmp8 = width <= tmp2
-        tmp9 = 1 / torch.where(tmp8, curvature, 1)
+        tmp6 = width * tmp1 * tmp4 / torch.where(tmp3, tmp5 + 1, 1)
+        tmp7 = width <= tmp2
+        tmp8 = 1 / torch.where(tmp7, curvature, 1)
         grad_input = None
         grad_target = None
         grad_width = None
         grad_curvature = None
         if ctx.needs_input_grad[0]:
             grad_input = _sum_to(
-                torch.where(tmp3, tmp7, tmp1) * grad_scale, shape, input.shape
+                torch.where(tmp3, tmp6, tmp1) * upstream, shape, input.shape
             )
         if ctx.needs_input_grad[1]:
             grad_target = _sum_to(
-                torch.where(tmp3, -tmp7, -tmp1) * grad_scale, shape, target.shape
+                torch.where(tmp3, -tmp6, -tmp1) * upstream, shape, target.shape
             )
         if ctx.needs_input_grad[2]:
-            tmp10 = width * tmp9
-            tmp11 = torch.where(tmp8, tmp10 + 1, 1)
+            tmp9 = width * tmp8
             grad_width = _sum_to(
-                torch.where(tmp3, torch.log(tmp6), tmp10 / tmp11 + torch.log(tmp11) - 1)
-                * grad_scale,
+                torch.where(
+                    tmp3,
+                    torch.log1p(torch.where(tmp3, tmp5, 1)),
+                    tmp9 / torch.where(tmp7, tmp9 + 1, 1)
+                    + torch.log1p(torch.where(tmp7, tmp9, 1))
+                    - 1,
+                )
+                * upstream,
                 shape,
                 width.shape,
             )
@@ -148,12 +223,129 @@ class WingFunction(torch.autograd.Function):
                 torch.where(
                     tmp3,
                     -width * tmp5 / torch.where(tmp3, curvature + tmp2, 1),
-                    -(width**2) * tmp9 / torch.where(tmp8, curvature + width, 1),
+                    -(width**2) * tmp8 / torch.where(tmp7, curvature + width, 1),
                 )
-                * grad_scale,
+                * upstream,
                 shape,
                 curvature.shape,
             )
+        return (
+            grad_input,
+            grad_target,
+            grad_width,
+            grad_curvature,
+            None,
+        )
+
+
+def _fused(input, target, width, curvature, reduction, needs_grad):
+    """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
+    shape = torch.broadcast_shapes(
+        input.shape, target.shape, width.shape, curvature.shape
+    )
+    upstream = 1 / shape.numel() if reduction == "mean" else 1
+    tmp0 = 1 / curvature
+    tmp1 = input - target
+    tmp2 = torch.abs(tmp1)
+    tmp3 = width > tmp2
+    tmp4 = torch.sign(tmp1)
+    tmp5 = 1 / torch.where(tmp3, curvature, 1)
+    tmp6 = tmp2 * tmp5
+    tmp7 = width * tmp4 * tmp5 / torch.where(tmp3, tmp6 + 1, 1)
+    tmp8 = width <= tmp2
+    tmp9 = 1 / torch.where(tmp8, curvature, 1)
+    tmp10 = width * tmp9
+    loss = _reduce(
+        torch.where(
+            tmp3,
+            width * torch.log1p(tmp0 * tmp2),
+            width * torch.log1p(width * tmp0) - width + tmp2,
+        ),
+        reduction,
+    )
+    grad_input = None
+    if needs_grad[0]:
+        grad_input = _sum_to(
+            torch.where(tmp3, tmp7, tmp4) * upstream, shape, input.shape
+        )
+    grad_target = None
+    if needs_grad[1]:
+        grad_target = _sum_to(
+            torch.where(tmp3, -tmp7, -tmp4) * upstream, shape, target.shape
+        )
+    grad_width = None
+    if needs_grad[2]:
+        grad_width = _sum_to(
+            torch.where(
+                tmp3,
+                torch.log1p(torch.where(tmp3, tmp6, 1)),
+                tmp10 / torch.where(tmp8, tmp10 + 1, 1)
+                + torch.log1p(torch.where(tmp8, tmp10, 1))
+                - 1,
+            )
+            * upstream,
+            shape,
+            width.shape,
+        )
+    grad_curvature = None
+    if needs_grad[3]:
+        grad_curvature = _sum_to(
+            torch.where(
+                tmp3,
+                -width * tmp6 / torch.where(tmp3, curvature + tmp2, 1),
+                -(width**2) * tmp9 / torch.where(tmp8, curvature + width, 1),
+            )
+            * upstream,
+            shape,
+            curvature.shape,
+        )
+    return loss, grad_input, grad_target, grad_width, grad_curvature
+
+
+_compiled_fused = None
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    if not COMPILE:
+        return _fused(*args)
+    if _compiled_fused is None:
+        _compiled_fused = torch.compile(_fused, dynamic=True, fullgraph=True)
+    try:
+        return _compiled_fused(*args)
+    except Exception:  # no compiler for this device here: the same code, uncompiled
+        _compiled_fused = _fused
+        return _fused(*args)
+
+
+class _WingFused(torch.autograd.Function):
+    """The fast path: the gradients are computed during forward and saved for backward."""
+
+    @staticmethod
+    def forward(ctx, input, target, width, curvature, reduction):
+        width = _as_tensor(width, input)
+        curvature = _as_tensor(curvature, input)
+        needs_grad = ctx.needs_input_grad[:4]
+        loss, *grads = _run_fused(
+            input, target, width, curvature, reduction, needs_grad
+        )
+        ctx.save_for_backward(input, target, width, curvature, *grads)
+        ctx.reduction = reduction
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        # Double backward is being recorded: the symbolic, differentiable path.
+        if torch.is_grad_enabled():
+            reference = _SavedForBackward(
+                saved[:4], ctx.needs_input_grad, ctx.reduction
+            )
+            return WingFunction.backward(reference, grad_output)
+        grad_input, grad_target, grad_width, grad_curvature = _rescaled(
+            saved[4:], grad_output
+        )
         return (
             grad_input,
             grad_target,
@@ -186,14 +378,17 @@ class Wing(nn.Module):
         self.reduction = reduction
 
     def forward(self, input, target):
-        return WingFunction.apply(
-            input, target, self.width, self.curvature, self.reduction
-        )
+        return wing(input, target, self.width, self.curvature, self.reduction)
 
     def extra_repr(self):
         return f"width={self.width}, curvature={self.curvature}, reduction={self.reduction!r}"
 
 
 def wing(input, target, width=10.0, curvature=2.0, reduction="mean"):
-    r"""Wing as a function; see the module docstring for the formula."""
+    r"""Wing as a function; see the module docstring for the formula.
+
+    Takes the fused fast path where it applies, else WingFunction.
+    """
+    if _use_fused([input, target], [width, curvature], reduction):
+        return _WingFused.apply(input, target, width, curvature, reduction)
     return WingFunction.apply(input, target, width, curvature, reduction)

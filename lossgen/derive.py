@@ -116,17 +116,30 @@ def stablest(expr: sp.Expr) -> sp.Expr:
 
 
 def simplest(expr: sp.Expr) -> sp.Expr:
-    """The cheapest stable form among a few equivalent ones (simplify alone can grow them)."""
-    forms = [expr, sp.factor_terms(expr)]
-    try:
-        forms.append(sp.simplify(expr))
-    except (NotImplementedError, TypeError, ValueError, RecursionError):
-        pass  # simplify gives up on some Piecewise forms; the raw derivative is still right
-    stable = [form for f in forms for form in candidates(f)]
-    printable = [
-        c for c in stable if not unsupported_nodes(c) and _no_new_overflow(c, expr)
+    """The cheapest stable form among a few equivalent ones (simplify alone can grow them).
+
+    Rewrites of the derivative as derived are always acceptable; forms that went through
+    SymPy's simplify are kept only if they exponentiate nothing the others did not.
+    """
+    rewritten = [
+        form
+        for f in (expr, sp.factor_terms(expr))
+        for form in candidates(f)
+        if not unsupported_nodes(form)
     ]
-    return min(printable, key=cost)
+    safe = rewritten or [expr]
+    try:
+        simplified = sp.simplify(expr)
+    except (NotImplementedError, TypeError, ValueError, RecursionError):
+        simplified = None  # simplify gives up on some Piecewise forms; the others stand
+    if simplified is not None:
+        allowed = set().union(_exponents(expr), *(_exponents(f) for f in safe))
+        safe += [
+            form
+            for form in candidates(simplified)
+            if not unsupported_nodes(form) and _exponents(form) <= allowed
+        ]
+    return min(safe, key=cost)
 
 
 def _no_new_overflow(form: sp.Expr, original: sp.Expr) -> bool:
