@@ -180,7 +180,8 @@ def _validate_expression(raw: object) -> sp.Expr:
         expr = sp.sympify(raw, strict=True)
     except (sp.SympifyError, TypeError) as error:
         raise SpecError(f"not a SymPy expression: {raw!r}") from error
-    if isinstance(expr, sp.logic.boolalg.Boolean) or not isinstance(expr, sp.Expr):
+    # Not `isinstance(expr, Boolean)`: a Symbol is a Boolean too, and `Loss("L", x)` is valid.
+    if not isinstance(expr, sp.Expr):
         raise SpecError(f"the loss must be a number-valued expression, not {expr}")
     if expr.has(sp.I) or expr.is_real is False:
         raise SpecError(f"the loss is complex-valued: {expr}")

@@ -83,6 +83,10 @@ def render_loss(derived: DerivedLoss) -> str:
         return body, print_torch(p.result, names, like)
 
     forward_lines, forward_code = program(derived.forward)
+    if derived.forward.result in {a.symbol for a in model.arguments}:
+        # A loss that is one argument as-is (`Loss("L", x)`): forward must not return its
+        # input itself, which autograd refuses to save for backward; a view is fine.
+        forward_code = f"{forward_code}.view_as({forward_code})"
     shared_lines = lines(derived.shared_backward_steps)
     gradients = []
     for gradient in derived.gradients:
