@@ -35,6 +35,9 @@ class TensorSymbol(sp.Symbol):
     def __getnewargs_ex__(self) -> tuple[tuple[str], dict[str, Any]]:
         return (self.name,), {"differentiable": self.differentiable}
 
+    def _hashable_content(self) -> tuple[Any, ...]:
+        return _declared(super()._hashable_content(), self)
+
 
 class ParamSymbol(sp.Symbol):
     """A constructor argument of the loss: a float, or a tensor broadcastable to the inputs."""
@@ -54,6 +57,19 @@ class ParamSymbol(sp.Symbol):
 
     def __getnewargs_ex__(self) -> tuple[tuple[str], dict[str, Any]]:
         return (self.name,), {"default": self.default, "learnable": self.learnable}
+
+    def _hashable_content(self) -> tuple[Any, ...]:
+        return _declared(super()._hashable_content(), self)
+
+
+def _declared(content: tuple[Any, ...], symbol: sp.Symbol) -> tuple[Any, ...]:
+    """Each declaration is its own symbol, for equality and hashing alike.
+
+    Without this, two declarations of one name (in two specs, or in two runs in one process)
+    compare equal, and SymPy's expression cache hands back `w * x` built from the *other*
+    declaration, with its default/learnable/differentiable flags.
+    """
+    return (*content, symbol.declaration_index)
 
 
 def Tensor(name: str, *, differentiable: bool = True) -> TensorSymbol:  # noqa: N802

@@ -46,7 +46,13 @@ leaves = st.one_of(st.sampled_from([X, Y, P]), numbers)
 def positive(e: sp.Expr) -> st.SearchStrategy[sp.Expr]:
     """Expressions of e that are > 0 for every real e, for log, sqrt and division."""
     return st.sampled_from(
-        [1 + e**2, sp.exp(e) + ONE / 2, 1 + sp.exp(-sp.Abs(e)), 2 + sp.tanh(e), 1 + relu(e)]
+        [
+            1 + e**2,
+            sp.exp(e) + ONE / 2,
+            1 + sp.exp(-sp.Abs(e)),
+            2 + sp.tanh(e),
+            1 + relu(e),
+        ]
     )
 
 
@@ -132,7 +138,9 @@ def check_against_autograd(expr: sp.Expr) -> None:
         case, _ = generate_module(expr)
     except AssertionError as error:
         if "no sampling domain" in str(error):
-            assume(False)  # nowhere finite to compare (e.g. overflow everywhere): no test
+            assume(
+                False
+            )  # nowhere finite to compare (e.g. overflow everywhere): no test
         raise
     errors = Errors(rtol=1e-6, atol=1e-8)
     compared = 0
@@ -150,7 +158,9 @@ def check_against_autograd(expr: sp.Expr) -> None:
             errors.compare(case.generated(sample, reduction), expected)
             compared += 1
     assume(compared > 0)
-    assert errors.ok, f"{errors.detail} (max abs {errors.max_abs}, max rel {errors.max_rel})"
+    assert (
+        errors.ok
+    ), f"{errors.detail} (max abs {errors.max_abs}, max rel {errors.max_rel})"
 
     # gradcheck on a small input, params as tensors so their gradients are checked too.
     sample = case.away_from_kinks((((3,),), ()), seed=11)
@@ -168,7 +178,9 @@ def check_against_autograd(expr: sp.Expr) -> None:
         with torch.no_grad():
             value = call(*inputs)
         if bool(torch.isfinite(value)) and abs(float(value)) < 1e8:
-            assert torch.autograd.gradcheck(call, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+            assert torch.autograd.gradcheck(
+                call, inputs, eps=1e-6, atol=1e-5, rtol=1e-4
+            )
 
 
 # max_examples and deadline come from the profile (tests/conftest.py): 200 examples in CI.
