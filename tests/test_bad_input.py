@@ -296,7 +296,7 @@ def test_bad_reduction(project: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "reduction must be one of" in message
 
 
-# --- every command, and --debug --------------------------------------------------------------------
+# --- every command, and --debug -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("command", ["check", "show"])
@@ -336,7 +336,7 @@ def test_unwritable_output_is_one_line_exit_2(
     assert err.count("\n") == 1 and "taken" in err
 
 
-# --- writes: atomic, and only when the content changes ----------------------------------------------
+# --- writes: atomic, and only when the content changes ----------------------------------
 
 
 def test_identical_rebuild_touches_nothing(
