@@ -81,9 +81,43 @@ def _derive(model: LossModel) -> DerivedLoss:
     )
 
 
+class _RealAbs(sp.Function):
+    """Abs of an argument known to be real (every loss subexpression is): d|g| = sign(g) dg.
+
+    SymPy differentiates Abs(g) and sign(g) by these rules only when it can prove g real;
+    for g = log(tanh(x) + 2) it leaves Derivative(sign(g), x) unevaluated, and turns Abs(g)
+    into a form that divides by g (NaN at g = 0, where abs'(0) = 0 is wanted).
+    """
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.sign(self.args[0])
+
+
+class _RealSign(sp.Function):
+    """sign of a real argument: its derivative is DiracDelta, zero almost everywhere."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.S.Zero
+
+
+_REAL_FORMS: dict[type, type] = {sp.Abs: _RealAbs, sp.sign: _RealSign}
+_ORIGINAL_FORMS: dict[type, type] = {_RealAbs: sp.Abs, _RealSign: sp.sign}
+
+
 def derivative(expr: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
     """d expr / d symbol, with DiracDelta terms dropped (zero almost everywhere)."""
-    result = sp.diff(expr, symbol)
+    real_forms = expr.replace(
+        lambda e: type(e) in _REAL_FORMS, lambda e: _REAL_FORMS[type(e)](*e.args)
+    )
+    result = sp.diff(real_forms, symbol)
+    result = result.replace(
+        lambda e: type(e) in _ORIGINAL_FORMS,
+        lambda e: _ORIGINAL_FORMS[type(e)](*e.args),
+    )
     result = result.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
     leftovers = unsupported_nodes(result)
     if leftovers:

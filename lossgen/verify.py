@@ -547,6 +547,7 @@ class Errors:
             (g, e, f"gradient {i}") for i, (g, e) in enumerate(zip(got[1], expected[1]))
         ]
         for actual, wanted, what in pairs:
+            what = f"{what} {where}" if where else what
             actual = actual.double()
             wanted = wanted.double()
             if actual.shape != wanted.shape:
@@ -563,7 +564,7 @@ class Errors:
                 continue
             a, w = actual[usable], wanted[usable]
             if not torch.isfinite(a).all() and torch.isfinite(w).all():
-                self.fail(f"{what} {where}: not finite where autograd is")
+                self.fail(f"{what}: not finite where autograd is")
                 continue
             difference = (a - w).abs()
             difference = torch.where(torch.isnan(a) & torch.isnan(w), 0.0, difference)
@@ -575,7 +576,7 @@ class Errors:
                     self.max_rel, float((difference[finite] / scale[finite]).max())
                 )
             if not torch.allclose(a, w, rtol=self.rtol, atol=self.atol, equal_nan=True):
-                self.fail(f"{what} {where}: differs from autograd".replace("  ", " "))
+                self.fail(f"{what}: differs from autograd")
 
     def finite_where(
         self,

@@ -192,7 +192,17 @@ def test_random_losses_match_autograd(expr: sp.Expr) -> None:
 
 # --- regressions: expressions the fuzzer found, kept as concrete cases ---------------------------
 
-REGRESSIONS: list[sp.Expr] = []
+_G = sp.log(sp.tanh(X) + 2)  # real, but SymPy cannot prove it
+REGRESSIONS: list[sp.Expr] = [
+    # `Loss("L", x)`: was rejected as "not number-valued" (a SymPy Symbol is also a Boolean),
+    # then its forward returned its input as-is, which autograd refuses to save for backward.
+    X,
+    # SymPy left Derivative(sign(g), x) unevaluated for a g it cannot prove real: "needs
+    # Derivative, which lossgen cannot generate". Abs(g) differentiated into a form that
+    # divides by g.
+    _G**2 * sp.sign(_G),
+    sp.Abs(_G - Y),
+]
 
 
 @pytest.mark.parametrize("expr", REGRESSIONS, ids=str)
@@ -214,3 +224,13 @@ def test_the_pipeline_rejects_nothing_in_the_vocabulary() -> None:
         check_against_autograd(expr)
     except SpecError as error:
         pytest.fail(str(error))
+
+
+def test_abs_of_an_expression_has_torchs_gradient_at_its_kink() -> None:
+    # abs'(0) = 0 as in torch, where SymPy's own rule for Abs(g) divided by g (0/0 = NaN).
+    case, _ = generate_module(sp.Abs(_G - Y))
+    x = torch.tensor([0.5, -0.25], dtype=torch.float64, requires_grad=True)
+    y = torch.log(torch.tanh(x) + 2).detach()  # exactly on the kink
+    value = case.function.apply(x, y, "sum")
+    (grad,) = torch.autograd.grad(value, [x])
+    assert grad.tolist() == [0.0, 0.0]
