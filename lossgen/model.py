@@ -129,6 +129,7 @@ def _build_model(loss: Loss, spec_path: str) -> LossModel:
             f"not {loss.reduction!r}"
         )
     _check_doc(loss.doc)
+    doc = None if loss.doc is None else normalize_doc(loss.doc)
     expr = _validate_expression(loss.expr)
     arguments = _arguments(expr)
     generated_names = {name, f"{name}Function", snake}
@@ -144,7 +145,7 @@ def _build_model(loss: Loss, spec_path: str) -> LossModel:
         expr=expr,
         arguments=arguments,
         reduction=loss.reduction,
-        doc=loss.doc,
+        doc=doc,
         spec_path=spec_path,
         location=loss.location,
     )
@@ -169,6 +170,16 @@ def _check_doc(doc: object) -> None:
             f"doc must not contain control characters (found {bad[0]!r}); "
             "use newlines and printable text"
         )
+
+
+def normalize_doc(doc: str) -> str:
+    """The doc as black leaves it in a docstring, so it arrives in `__doc__` exactly so:
+    no trailing whitespace on a line, leading tabs as spaces (4 per tab)."""
+    lines = []
+    for line in doc.split("\n"):
+        text = line.lstrip(" \t")
+        lines.append((line[: len(line) - len(text)].expandtabs(4) + text).rstrip())
+    return "\n".join(lines).strip("\n")
 
 
 def _validate_expression(raw: object) -> sp.Expr:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+import lossgen.verify  # noqa: F401 - see below
 from conftest import ROOT
 from lossgen.api import build
 from lossgen.errors import SpecError
@@ -17,6 +19,10 @@ pytest_plugins = ["pytester"]
 # Load the plugin by module, and block the entry-point copy in case lossgen is pip-installed
 # (the same module registered twice under two names is an error in pluggy).
 PLUGIN_ARGS = ("-p", "no:lossgen", "-p", "lossgen.pytest_plugin")
+# In-process pytester runs drop the modules each inner run imported; torch's C extension then
+# crashes when its modules are imported a second time. Everything the inner runs need
+# (lossgen.verify and torch) is imported here, once, before them; and a verification runs
+# once here too, so torch's lazily imported parts are loaded as well.
 
 
 def make_project(root: Path) -> None:
@@ -31,6 +37,18 @@ def hand_edit(root: Path) -> None:
     target.write_text(
         target.read_text().replace("torch.sign(tmp0)", "torch.sign(tmp0) * 2")
     )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_fully_imported(tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("warm")
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        make_project(root)
+        assert_losses_verified("specs/tutorial.py")
+    finally:
+        os.chdir(previous)
 
 
 @pytest.fixture
