@@ -67,8 +67,13 @@ class Report:
             lines.append(f"FAIL {r.loss} {r.check}: {r.detail or 'failed'}")
         summary = "ok" if self.ok else "FAILED"
         drifted = self.drift is not None and not self.drift.clean
+        counts = (
+            f"{len(self.results)} checks, {len(failures)} failed"
+            if self.results
+            else "drift only, no numeric checks"
+        )
         lines.append(
-            f"lossgen check: {summary} ({len(self.results)} checks, {len(failures)} failed"
+            f"lossgen check: {summary} ({counts}"
             + (", generated code drifted" if drifted else "")
             + ")"
         )

@@ -1,4 +1,4 @@
-"""The pytest plugin (`lossgen_check` fixture) and `lossgen.testing`, as a user's project uses them."""
+"""The pytest plugin (`lossgen_check` fixture) and `lossgen.testing`, as a user uses them."""
 
 from __future__ import annotations
 
