@@ -191,8 +191,16 @@ def check_against_autograd(expr: sp.Expr) -> None:
             )
 
 
-# max_examples and deadline come from the profile (tests/conftest.py): 200 examples in CI.
-@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+# At least 200 examples in CI; more when the profile (tests/conftest.py) asks for more.
+FUZZ_EXAMPLES = max(200, settings.default.max_examples)
+QUICK = settings.default.max_examples < 100  # HYPOTHESIS_PROFILE=quick, for iterating
+
+
+@settings(
+    max_examples=settings.default.max_examples if QUICK else FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 @given(expressions)
 def test_random_losses_match_autograd(expr: sp.Expr) -> None:
     check_against_autograd(expr)
