@@ -74,7 +74,11 @@ def generate(spec_paths: Sequence[PathLike]) -> tuple[GeneratedFile, ...]:
     """Every output file for these specs, in memory: one module per loss and __init__.py."""
     if not spec_paths:
         raise SpecError("no spec files given")
-    derived = derive_all(spec_paths)
+    return generate_derived(derive_all(spec_paths))
+
+
+def generate_derived(derived: Sequence[DerivedLoss]) -> tuple[GeneratedFile, ...]:
+    """generate() for losses already derived (lossgen check derives once for both uses)."""
     files = []
     for loss in derived:
         model = loss.model

@@ -17,9 +17,10 @@ from pathlib import Path
 import sympy as sp
 import torch
 
-from lossgen.api import PathLike, derive_all, generate
+from lossgen.api import PathLike, derive_all, generate_derived
 from lossgen.derive import DerivedLoss
 from lossgen.emit import Drift, GeneratedFile, drift
+from lossgen.errors import SpecError
 from lossgen.model import Argument, LossModel
 from lossgen.reference import evaluate
 from lossgen.vocabulary import REDUCTIONS, clamp, relu
@@ -160,12 +161,15 @@ def check(
     numeric: bool = True,
 ) -> Report:
     """Drift of `out_dir` against the specs, then every numeric check of every loss."""
-    files = generate(spec_paths)
+    if not spec_paths:
+        raise SpecError("no spec files given")
+    all_derived = derive_all(spec_paths)  # specs run once, losses derived once
+    files = generate_derived(all_derived)
     report_drift = drift(Path(out_dir), files)
     results: list[CheckResult] = []
     if numeric:
         by_name = {f.name: f for f in files}
-        for derived in derive_all(spec_paths):
+        for derived in all_derived:
             module = load_generated(by_name[f"{derived.model.snake_name}.py"])
             results += verify_loss(derived, module)
     return Report(report_drift, tuple(results))

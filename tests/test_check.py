@@ -13,6 +13,7 @@ import pytest
 
 from conftest import ROOT, SPEC_ARGS
 from lossgen import verify
+from lossgen.api import derive_all
 from lossgen.cli import main
 from lossgen.emit import GeneratedFile
 
@@ -223,9 +224,9 @@ def test_a_wrong_gradient_fails_the_numeric_checks(
     project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Simulate a generator bug: the backward is off by a factor of 2, and generated/ matches it.
-    real_generate = verify.generate
+    real_generate = verify.generate_derived
 
-    def buggy_generate(spec_paths: list[str]) -> tuple[GeneratedFile, ...]:
+    def buggy_generate(derived: list) -> tuple[GeneratedFile, ...]:
         return tuple(
             GeneratedFile(
                 f.name,
@@ -234,11 +235,12 @@ def test_a_wrong_gradient_fails_the_numeric_checks(
                     "tmp1 = 2 * weight * torch.sign(tmp0)",
                 ),
             )
-            for f in real_generate(spec_paths)
+            for f in real_generate(derived)
         )
 
-    monkeypatch.setattr(verify, "generate", buggy_generate)
-    for file in buggy_generate(["specs/tutorial.py"]):
+    monkeypatch.setattr(verify, "generate_derived", buggy_generate)
+    for file in buggy_generate(derive_all(["specs/tutorial.py"])):
+        assert "2 * weight" in file.content or file.name == "__init__.py"
         (project / "generated" / file.name).write_text(file.content)
     code, out, err = run(capsys, "check", "specs/tutorial.py")
     assert code == 1 and err == ""
