@@ -196,7 +196,24 @@ def common_subexpressions(
 ) -> tuple[tuple[Step, ...], tuple[sp.Expr, ...]]:
     symbols = sp.numbered_symbols(INTERMEDIATE_PREFIX, real=True)
     replacements, reduced = sp.cse(exprs, symbols=symbols, order="canonical")
-    return tuple(Step(s, e) for s, e in replacements), tuple(reduced)
+    # A constant must not become an intermediate: `tmp1 = math.sqrt(2)` is a Python float,
+    # and the printer chooses torch.clamp (not torch.minimum) only when it sees a number.
+    # Constants go back inline; the remaining intermediates are renumbered from tmp0.
+    inline: dict[sp.Basic, sp.Basic] = {}
+    kept: list[tuple[sp.Symbol, sp.Basic]] = []
+    for symbol, expr in replacements:
+        expr = expr.xreplace(inline)
+        if expr.free_symbols:
+            kept.append((symbol, expr))
+        else:
+            inline[symbol] = expr
+    if not inline:
+        return tuple(Step(s, e) for s, e in replacements), tuple(reduced)
+    fresh = sp.numbered_symbols(INTERMEDIATE_PREFIX, real=True)
+    rename = {symbol: next(fresh) for symbol, _ in kept}
+    inline.update(rename)
+    steps = tuple(Step(rename[s], e.xreplace(inline)) for s, e in kept)
+    return steps, tuple(r.xreplace(inline) for r in reduced)
 
 
 def _split_by_user(

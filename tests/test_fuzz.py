@@ -218,6 +218,10 @@ REGRESSIONS: list[sp.Expr] = [
     # divides by g.
     _G**2 * sp.sign(_G),
     sp.Abs(_G - Y),
+    # CSE made the constant sqrt(tanh(1/2) + 2) an intermediate `tmp1 = math.sqrt(...)`, and
+    # Min/Max of it printed as torch.minimum(tmp0, tmp1): a TypeError on a Python float.
+    sp.Min(sp.sqrt(sp.tanh(ONE / 2) + 2), sp.exp(-(X**2))) ** 2,
+    sp.sqrt(relu(sp.Max(X + Y, sp.sqrt(sp.tanh(ONE / 2) + 2))) + 1),
     # SymPy folded this Piecewise (its condition is a > a) to 0 during CSE: the forward
     # returned the Python int 0 (no .mean()) after two unused intermediates.
     sp.Piecewise(
