@@ -21,6 +21,7 @@ SPECS = [
     "specs/robust.py",
     "specs/probabilistic.py",
     "specs/likelihood.py",
+    "specs/naive.py",
     "specs/classification.py",
     "specs/ranking.py",
     "specs/learnable.py",
@@ -65,6 +66,9 @@ SETTINGS = {
         fixed={"y": -1.0},
         vary=("embedding_margin", (0.5, 1.0, 2.0)),
     ),
+    "NaiveBCE": PlotSettings(x_range=LOGITS, fixed={"target": 1.0}),
+    "NaivePoissonNLL": PlotSettings(fixed={"target": 2.0}),
+    "NaiveSoftMargin": PlotSettings(x_range=LOGITS),
     "UncertaintyWeightedMSE": PlotSettings(vary=("log_variance", (-1.0, 0.0, 1.0))),
 }
 

@@ -37,10 +37,11 @@ def load_models(spec_paths: Sequence[PathLike]) -> list[LossModel]:
     for path in spec_paths:
         spec = load_spec(path)
         models.extend(build_model(loss, spec.display_path) for loss in spec.losses)
+    # Every name a loss puts into generated/__init__.py must be unique across all specs.
     seen: dict[str, LossModel] = {}
     for model in models:
-        for key in (model.name, model.snake_name):
-            if key in seen:
+        for key in (model.name, f"{model.name}Function", model.snake_name):
+            if key in seen and seen[key] is not model:
                 raise SpecError(
                     f"name clashes with loss {seen[key].name!r} of {seen[key].location}",
                     location=model.location,
@@ -51,14 +52,33 @@ def load_models(spec_paths: Sequence[PathLike]) -> list[LossModel]:
 
 
 def derive_all(spec_paths: Sequence[PathLike]) -> list[DerivedLoss]:
-    return [derive(model) for model in load_models(spec_paths)]
+    return [_derive_at_its_line(model) for model in load_models(spec_paths)]
+
+
+def _derive_at_its_line(model: LossModel) -> DerivedLoss:
+    """derive(), with anything SymPy raises on the way reported at the Loss(...) line."""
+    try:
+        return derive(model)
+    except SpecError:
+        raise
+    except Exception as error:  # SymPy can fail deep inside diff/simplify on odd input
+        message = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+        raise SpecError(
+            f"cannot differentiate the loss: {message}",
+            location=model.location,
+            loss=model.name,
+        ) from error
 
 
 def generate(spec_paths: Sequence[PathLike]) -> tuple[GeneratedFile, ...]:
     """Every output file for these specs, in memory: one module per loss and __init__.py."""
     if not spec_paths:
         raise SpecError("no spec files given")
-    derived = derive_all(spec_paths)
+    return generate_derived(derive_all(spec_paths))
+
+
+def generate_derived(derived: Sequence[DerivedLoss]) -> tuple[GeneratedFile, ...]:
+    """generate() for losses already derived (lossgen check derives once for both uses)."""
     files = []
     for loss in derived:
         model = loss.model

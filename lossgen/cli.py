@@ -75,8 +75,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LossgenError as error:
         if args.debug:
             raise
-        print(f"lossgen: error: {error}", file=sys.stderr)
+        _error(str(error))
         return EXIT_USAGE
+    except OSError as error:  # an unwritable output directory, a file in its place, ...
+        if args.debug:
+            raise
+        _error(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
+        return EXIT_USAGE
+    except (
+        Exception
+    ) as error:  # a lossgen bug: still one line, the traceback on request
+        if args.debug:
+            raise
+        _error(
+            f"internal error (a lossgen bug; rerun with --debug for the traceback): "
+            f"{type(error).__name__}: {error}"
+        )
+        return EXIT_USAGE
+
+
+def _error(message: str) -> None:
+    """Report an error on exactly one line of stderr (tools and CI logs grep for it)."""
+    lines = message.strip().splitlines() or [""]
+    print(f"lossgen: error: {lines[0]}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -87,9 +87,43 @@ def _derive(model: LossModel) -> DerivedLoss:
     )
 
 
+class _RealAbs(sp.Function):
+    """Abs of an argument known to be real (every loss subexpression is): d|g| = sign(g) dg.
+
+    SymPy differentiates Abs(g) and sign(g) by these rules only when it can prove g real;
+    for g = log(tanh(x) + 2) it leaves Derivative(sign(g), x) unevaluated, and turns Abs(g)
+    into a form that divides by g (NaN at g = 0, where abs'(0) = 0 is wanted).
+    """
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.sign(self.args[0])
+
+
+class _RealSign(sp.Function):
+    """sign of a real argument: its derivative is DiracDelta, zero almost everywhere."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.S.Zero
+
+
+_REAL_FORMS: dict[type, type] = {sp.Abs: _RealAbs, sp.sign: _RealSign}
+_ORIGINAL_FORMS: dict[type, type] = {_RealAbs: sp.Abs, _RealSign: sp.sign}
+
+
 def derivative(expr: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
     """d expr / d symbol, with DiracDelta terms dropped (zero almost everywhere)."""
-    result = sp.diff(expr, symbol)
+    real_forms = expr.replace(
+        lambda e: type(e) in _REAL_FORMS, lambda e: _REAL_FORMS[type(e)](*e.args)
+    )
+    result = sp.diff(real_forms, symbol)
+    result = result.replace(
+        lambda e: type(e) in _ORIGINAL_FORMS,
+        lambda e: _ORIGINAL_FORMS[type(e)](*e.args),
+    )
     result = result.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
     leftovers = unsupported_nodes(result)
     if leftovers:
@@ -214,7 +248,24 @@ def common_subexpressions(
 ) -> tuple[tuple[Step, ...], tuple[sp.Expr, ...]]:
     symbols = sp.numbered_symbols(INTERMEDIATE_PREFIX, real=True)
     replacements, reduced = sp.cse(exprs, symbols=symbols, order="canonical")
-    return tuple(Step(s, e) for s, e in replacements), tuple(reduced)
+    # A constant must not become an intermediate: `tmp1 = math.sqrt(2)` is a Python float,
+    # and the printer chooses torch.clamp (not torch.minimum) only when it sees a number.
+    # Constants go back inline; the remaining intermediates are renumbered from tmp0.
+    inline: dict[sp.Basic, sp.Basic] = {}
+    kept: list[tuple[sp.Symbol, sp.Basic]] = []
+    for symbol, expr in replacements:
+        expr = expr.xreplace(inline)
+        if expr.free_symbols:
+            kept.append((symbol, expr))
+        else:
+            inline[symbol] = expr
+    if not inline:
+        return tuple(Step(s, e) for s, e in replacements), tuple(reduced)
+    fresh = sp.numbered_symbols(INTERMEDIATE_PREFIX, real=True)
+    rename = {symbol: next(fresh) for symbol, _ in kept}
+    inline.update(rename)
+    steps = tuple(Step(rename[s], e.xreplace(inline)) for s, e in kept)
+    return steps, tuple(r.xreplace(inline) for r in reduced)
 
 
 def _split_by_user(

@@ -37,7 +37,11 @@ class Drift:
 
 
 def header(spec_paths: Sequence[str]) -> str:
-    sources = ", ".join(spec_paths)
+    # A path is user input in a comment: escape anything that could end the comment's line.
+    sources = ", ".join(
+        "".join(c if c.isprintable() else ascii(c)[1:-1] for c in path)
+        for path in spec_paths
+    )
     return (
         f"# {GENERATED_MARK} from {sources}; do not edit by hand.\n"
         "# Change the spec and run `lossgen build` again; `lossgen check` verifies this file.\n"
@@ -51,16 +55,20 @@ def write_if_changed(out_dir: Path, files: Sequence[GeneratedFile]) -> list[str]
     of them are on disk are they renamed into place, so a failure leaves old files as they were.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    changed = [f for f in files if _read(out_dir / f.name) != f.content]
+    # Compared as bytes: an identical file is not touched (its mtime stays), anything else is.
+    changed = [f for f in files if _read(out_dir / f.name) != _encode(f.content)]
     staged: list[tuple[Path, Path]] = []
     try:
         for file in changed:
             handle, temp = tempfile.mkstemp(
                 dir=out_dir, prefix=f".{file.name}.", suffix=".tmp"
             )
-            with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-                stream.write(file.content)
-            staged.append((Path(temp), out_dir / file.name))
+            target = out_dir / file.name
+            staged.append((Path(temp), target))
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(_encode(file.content))
+            # mkstemp makes the file private (0600); give it the mode a plain write would.
+            os.chmod(temp, _file_mode(target))
         for temp, target in staged:
             os.replace(temp, target)
     finally:
@@ -70,14 +78,18 @@ def write_if_changed(out_dir: Path, files: Sequence[GeneratedFile]) -> list[str]
 
 
 def drift(out_dir: Path, files: Sequence[GeneratedFile]) -> Drift:
-    """Compare generated files with the directory: stale, missing and unexpected files."""
+    """Compare generated files with the directory: stale, missing and unexpected files.
+
+    Byte for byte, so any hand edit is caught: whitespace, line endings, a BOM, bad UTF-8.
+    """
     stale = []
     missing = []
     for file in files:
-        on_disk = _read(out_dir / file.name)
-        if on_disk is None:
+        raw = _read(out_dir / file.name)
+        if raw is None:
             missing.append(file.name)
-        elif on_disk != file.content:
+        elif raw != _encode(file.content):
+            on_disk = raw.decode("utf-8", errors="replace")
             diff = difflib.unified_diff(
                 on_disk.splitlines(keepends=True),
                 file.content.splitlines(keepends=True),
@@ -85,7 +97,13 @@ def drift(out_dir: Path, files: Sequence[GeneratedFile]) -> Drift:
                 tofile=f"{out_dir.as_posix()}/{file.name} (generated)",
                 n=1,
             )
-            stale.append((file.name, "".join(diff)))
+            text = "".join(diff)
+            if not text:  # same lines, different bytes: \r\n, or undecodable bytes
+                text = (
+                    "(the files differ only in line endings or undecodable bytes, "
+                    "which a line diff cannot show)\n"
+                )
+            stale.append((file.name, text))
     expected = {file.name for file in files}
     unexpected = sorted(
         path.name
@@ -95,8 +113,22 @@ def drift(out_dir: Path, files: Sequence[GeneratedFile]) -> Drift:
     return Drift(tuple(stale), tuple(missing), tuple(unexpected))
 
 
-def _read(path: Path) -> str | None:
+def _file_mode(target: Path) -> int:
+    """The target's current permissions, or the umask's default for a new file."""
     try:
-        return path.read_text(encoding="utf-8")
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _encode(content: str) -> bytes:
+    return content.encode("utf-8")
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
     except FileNotFoundError:
         return None

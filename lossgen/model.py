@@ -4,21 +4,43 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import numbers
 import re
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.core.function import AppliedUndef
 
 from lossgen.errors import SourceLocation, SpecError
-from lossgen.printer import unsupported_nodes
+from lossgen.printer import SUPPORTED_NODES, unsupported_nodes
 from lossgen.vocabulary import REDUCTIONS, Loss, ParamSymbol, TensorSymbol
 
 # Names the generated code itself uses; an argument with one of these names would shadow them.
 GENERATED_CODE_NAMES = frozenset(
     {"torch", "nn", "math", "ctx", "self", "loss", "reduction", "grad_output"}
     | {"upstream", "shape", "args", "output", "super"}
+    # the fused fast path's locals and switches
+    | {
+        "needs_grad",
+        "saved",
+        "reference",
+        "grads",
+        "FUSED",
+        "COMPILE",
+        "FUSED_MIN_NUMEL",
+    }
 )
 RESERVED_MODULE_NAMES = frozenset({"torch", "math", "nn", "lossgen", "typing"})
+# Builtins an argument may still be called: torch's own losses name their first argument `input`,
+# and the generated code never calls input(). Every other builtin is refused, so no argument can
+# shadow one the generated code uses (isinstance, float, super, abs, ...).
+ALLOWED_BUILTIN_ARGUMENT_NAMES = frozenset({"input"})
+# Names go into generated source unquoted: only plain ASCII identifiers, so nothing in a name
+# can change the code around it (and Python's NFKC folding of identifiers cannot merge two).
+ASCII_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Characters a doc may contain besides printable ones; anything else would not survive a round
+# trip through a source file (a NUL cannot be in one, a CR becomes a newline).
+DOC_WHITESPACE = frozenset("\n\t")
 
 
 @dataclass(frozen=True)
@@ -91,37 +113,83 @@ def build_model(loss: Loss, spec_path: str) -> LossModel:
 
 def _build_model(loss: Loss, spec_path: str) -> LossModel:
     name = loss.name
-    if not isinstance(name, str) or not name.isidentifier():
-        raise SpecError(f"loss name {name!r} is not a valid Python identifier")
+    if not is_ascii_identifier(name):
+        raise SpecError(
+            f"loss name {name!r} is not a valid Python identifier (ASCII letters, "
+            "digits and _)"
+        )
     if keyword.iskeyword(name) or name.startswith("_") or not name[0].isupper():
         raise SpecError(
             f"loss name {name!r} must be a CamelCase class name (e.g. 'WeightedL1')"
         )
     snake = snake_case(name)
-    if snake in RESERVED_MODULE_NAMES or hasattr(builtins, snake) or snake == name:
+    if (
+        snake in RESERVED_MODULE_NAMES
+        or hasattr(builtins, snake)
+        or keyword.iskeyword(snake)
+        or snake == name
+    ):
         raise SpecError(
             f"loss name {name!r} would generate a function {snake!r} that "
-            "shadows a builtin or module; choose another name"
+            "is a keyword or shadows a builtin or module; choose another name"
         )
     if loss.reduction not in REDUCTIONS:
         raise SpecError(
             f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, "
             f"not {loss.reduction!r}"
         )
-    if loss.doc is not None and (not isinstance(loss.doc, str) or '"""' in loss.doc):
-        raise SpecError("doc must be a string without triple quotes")
+    _check_doc(loss.doc)
+    doc = None if loss.doc is None else normalize_doc(loss.doc)
     expr = _validate_expression(loss.expr)
     arguments = _arguments(expr)
+    generated_names = {name, f"{name}Function", snake}
+    for argument in arguments:
+        if argument.name in generated_names:
+            raise SpecError(
+                f"argument name {argument.name!r} is also a name the generated module "
+                "defines; choose another"
+            )
     return LossModel(
         name=name,
         snake_name=snake,
         expr=expr,
         arguments=arguments,
         reduction=loss.reduction,
-        doc=loss.doc,
+        doc=doc,
         spec_path=spec_path,
         location=loss.location,
     )
+
+
+def is_ascii_identifier(name: object) -> bool:
+    """A plain ASCII Python identifier (keywords are checked separately)."""
+    return isinstance(name, str) and ASCII_IDENTIFIER.fullmatch(name) is not None
+
+
+def _check_doc(doc: object) -> None:
+    """The doc goes verbatim into a raw docstring: it must not be able to end it."""
+    if doc is None:
+        return
+    if not isinstance(doc, str):
+        raise SpecError(f"doc must be a string, not {type(doc).__name__}")
+    if '"""' in doc:
+        raise SpecError('doc must not contain triple quotes (""")')
+    bad = [c for c in doc if not c.isprintable() and c not in DOC_WHITESPACE]
+    if bad:
+        raise SpecError(
+            f"doc must not contain control characters (found {bad[0]!r}); "
+            "use newlines and printable text"
+        )
+
+
+def normalize_doc(doc: str) -> str:
+    """The doc as black leaves it in a docstring, so it arrives in `__doc__` exactly so:
+    no trailing whitespace on a line, leading tabs as spaces (4 per tab)."""
+    lines = []
+    for line in doc.split("\n"):
+        text = line.lstrip(" \t")
+        lines.append((line[: len(line) - len(text)].expandtabs(4) + text).rstrip())
+    return "\n".join(lines).strip("\n")
 
 
 def _validate_expression(raw: object) -> sp.Expr:
@@ -133,14 +201,33 @@ def _validate_expression(raw: object) -> sp.Expr:
         expr = sp.sympify(raw, strict=True)
     except (sp.SympifyError, TypeError) as error:
         raise SpecError(f"not a SymPy expression: {raw!r}") from error
-    if isinstance(expr, sp.logic.boolalg.Boolean) or not isinstance(expr, sp.Expr):
+    # Not `isinstance(expr, Boolean)`: a Symbol is a Boolean too, and `Loss("L", x)` is valid.
+    if not isinstance(expr, sp.Expr):
         raise SpecError(f"the loss must be a number-valued expression, not {expr}")
     if expr.has(sp.I) or expr.is_real is False:
         raise SpecError(f"the loss is complex-valued: {expr}")
+    if expr.has(sp.nan, sp.zoo):
+        raise SpecError(f"the loss is undefined (nan or complex infinity): {expr}")
     missing = unsupported_nodes(expr)
     if missing:
-        raise SpecError(f"unsupported in a loss expression: {', '.join(missing)}")
+        outermost = _outermost_unsupported(expr) or missing
+        raise SpecError(f"unsupported in a loss expression: {', '.join(outermost)}")
     return expr
+
+
+def _outermost_unsupported(expr: sp.Basic) -> list[str]:
+    """Unsupported nodes without their insides: `Integral`, not `Integral, Tuple`."""
+    found: set[str] = set()
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, SUPPORTED_NODES):
+            stack.extend(node.args)
+        elif isinstance(node, AppliedUndef):
+            found.add(f"undefined function {type(node).__name__}")
+        else:
+            found.add(type(node).__name__)
+    return sorted(found)
 
 
 def _arguments(expr: sp.Expr) -> tuple[Argument, ...]:
@@ -202,8 +289,16 @@ def _declaration_order(symbol: sp.Symbol) -> int:
 
 
 def _check_argument_name(name: str) -> None:
-    if not name.isidentifier() or keyword.iskeyword(name):
-        raise SpecError(f"argument name {name!r} is not a valid Python identifier")
+    if not is_ascii_identifier(name) or keyword.iskeyword(name):
+        raise SpecError(
+            f"argument name {name!r} is not a valid Python identifier (ASCII letters, "
+            "digits and _, not a keyword)"
+        )
+    if hasattr(builtins, name) and name not in ALLOWED_BUILTIN_ARGUMENT_NAMES:
+        raise SpecError(
+            f"argument name {name!r} would shadow the Python builtin {name!r}; "
+            "choose another"
+        )
     if (
         name in GENERATED_CODE_NAMES
         or name.startswith(("_", "grad_"))
@@ -218,11 +313,14 @@ def _check_default(param: ParamSymbol) -> float | None:
     default = param.default
     if default is None:
         return None
-    if isinstance(default, bool) or not isinstance(default, (int, float)):
+    if isinstance(default, bool) or not isinstance(default, numbers.Real):
         raise SpecError(
             f"param {param.name!r}: default must be a float, not {type(default).__name__}"
         )
-    value = float(default)
+    try:
+        value = float(default)
+    except (OverflowError, TypeError, ValueError):
+        value = float("nan")
     if value != value or value in (float("inf"), float("-inf")):
         raise SpecError(f"param {param.name!r}: default must be finite")
     return value

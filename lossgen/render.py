@@ -89,11 +89,31 @@ def render_loss(derived: DerivedLoss) -> str:
         body = lines(p.steps)
         return body, print_torch(p.result, names, like)
 
-    forward_lines, forward_code = program(derived.forward)
-    shared_lines = lines(derived.shared_backward_steps)
+    # SymPy can fold a result while CSE runs (a Piecewise whose condition is a > a): steps
+    # nothing uses any more would be dead code (and lint errors) in the generated file.
+    forward = _pruned(derived.forward)
+    gradient_programs = [_pruned(gradient.program) for gradient in derived.gradients]
+    shared_steps = _needed(
+        derived.shared_backward_steps,
+        [p.result for p in gradient_programs]
+        + [step.expr for p in gradient_programs for step in p.steps],
+    )
+    forward_lines, forward_code = program(forward)
+    if forward.result in {a.symbol for a in model.arguments}:
+        # A loss that is one argument as-is (`Loss("L", x)`): forward must not return its
+        # input itself, which autograd refuses to save for backward; a view is fine.
+        forward_code = f"{forward_code}.view_as({forward_code})"
+    elif not forward.result.free_symbols:
+        # A loss that folded to a constant must still be a tensor of the inputs' shape.
+        shapes = ", ".join(f"{a.name}.shape" for a in model.arguments)
+        forward_code = (
+            f"torch.full(torch.broadcast_shapes({shapes}), {forward_code}, "
+            f"dtype={like}.dtype, device={like}.device)"
+        )
+    shared_lines = lines(shared_steps)
     gradients = []
-    for gradient in derived.gradients:
-        body, code = program(gradient.program)
+    for gradient, gradient_program in zip(derived.gradients, gradient_programs):
+        body, code = program(gradient_program)
         index = model.arguments.index(gradient.argument)
         binds_tightly = precedence(gradient.program.result) >= PRECEDENCE["Mul"]
         factor = code if binds_tightly else f"({code})"
@@ -179,6 +199,21 @@ def count_operations(code: Iterable[Line | str]) -> int:
 
 def _is_tensor_name(node: ast.AST) -> bool:
     return isinstance(node, ast.Name) and node.id not in ("torch", "math")
+
+
+def _needed(steps: Sequence[Step], roots: Sequence[sp.Basic]) -> tuple[Step, ...]:
+    """The steps that `roots` use, directly or through other steps, in their order."""
+    wanted: set[sp.Basic] = set().union(*(root.free_symbols for root in roots))
+    kept = []
+    for step in reversed(steps):
+        if step.symbol in wanted:
+            kept.append(step)
+            wanted |= step.expr.free_symbols
+    return tuple(reversed(kept))
+
+
+def _pruned(program: Program) -> Program:
+    return Program(_needed(program.steps, [program.result]), program.result)
 
 
 def render_package(modules: Sequence[tuple[str, str]]) -> str:

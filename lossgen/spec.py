@@ -40,8 +40,14 @@ def load_spec(path: str | os.PathLike[str]) -> SpecFile:
     """Execute one spec file and return its Loss objects in declaration order."""
     spec_path = Path(path)
     shown = display_path(spec_path)
+    if not all(c.isprintable() for c in shown):
+        # The path goes into generated headers: a newline in it would start a line of code.
+        raise SpecError(
+            f"spec file name {shown!r} contains control characters; rename it"
+        )
     if not spec_path.is_file():
-        raise SpecError("spec file not found", location=SourceLocation(shown, 0))
+        what = "is a directory, not a spec file" if spec_path.is_dir() else "not found"
+        raise SpecError(f"spec file {what}", location=SourceLocation(shown, 0))
     module = _execute(spec_path, shown)
     losses = tuple(value for value in vars(module).values() if isinstance(value, Loss))
     for loss in losses:
@@ -75,21 +81,33 @@ def _execute(spec_path: Path, shown: str) -> object:
     sp.core.cache.clear_cache()
     # Let the spec import helpers that sit next to it, as `python spec.py` would.
     sys.path.insert(0, str(spec_path.resolve().parent))
+    # Loading a spec must leave the disk as it was: no __pycache__ beside it.
+    dont_write_bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
     try:
         loader_spec.loader.exec_module(module)
     except SyntaxError as error:
-        line = error.lineno or 0
+        where = shown
+        if error.filename and Path(error.filename).resolve() != spec_path.resolve():
+            where = display_path(Path(error.filename))  # in a helper the spec imports
         raise SpecError(
-            f"syntax error: {error.msg}", location=SourceLocation(shown, line)
+            f"syntax error: {error.msg}",
+            location=SourceLocation(where, error.lineno or 0),
         ) from error
-    except Exception as error:  # a spec is arbitrary Python: any failure is the spec's
+    except KeyboardInterrupt:
+        raise
+    except (
+        BaseException
+    ) as error:  # a spec is arbitrary Python: any failure is the spec's
+        # (BaseException: a spec that calls sys.exit() is an error in it, not lossgen's exit)
         line = _line_in(error, spec_path)
-        message = f"{type(error).__name__}: {error}".splitlines()[0]
+        message = (f"{type(error).__name__}: {error}".strip().splitlines() or [""])[0]
         raise SpecError(
             f"error while running the spec: {message}",
             location=SourceLocation(shown, line),
         ) from error
     finally:
+        sys.dont_write_bytecode = dont_write_bytecode
         sys.path.remove(str(spec_path.resolve().parent))
     return module
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import sympy as sp
 import torch
 
-from lossgen.api import PathLike, derive_all, generate
+from lossgen.api import PathLike, derive_all, generate_derived
 from lossgen.derive import DerivedLoss
 from lossgen.emit import Drift, GeneratedFile, drift
+from lossgen.errors import SpecError
 from lossgen.model import Argument, LossModel
 from lossgen.reference import evaluate
 from lossgen.vocabulary import REDUCTIONS, clamp, relu
@@ -56,41 +57,40 @@ class Report:
         )
 
     def to_text(self) -> str:
+        """Drift first, then one row per loss with one column per check, then failures."""
         lines = []
         if self.drift is not None:
             lines += _drift_lines(self.drift)
         if self.results:
-            width = max(len(r.loss) for r in self.results)
-            lines.append(
-                f"{'loss':<{width}}  {'check':<13} {'result':<6} max abs err  max rel err"
-            )
-            for r in self.results:
-                verdict = "ok" if r.ok else "FAIL"
-                lines.append(
-                    f"{r.loss:<{width}}  {r.check:<13} {verdict:<6} "
-                    f"{r.max_abs_error:<11.3g}  {r.max_rel_error:<11.3g}"
-                    + (f"  {r.detail}" if r.detail else "")
-                )
-        failed = sum(not r.ok for r in self.results)
+            lines += _table(self.results)
+        failures = [r for r in self.results if not r.ok]
+        for r in failures:
+            lines.append(f"FAIL {r.loss} {r.check}: {r.detail or 'failed'}")
         summary = "ok" if self.ok else "FAILED"
+        drifted = self.drift is not None and not self.drift.clean
+        counts = (
+            f"{len(self.results)} checks, {len(failures)} failed"
+            if self.results
+            else "drift only, no numeric checks"
+        )
         lines.append(
-            f"lossgen check: {summary} ({len(self.results)} checks, {failed} failed"
-            + (
-                ""
-                if self.drift is None or self.drift.clean
-                else ", generated code drifted"
-            )
+            f"lossgen check: {summary} ({counts}"
+            + (", generated code drifted" if drifted else "")
             + ")"
         )
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> str:
+        """Stable, sorted JSON: ok, counts, drift and every check result."""
         payload = {
             "ok": self.ok,
+            "checks": len(self.results),
+            "failed": sum(not r.ok for r in self.results),
             "drift": (
                 None
                 if self.drift is None
                 else {
+                    "clean": self.drift.clean,
                     "stale": [name for name, _ in self.drift.stale],
                     "missing": list(self.drift.missing),
                     "unexpected": list(self.drift.unexpected),
@@ -102,17 +102,55 @@ class Report:
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
 
+MAX_DIFF_LINES = 40  # per stale file in the text report; --json has the whole diff
+
+
+def _table(results: Sequence[CheckResult]) -> list[str]:
+    """loss x check: ok/FAIL per cell, and the worst abs/rel error over the loss's checks."""
+    losses = list(dict.fromkeys(r.loss for r in results))
+    checks = list(dict.fromkeys(r.check for r in results))
+    cells = {(r.loss, r.check): r for r in results}
+    loss_width = max(len("loss"), *(len(name) for name in losses))
+    widths = [max(len(check), 4) for check in checks]
+    header = [f"{'loss':<{loss_width}}"]
+    header += [f"{check:<{width}}" for check, width in zip(checks, widths)]
+    header += ["max abs err", "max rel err"]
+    rows = ["  ".join(header)]
+    for loss in losses:
+        row = [f"{loss:<{loss_width}}"]
+        for check, width in zip(checks, widths):
+            result = cells.get((loss, check))
+            verdict = "-" if result is None else ("ok" if result.ok else "FAIL")
+            row.append(f"{verdict:<{width}}")
+        mine = [r for r in results if r.loss == loss]
+        row.append(f"{max(r.max_abs_error for r in mine):<11.2e}")
+        row.append(f"{max(r.max_rel_error for r in mine):.2e}")
+        rows.append("  ".join(row))
+    return rows
+
+
 def _drift_lines(d: Drift) -> list[str]:
     lines = []
     for name, diff in d.stale:
         lines.append(f"stale: {name} differs from what the specs generate")
-        lines += ["    " + line for line in diff.splitlines()]
-    lines += [f"missing: {name}" for name in d.missing]
+        diff_lines = diff.splitlines()
+        lines += ["    " + line for line in diff_lines[:MAX_DIFF_LINES]]
+        if len(diff_lines) > MAX_DIFF_LINES:
+            lines.append(
+                f"    ... {len(diff_lines) - MAX_DIFF_LINES} more diff lines (see --json)"
+            )
+    lines += [
+        f"missing: {name} (run `lossgen build` to create it)" for name in d.missing
+    ]
     lines += [
         f"unexpected: {name} (not generated by these specs)" for name in d.unexpected
     ]
     if d.clean:
         lines.append("generated code is up to date")
+    else:
+        lines.append(
+            "generated code is out of date: run `lossgen build` with the same specs"
+        )
     return lines
 
 
@@ -123,12 +161,15 @@ def check(
     numeric: bool = True,
 ) -> Report:
     """Drift of `out_dir` against the specs, then every numeric check of every loss."""
-    files = generate(spec_paths)
+    if not spec_paths:
+        raise SpecError("no spec files given")
+    all_derived = derive_all(spec_paths)  # specs run once, losses derived once
+    files = generate_derived(all_derived)
     report_drift = drift(Path(out_dir), files)
     results: list[CheckResult] = []
     if numeric:
         by_name = {f.name: f for f in files}
-        for derived in derive_all(spec_paths):
+        for derived in all_derived:
             module = load_generated(by_name[f"{derived.model.snake_name}.py"])
             results += verify_loss(derived, module)
     return Report(report_drift, tuple(results))
@@ -149,7 +190,13 @@ def load_generated(file: GeneratedFile) -> types.ModuleType:
 
 def verify_loss(derived: DerivedLoss, module: types.ModuleType) -> list[CheckResult]:
     """All numeric checks of one loss."""
-    case = LossCase(derived.model, module)
+    try:
+        case = LossCase(derived.model, module)
+    except (
+        Exception
+    ) as error:  # no finite sampling domain, a name missing from the module
+        detail = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+        return [CheckResult(derived.model.name, "setup", False, detail=detail)]
     checks: list[tuple[str, Callable[[], CheckResult]]] = [
         ("gradcheck", case.gradcheck),
         ("gradgradcheck", case.gradgradcheck),
@@ -509,6 +556,7 @@ class Errors:
             (g, e, f"gradient {i}") for i, (g, e) in enumerate(zip(got[1], expected[1]))
         ]
         for actual, wanted, what in pairs:
+            what = f"{what} {where}" if where else what
             actual = actual.double()
             wanted = wanted.double()
             if actual.shape != wanted.shape:
@@ -525,7 +573,7 @@ class Errors:
                 continue
             a, w = actual[usable], wanted[usable]
             if not torch.isfinite(a).all() and torch.isfinite(w).all():
-                self.fail(f"{what} {where}: not finite where autograd is")
+                self.fail(f"{what}: not finite where autograd is")
                 continue
             difference = (a - w).abs()
             difference = torch.where(torch.isnan(a) & torch.isnan(w), 0.0, difference)
@@ -537,7 +585,7 @@ class Errors:
                     self.max_rel, float((difference[finite] / scale[finite]).max())
                 )
             if not torch.allclose(a, w, rtol=self.rtol, atol=self.atol, equal_nan=True):
-                self.fail(f"{what} {where}: differs from autograd".replace("  ", " "))
+                self.fail(f"{what}: differs from autograd")
 
     def finite_where(
         self,

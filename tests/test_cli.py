@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
 
 import lossgen
+from conftest import ROOT
 from lossgen.api import load_models
 from lossgen.cli import main
 

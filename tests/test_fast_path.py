@@ -14,8 +14,8 @@ import types
 
 import pytest
 import torch
-from conftest import SPEC_ARGS
 
+from conftest import SPEC_ARGS
 from lossgen.api import derive_all, generate
 from lossgen.model import LossModel
 from lossgen.verify import LossCase, draw, load_generated, param_value

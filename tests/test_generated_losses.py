@@ -8,9 +8,9 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SPEC_ARGS
 
 import generated
+from conftest import SPEC_ARGS
 from lossgen.api import derive_all, generate
 from lossgen.verify import CheckResult, load_generated, verify_loss
 

@@ -5,9 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, SPEC_ARGS
-
 import lossgen
+from conftest import ROOT, SPEC_ARGS
 
 
 def test_generated_directory_matches_specs_byte_for_byte() -> None:

@@ -15,9 +15,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 import lossgen
+from conftest import ROOT
 
 TEMPLATES = ("lossgen/templates/loss.py.jinja", "lossgen/templates/__init__.py.jinja")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SPEC_ARGS
 
+from conftest import ROOT, SPEC_ARGS
 from lossgen.api import generate, load_models
 from lossgen.cli import main
 from lossgen.plot import PlotSettings, curves

@@ -12,9 +12,9 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual spelling
-from conftest import ROOT
 
 import generated
+from conftest import ROOT
 from lossgen.api import derive_all
 from lossgen.functions import sigmoid
 

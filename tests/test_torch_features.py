@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
-from conftest import SPEC_ARGS
 from torch.func import grad, jacrev, vmap
 
 import generated
 import lossgen
+from conftest import SPEC_ARGS
 from lossgen.api import load_models
 from lossgen.model import LossModel
 from lossgen.reference import evaluate

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual spelling
-from conftest import SPEC_ARGS
 
 import generated
+from conftest import SPEC_ARGS
 from lossgen.api import load_models
 
 Tensors = list[torch.Tensor]
