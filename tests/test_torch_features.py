@@ -43,6 +43,10 @@ def reference(
     return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
 
 
+def differentiable_positions(model: LossModel) -> tuple[int, ...]:
+    return tuple(i for i, a in enumerate(model.arguments) if a.differentiable)
+
+
 @functools.cache
 def domains(name: str) -> dict[str, str]:
     """Where each tensor of a loss may be sampled (e.g. a variance stays positive)."""
@@ -109,12 +113,13 @@ def test_vmap_matches_a_loop(name: str) -> None:
 def test_grad_matches_autograd(name: str, reduction: str) -> None:
     model = MODELS[name]
     args = arguments(model, (4, 3), seed=1)
-    everything = tuple(range(len(args)))  # tensors and params alike
+    differentiable = differentiable_positions(model)  # tensors and params alike
     loss = functools.partial(functional(model), reduction=reduction)
-    got = grad(loss, argnums=everything)(*args)
-    leaves = [a.clone().requires_grad_() for a in args]
+    got = grad(loss, argnums=differentiable)(*args)
+    leaves = [a.clone().requires_grad_(i in differentiable) for i, a in enumerate(args)]
     expected = torch.autograd.grad(
-        reference(model, *leaves, reduction=reduction), leaves
+        reference(model, *leaves, reduction=reduction),
+        [leaves[i] for i in differentiable],
     )
     assert_all_close(got, expected)
 
@@ -124,13 +129,19 @@ def test_jacrev_matches_autograd(name: str) -> None:
     model = MODELS[name]
     args = arguments(model, (6,), seed=2)
     loss = functools.partial(functional(model), reduction="none")
-    argnums = tuple(range(len(model.tensors)))
+    argnums = tuple(
+        i for i in differentiable_positions(model) if model.arguments[i].is_tensor
+    )
     got = jacrev(loss, argnums=argnums)(*args)
+
+    def reference_of(*tensors: torch.Tensor) -> torch.Tensor:
+        filled = list(args)
+        for position, tensor in zip(argnums, tensors):
+            filled[position] = tensor
+        return reference(model, *filled, reduction="none")
+
     expected = torch.autograd.functional.jacobian(
-        lambda *tensors: reference(
-            model, *tensors, *args[len(argnums) :], reduction="none"
-        ),
-        tuple(args[: len(argnums)]),
+        reference_of, tuple(args[i] for i in argnums)
     )
     assert_all_close(got, expected)
     # an elementwise loss has a diagonal Jacobian
@@ -216,14 +227,17 @@ def test_compile_module_with_learnable_param() -> None:
 def test_dtype_of_outputs_and_gradients(name: str, dtype: torch.dtype) -> None:
     model = MODELS[name]
     tensors = arguments(model, (4, 5), seed=7, dtype=dtype)[: len(model.tensors)]
-    tensors = [t.requires_grad_() for t in tensors]
+    tensors = [
+        t.requires_grad_(a.differentiable) for t, a in zip(tensors, model.tensors)
+    ]
+    wanted = [t for t in tensors if t.requires_grad]
     for reduction in ("none", "mean", "sum"):
         # params left at their float defaults: they must take the inputs' dtype
         value = functional(model)(*tensors, reduction=reduction)
         assert value.dtype == dtype
         assert torch.isfinite(value).all()
-        grads = torch.autograd.grad(value.sum(), tensors)
-        for g, t in zip(grads, tensors):
+        grads = torch.autograd.grad(value.sum(), wanted)
+        for g, t in zip(grads, wanted):
             assert g.dtype == dtype and g.shape == t.shape
             assert torch.isfinite(g).all()
     # and the value is float64's on the same (rounded) inputs, up to the dtype's precision
@@ -384,18 +398,24 @@ def test_broadcast_tensor_params_get_gradients_of_their_own_shape(name: str) -> 
     args = []
     for argument in model.arguments:
         if argument.is_tensor:
-            args.append(torch.randn(2, 3, 4, generator=generator, dtype=torch.float64))
+            domain = domains(name)[argument.name]
+            args.append(draw(domain, (2, 3, 4), generator, torch.float64, dyadic=False))
         else:
             default = argument.default
             args.append(
                 default
                 + 0.5 * torch.rand(3, 1, generator=generator, dtype=torch.float64)
             )
-    leaves = [a.clone().requires_grad_() for a in args]
+    differentiable = differentiable_positions(model)
+    leaves = [a.clone().requires_grad_(i in differentiable) for i, a in enumerate(args)]
     functional(model)(*leaves).backward()
-    reference_leaves = [a.clone().requires_grad_() for a in args]
+    reference_leaves = [
+        a.clone().requires_grad_(i in differentiable) for i, a in enumerate(args)
+    ]
     reference(model, *reference_leaves).backward()
     for leaf, expected in zip(leaves, reference_leaves):
+        if not leaf.requires_grad:
+            continue
         assert leaf.grad.shape == leaf.shape
         torch.testing.assert_close(leaf.grad, expected.grad)
 

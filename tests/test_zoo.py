@@ -380,6 +380,30 @@ CASES: dict[str, Callable[[], Case]] = {
         lambda g: [torch.zeros(N, dtype=torch.float64), labels(g)],
         grads=(0,),
     ),
+    # --- specs/naive.py: written as papers write them, generated in stable forms -------------
+    "NaiveBCE": lambda: Case(
+        generated.naive_bce,
+        F.binary_cross_entropy_with_logits,
+        lambda g: [normal(g, 5.0), uniform(g, 0.0, 1.0)],
+    ),
+    "NaivePoissonNLL": lambda: Case(
+        generated.naive_poisson_nll,
+        partial_kw(F.poisson_nll_loss, log_input=True, full=False),
+        lambda g: [normal(g), torch.poisson(uniform(g, 0.5, 4.0), generator=g)],
+    ),
+    "NaiveGaussianNLL": lambda: Case(
+        lambda x, y, v, reduction: generated.naive_gaussian_nll(
+            x, y, v, reduction=reduction
+        ),
+        lambda x, y, v, reduction: F.gaussian_nll_loss(x, y, v, reduction=reduction),
+        lambda g: [*regression_pair(g), uniform(g, 0.05, 3.0)],
+    ),
+    "NaiveSoftMargin": lambda: Case(
+        generated.naive_soft_margin,
+        F.soft_margin_loss,
+        lambda g: [normal(g, 5.0), labels(g)],
+        grads=(0,),
+    ),
     "SigmoidFocal": lambda: Case(
         partial_kw(generated.sigmoid_focal, alpha=0.3, gamma=1.5),
         _kornia_binary_focal(0.3, 1.5),
