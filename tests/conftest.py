@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -22,6 +23,27 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.py"))
 SPEC_ARGS = [path.relative_to(ROOT).as_posix() for path in SPECS]
+
+
+@functools.cache
+def repository_derived() -> tuple:
+    """Every shipped loss, derived once for the whole session (derivation is the slow part)."""
+    from lossgen.api import derive_all
+
+    previous = os.getcwd()
+    os.chdir(ROOT)  # header paths are relative to the current directory
+    try:
+        return tuple(derive_all(SPEC_ARGS))
+    finally:
+        os.chdir(previous)
+
+
+@functools.cache
+def repository_files() -> tuple:
+    """What `lossgen build specs/*.py` generates, in memory, from repository_derived()."""
+    from lossgen.api import generate_derived
+
+    return generate_derived(repository_derived())
 
 
 @pytest.fixture(autouse=True)

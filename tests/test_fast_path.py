@@ -15,18 +15,18 @@ import types
 import pytest
 import torch
 
-from conftest import SPEC_ARGS
-from lossgen.api import derive_all, generate
+from conftest import repository_derived, repository_files
+from lossgen.api import generate
 from lossgen.model import LossModel
 from lossgen.verify import LossCase, draw, load_generated, param_value
 
 
 @functools.cache
 def modules() -> dict[str, tuple[LossModel, types.ModuleType]]:
-    files = {f.name: f for f in generate(SPEC_ARGS)}
+    files = {f.name: f for f in repository_files()}
     return {
         d.model.name: (d.model, load_generated(files[f"{d.model.snake_name}.py"]))
-        for d in derive_all(SPEC_ARGS)
+        for d in repository_derived()
     }
 
 

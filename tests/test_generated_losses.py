@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import generated
-from conftest import SPEC_ARGS
-from lossgen.api import derive_all, generate
+from conftest import repository_derived, repository_files
 from lossgen.verify import CheckResult, load_generated, verify_loss
 
 CHECKS = ("gradcheck", "gradgradcheck", "autograd", "interfaces", "kinks", "extremes")
@@ -19,16 +18,16 @@ CHECKS = ("gradcheck", "gradgradcheck", "autograd", "interfaces", "kinks", "extr
 
 @functools.cache
 def all_results() -> dict[tuple[str, str], CheckResult]:
-    files = {f.name: f for f in generate(SPEC_ARGS)}
+    files = {f.name: f for f in repository_files()}
     results = {}
-    for derived in derive_all(SPEC_ARGS):
+    for derived in repository_derived():
         module = load_generated(files[f"{derived.model.snake_name}.py"])
         for result in verify_loss(derived, module):
             results[(result.loss, result.check)] = result
     return results
 
 
-LOSS_NAMES = [d.model.name for d in derive_all(SPEC_ARGS)]
+LOSS_NAMES = [d.model.name for d in repository_derived()]
 
 
 @pytest.mark.parametrize("check", CHECKS)
