@@ -26,6 +26,7 @@ SPECS = [
     "specs/ranking.py",
     "specs/learnable.py",
     "specs/tutorial.py",
+    "specs/detection.py",
 ]
 LOGITS = (-6.0, 6.0)
 
@@ -69,6 +70,19 @@ SETTINGS = {
     "NaiveBCE": PlotSettings(x_range=LOGITS, fixed={"target": 1.0}),
     "NaivePoissonNLL": PlotSettings(fixed={"target": 2.0}),
     "NaiveSoftMargin": PlotSettings(x_range=LOGITS),
+    # The predicted box's left edge slides across a unit target box [0, 1] x [0, 1].
+    "GeneralizedBoxIOU": PlotSettings(
+        x_range=(-2.0, 1.9),
+        fixed={
+            "y1": 0.0,
+            "x2": 2.0,
+            "y2": 1.0,
+            "target_x1": 0.0,
+            "target_y1": 0.0,
+            "target_x2": 1.0,
+            "target_y2": 1.0,
+        },
+    ),
     "UncertaintyWeightedMSE": PlotSettings(vary=("log_variance", (-1.0, 0.0, 1.0))),
 }
 

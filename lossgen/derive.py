@@ -20,9 +20,14 @@ from lossgen.functions import xlogy
 from lossgen.model import Argument, LossModel
 from lossgen.printer import unsupported_nodes
 from lossgen.rewrite import candidates
-from lossgen.vocabulary import guarded
+from lossgen.vocabulary import clamp, guarded, relu
 
 INTERMEDIATE_PREFIX = "tmp"
+# SymPy's simplify explores case splits, exponential in the number of distinct kinks: the
+# generalized-IoU gradient with respect to eps (10 distinct Max/Min/relu/Heaviside) took 5.5
+# minutes; every other shipped loss has at most 4. Past this many, the derivative keeps its
+# rewritten form (still CSE'd). A count, not a clock, so builds stay deterministic.
+SIMPLIFY_BRANCH_LIMIT = 6
 
 
 @dataclass(frozen=True)
@@ -162,10 +167,12 @@ def simplest(expr: sp.Expr) -> sp.Expr:
         if not unsupported_nodes(form)
     ]
     safe = rewritten or [expr]
-    try:
-        simplified = sp.simplify(expr)
-    except (NotImplementedError, TypeError, ValueError, RecursionError):
-        simplified = None  # simplify gives up on some Piecewise forms; the others stand
+    simplified = None
+    if _branch_points(expr) <= SIMPLIFY_BRANCH_LIMIT:
+        try:
+            simplified = sp.simplify(expr)
+        except (NotImplementedError, TypeError, ValueError, RecursionError):
+            pass  # simplify gives up on some Piecewise forms; the others stand
     if simplified is not None:
         allowed = set().union(_exponents(expr), *(_exponents(f) for f in safe))
         safe += [
@@ -174,6 +181,14 @@ def simplest(expr: sp.Expr) -> sp.Expr:
             if not unsupported_nodes(form) and _exponents(form) <= allowed
         ]
     return min(safe, key=cost)
+
+
+def _branch_points(expr: sp.Expr) -> int:
+    """How many distinct kinks and branches an expression has (Abs, sign, Max, Piecewise, ...)."""
+    kinds = (sp.Abs, sp.sign, sp.Max, sp.Min, sp.Heaviside, sp.Piecewise, relu, clamp)
+    return len(
+        {node for node in sp.preorder_traversal(expr) if isinstance(node, kinds)}
+    )
 
 
 def _no_new_overflow(form: sp.Expr, original: sp.Expr) -> bool:

@@ -9,6 +9,7 @@ matplotlib is an optional extra (`pip install lossgen[plot]`); it is imported on
 
 from __future__ import annotations
 
+import textwrap
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -137,7 +138,9 @@ def draw(model: LossModel, data: Curves, path: PathLike, *, dpi: int = 100) -> P
             left.plot(x, loss.numpy(), label=label or None)
             right.plot(x, derivative.numpy(), label=label or None)
         held = ", ".join(f"{name} = {value:g}" for name, value in data.held)
-        left.set_title(f"{model.name}" + (f"  ({held})" if held else ""))
+        title = f"{model.name}" + (f"  ({held})" if held else "")
+        # Long lists of held values wrap instead of running into the next panel.
+        left.set_title(textwrap.fill(title, width=50), fontsize="medium")
         right.set_title(f"d loss / d {data.x_name}")
         for axes in (left, right):
             axes.set_xlabel(data.x_name)

@@ -186,7 +186,60 @@ def _kornia_binary_focal(alpha: float, gamma: float):
     return reference
 
 
+def generalized_box_iou_reference(x1, y1, x2, y2, tx1, ty1, tx2, ty2, eps=1e-7):
+    # torchvision.ops.generalized_box_iou_loss written out (PyPI torchvision does not import
+    # beside this torch): intersection masked where the boxes do not overlap.
+    xkis1, ykis1 = torch.max(x1, tx1), torch.max(y1, ty1)
+    xkis2, ykis2 = torch.min(x2, tx2), torch.min(y2, ty2)
+    overlap = (ykis2 > ykis1) & (xkis2 > xkis1)
+    intsctk = torch.where(overlap, (xkis2 - xkis1) * (ykis2 - ykis1), 0.0)
+    unionk = (x2 - x1) * (y2 - y1) + (tx2 - tx1) * (ty2 - ty1) - intsctk
+    iouk = intsctk / (unionk + eps)
+    xc1, yc1 = torch.min(x1, tx1), torch.min(y1, ty1)
+    xc2, yc2 = torch.max(x2, tx2), torch.max(y2, ty2)
+    area_c = (xc2 - xc1) * (yc2 - yc1)
+    return 1 - (iouk - (area_c - unionk) / (area_c + eps))
+
+
+def boxes(g: torch.Generator) -> Tensors:
+    """Predicted and target boxes (x1, y1, x2, y2): overlapping, disjoint and nested ones."""
+    corners = [normal(g) for _ in range(2)]
+    sizes = [uniform(g, 0.5, 2.0) for _ in range(2)]
+    target = [corners[0], corners[1], corners[0] + sizes[0], corners[1] + sizes[1]]
+    shift = [normal(g, 0.7) for _ in range(2)]
+    scale = [uniform(g, 0.5, 1.5) for _ in range(2)]
+    predicted = [
+        target[0] + shift[0],
+        target[1] + shift[1],
+        target[0] + shift[0] + sizes[0] * scale[0],
+        target[1] + shift[1] + sizes[1] * scale[1],
+    ]
+    return [*predicted, *target]
+
+
+def boxes_on_kinks(g: torch.Generator) -> Tensors:
+    """Boxes sharing edges exactly (Max/Min ties) and touching (zero-width overlap)."""
+    target = [torch.zeros(N, dtype=torch.float64) for _ in range(2)]
+    target += [
+        torch.ones(N, dtype=torch.float64),
+        torch.full((N,), 2.0, dtype=torch.float64),
+    ]
+    offset = torch.round(normal(g) * 4) / 4
+    offset[::3] = 0.0  # same left edge: ties in max(x1, tx1) and min(x1, tx1)
+    offset[1::3] = 1.0  # touching: the intersection's width is exactly 0
+    predicted = [target[0] + offset, target[1], target[2] + offset, target[3] + 0.5]
+    return [*predicted, *target]
+
+
 CASES: dict[str, Callable[[], Case]] = {
+    # --- specs/detection.py ------------------------------------------------------------------
+    "GeneralizedBoxIOU": lambda: Case(
+        lambda *t, reduction: generated.generalized_box_iou(*t, reduction=reduction),
+        elementwise(generalized_box_iou_reference),
+        boxes,
+        boxes_on_kinks,
+        grads=(0, 1, 2, 3),  # the target box is declared non-differentiable
+    ),
     # --- regression (specs/regression.py, specs/tutorial.py, specs/learnable.py) -------------
     "MSE": lambda: Case(generated.mse, F.mse_loss, regression_pair),
     "L1": lambda: Case(generated.l1, F.l1_loss, regression_pair, residual_pair(0.0)),
