@@ -70,7 +70,7 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
-# The fast path. The Function above is the readable reference; for large same-shaped inputs
+# The fast path. The Function below is the readable reference; for large same-shaped inputs
 # with a "mean"/"sum" reduction, the functional form and the Module instead call a fused
 # Function that computes the loss and the gradients in one pass during forward (compiled with
 # torch.compile on first use, which takes seconds, or run as plain torch where compiling

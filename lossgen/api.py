@@ -52,22 +52,7 @@ def load_models(spec_paths: Sequence[PathLike]) -> list[LossModel]:
 
 
 def derive_all(spec_paths: Sequence[PathLike]) -> list[DerivedLoss]:
-    return [_derive_at_its_line(model) for model in load_models(spec_paths)]
-
-
-def _derive_at_its_line(model: LossModel) -> DerivedLoss:
-    """derive(), with anything SymPy raises on the way reported at the Loss(...) line."""
-    try:
-        return derive(model)
-    except SpecError:
-        raise
-    except Exception as error:  # SymPy can fail deep inside diff/simplify on odd input
-        message = f"{type(error).__name__}: {error}".strip().splitlines()[0]
-        raise SpecError(
-            f"cannot differentiate the loss: {message}",
-            location=model.location,
-            loss=model.name,
-        ) from error
+    return [derive(model) for model in load_models(spec_paths)]
 
 
 def generate(spec_paths: Sequence[PathLike]) -> tuple[GeneratedFile, ...]:

@@ -56,12 +56,26 @@ class Gradient:
 
 
 @dataclass(frozen=True)
+class FusedProgram:
+    """The fast path's one pass: the loss and every gradient, CSE'd together.
+
+    Sharing subexpressions between the loss and its gradients is what lets one pass compute
+    both; the gradients are the same guarded forms the reference backward uses.
+    """
+
+    steps: tuple[Step, ...]
+    loss: sp.Expr
+    gradients: tuple[sp.Expr, ...]  # in the order of DerivedLoss.gradients
+
+
+@dataclass(frozen=True)
 class DerivedLoss:
     model: LossModel
     loss: sp.Expr
     forward: Program
     shared_backward_steps: tuple[Step, ...]
     gradients: tuple[Gradient, ...]
+    fused: FusedProgram
 
 
 def derive(model: LossModel) -> DerivedLoss:
@@ -70,6 +84,13 @@ def derive(model: LossModel) -> DerivedLoss:
         return _derive(model)
     except SpecError as error:
         raise error.at(model.location, model.name) from None
+    except Exception as error:  # SymPy can fail deep inside diff/simplify on odd input
+        message = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+        raise SpecError(
+            f"cannot differentiate the loss: {message}",
+            location=model.location,
+            loss=model.name,
+        ) from error
 
 
 def _derive(model: LossModel) -> DerivedLoss:
@@ -78,8 +99,8 @@ def _derive(model: LossModel) -> DerivedLoss:
         simplest(derivative(loss, argument.symbol)) for argument in model.differentiable
     ]
     forward_steps, (forward_result,) = common_subexpressions([loss])
-    guarded = [guard_piecewise_branches(d) for d in derivatives]
-    backward_steps, results = common_subexpressions(guarded)
+    safe_derivatives = [guard_piecewise_branches(d) for d in derivatives]
+    backward_steps, results = common_subexpressions(safe_derivatives)
     shared, private = _split_by_user(backward_steps, results)
     gradients = tuple(
         Gradient(argument, d, Program(steps, result))
@@ -87,8 +108,12 @@ def _derive(model: LossModel) -> DerivedLoss:
             model.differentiable, derivatives, private, results
         )
     )
+    fused_steps, (fused_loss, *fused_gradients) = common_subexpressions(
+        [loss, *safe_derivatives]
+    )
+    fused = FusedProgram(fused_steps, fused_loss, tuple(fused_gradients))
     return DerivedLoss(
-        model, loss, Program(forward_steps, forward_result), shared, gradients
+        model, loss, Program(forward_steps, forward_result), shared, gradients, fused
     )
 
 
@@ -274,13 +299,32 @@ def common_subexpressions(
             kept.append((symbol, expr))
         else:
             inline[symbol] = expr
+    results = tuple(r.xreplace(inline) for r in reduced)
+    kept = _needed(kept, results)
     if not inline:
-        return tuple(Step(s, e) for s, e in replacements), tuple(reduced)
+        return tuple(Step(s, e) for s, e in kept), results
     fresh = sp.numbered_symbols(INTERMEDIATE_PREFIX, real=True)
     rename = {symbol: next(fresh) for symbol, _ in kept}
     inline.update(rename)
     steps = tuple(Step(rename[s], e.xreplace(inline)) for s, e in kept)
     return steps, tuple(r.xreplace(inline) for r in reduced)
+
+
+def _needed(
+    steps: list[tuple[sp.Symbol, sp.Basic]], roots: tuple[sp.Basic, ...]
+) -> list[tuple[sp.Symbol, sp.Basic]]:
+    """The steps that `roots` use, directly or through other steps, in their order.
+
+    SymPy can fold a result while CSE runs (a Piecewise whose condition is a > a): a step
+    nothing uses any more would be dead code (and a lint error) in the generated file.
+    """
+    wanted: set[sp.Basic] = set().union(*(root.free_symbols for root in roots))
+    kept = []
+    for symbol, expr in reversed(steps):
+        if symbol in wanted:
+            kept.append((symbol, expr))
+            wanted |= expr.free_symbols
+    return kept[::-1]
 
 
 def _split_by_user(

@@ -14,13 +14,7 @@ import jinja2
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 
-from lossgen.derive import (
-    DerivedLoss,
-    Program,
-    Step,
-    common_subexpressions,
-    guard_piecewise_branches,
-)
+from lossgen.derive import DerivedLoss, Program, Step
 from lossgen.model import Argument
 from lossgen.printer import print_torch
 
@@ -89,15 +83,7 @@ def render_loss(derived: DerivedLoss) -> str:
         body = lines(p.steps)
         return body, print_torch(p.result, names, like)
 
-    # SymPy can fold a result while CSE runs (a Piecewise whose condition is a > a): steps
-    # nothing uses any more would be dead code (and lint errors) in the generated file.
-    forward = _pruned(derived.forward)
-    gradient_programs = [_pruned(gradient.program) for gradient in derived.gradients]
-    shared_steps = _needed(
-        derived.shared_backward_steps,
-        [p.result for p in gradient_programs]
-        + [step.expr for p in gradient_programs for step in p.steps],
-    )
+    forward = derived.forward
     forward_lines, forward_code = program(forward)
     if forward.result in {a.symbol for a in model.arguments}:
         # A loss that is one argument as-is (`Loss("L", x)`): forward must not return its
@@ -110,10 +96,10 @@ def render_loss(derived: DerivedLoss) -> str:
             f"torch.full(torch.broadcast_shapes({shapes}), {forward_code}, "
             f"dtype={like}.dtype, device={like}.device)"
         )
-    shared_lines = lines(shared_steps)
+    shared_lines = lines(derived.shared_backward_steps)
     gradients = []
-    for gradient, gradient_program in zip(derived.gradients, gradient_programs):
-        body, code = program(gradient_program)
+    for gradient in derived.gradients:
+        body, code = program(gradient.program)
         index = model.arguments.index(gradient.argument)
         binds_tightly = precedence(gradient.program.result) >= PRECEDENCE["Mul"]
         factor = code if binds_tightly else f"({code})"
@@ -201,21 +187,6 @@ def _is_tensor_name(node: ast.AST) -> bool:
     return isinstance(node, ast.Name) and node.id not in ("torch", "math")
 
 
-def _needed(steps: Sequence[Step], roots: Sequence[sp.Basic]) -> tuple[Step, ...]:
-    """The steps that `roots` use, directly or through other steps, in their order."""
-    wanted: set[sp.Basic] = set().union(*(root.free_symbols for root in roots))
-    kept = []
-    for step in reversed(steps):
-        if step.symbol in wanted:
-            kept.append(step)
-            wanted |= step.expr.free_symbols
-    return tuple(reversed(kept))
-
-
-def _pruned(program: Program) -> Program:
-    return Program(_needed(program.steps, [program.result]), program.result)
-
-
 def render_package(modules: Sequence[tuple[str, str]]) -> str:
     """generated/__init__.py: re-export every loss, given (module name, loss name) pairs."""
     # Sorted like isort/ruff would, so the package file is lint-clean as generated.
@@ -244,23 +215,18 @@ class FusedGradient:
 def _fused_code(
     derived: DerivedLoss,
 ) -> tuple[tuple[Line, ...], str, tuple[FusedGradient, ...]]:
-    """The fast path's one-pass body: loss and every gradient, CSE'd together.
-
-    Sharing subexpressions between the loss and its gradients is what lets one pass compute
-    both; the gradients are the same guarded forms the reference backward uses.
-    """
+    """The fast path's one-pass body (derive's FusedProgram), printed."""
     model = derived.model
     names = {argument.symbol: argument.name for argument in model.arguments}
     like = model.tensors[0].name
-    exprs = [derived.loss] + [
-        guard_piecewise_branches(g.derivative) for g in derived.gradients
-    ]
-    steps, (loss, *results) = common_subexpressions(exprs)
-    for step in steps:
+    fused = derived.fused
+    for step in fused.steps:
         names[step.symbol] = step.symbol.name
-    lines = tuple(Line(s.symbol.name, print_torch(s.expr, names, like)) for s in steps)
+    lines = tuple(
+        Line(s.symbol.name, print_torch(s.expr, names, like)) for s in fused.steps
+    )
     gradients = []
-    for gradient, result in zip(derived.gradients, results):
+    for gradient, result in zip(derived.gradients, fused.gradients):
         code = print_torch(result, names, like)
         binds_tightly = precedence(result) >= PRECEDENCE["Mul"]
         gradients.append(
@@ -272,4 +238,4 @@ def _fused_code(
                 not result.free_symbols,
             )
         )
-    return lines, print_torch(loss, names, like), tuple(gradients)
+    return lines, print_torch(fused.loss, names, like), tuple(gradients)

@@ -13,8 +13,6 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import sympy as sp
-
 from lossgen.errors import SourceLocation, SpecError
 from lossgen.vocabulary import Loss
 
@@ -75,10 +73,6 @@ def _execute(spec_path: Path, shown: str) -> object:
     if loader_spec is None or loader_spec.loader is None:
         raise SpecError("not a Python file", location=SourceLocation(shown, 0))
     module = importlib.util.module_from_spec(loader_spec)
-    # SymPy caches expressions by equality, and symbols are equal by name: without this, a spec
-    # loaded after another that declares a same-named Tensor/Param gets that spec's symbol
-    # objects back from the cache, with their metadata (default, learnable, declaration order).
-    sp.core.cache.clear_cache()
     # Let the spec import helpers that sit next to it, as `python spec.py` would.
     sys.path.insert(0, str(spec_path.resolve().parent))
     # Loading a spec must leave the disk as it was: no __pycache__ beside it.
@@ -96,10 +90,8 @@ def _execute(spec_path: Path, shown: str) -> object:
         ) from error
     except KeyboardInterrupt:
         raise
-    except (
-        BaseException
-    ) as error:  # a spec is arbitrary Python: any failure is the spec's
-        # (BaseException: a spec that calls sys.exit() is an error in it, not lossgen's exit)
+    except BaseException as error:
+        # A spec is arbitrary Python: any failure is the spec's, sys.exit() in it included.
         line = _line_in(error, spec_path)
         message = (f"{type(error).__name__}: {error}".strip().splitlines() or [""])[0]
         raise SpecError(

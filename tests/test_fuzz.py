@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from lossgen.api import _derive_at_its_line
+from lossgen.derive import derive
 from lossgen.emit import GeneratedFile, header
 from lossgen.errors import SpecError
 from lossgen.format import format_source
@@ -133,7 +133,7 @@ def _assume(condition: bool) -> None:
 def generate_module(expr: sp.Expr) -> tuple[LossCase, types.ModuleType]:
     """The generated module for `expr`, built by the same stages as `lossgen build`."""
     model = build_model(Loss("Fuzzed", expr), "fuzz.py")
-    derived = _derive_at_its_line(model)
+    derived = derive(model)
     source = format_source(header(["fuzz.py"]) + render_loss(derived), origin="fuzz")
     _note(source)
     module = load_generated(GeneratedFile("fuzzed.py", source))
