@@ -15,10 +15,12 @@ from dataclasses import dataclass
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
+from lossgen.backprop import UPSTREAM, UPSTREAM_WEIGHT, backprop
 from lossgen.errors import SpecError
 from lossgen.functions import xlogy
 from lossgen.model import Argument, LossModel
 from lossgen.printer import unsupported_nodes
+from lossgen.reductions import DimSize, outside_reductions
 from lossgen.rewrite import candidates
 from lossgen.vocabulary import clamp, guarded, relu
 
@@ -48,10 +50,15 @@ class Program:
 
 @dataclass(frozen=True)
 class Gradient:
-    """The elementwise derivative of the loss with respect to one argument."""
+    """The elementwise derivative of the loss with respect to one argument.
+
+    For a loss without reductions, `program` computes the derivative and the backward
+    multiplies it by the upstream gradient; for one with reductions, the upstream gradient is
+    inside (it is summed over dims like any other factor) and `program` is the whole gradient.
+    """
 
     argument: Argument
-    derivative: sp.Expr  # simplified, as shown in docs
+    derivative: sp.Expr  # simplified, as shown in docs (upstream = 1 where it appears)
     program: Program  # what the backward computes; steps shared with others excluded
 
 
@@ -76,6 +83,18 @@ class DerivedLoss:
     shared_backward_steps: tuple[Step, ...]
     gradients: tuple[Gradient, ...]
     fused: FusedProgram
+    mean_weight: sp.Expr | None = None  # stable form of model.mean_weight
+
+    @property
+    def uses_upstream_weight(self) -> bool:
+        """Whether a gradient needs the weighted mean's second upstream term."""
+        return any(
+            UPSTREAM_WEIGHT in g.program.result.free_symbols
+            or any(UPSTREAM_WEIGHT in s.expr.free_symbols for s in g.program.steps)
+            for g in self.gradients
+        ) or any(
+            UPSTREAM_WEIGHT in s.expr.free_symbols for s in self.shared_backward_steps
+        )
 
 
 def derive(model: LossModel) -> DerivedLoss:
@@ -95,6 +114,8 @@ def derive(model: LossModel) -> DerivedLoss:
 
 def _derive(model: LossModel) -> DerivedLoss:
     loss = stablest(model.expr)
+    if model.reduces:
+        return _derive_reducing(model, loss)
     derivatives = [
         simplest(derivative(loss, argument.symbol)) for argument in model.differentiable
     ]
@@ -114,6 +135,42 @@ def _derive(model: LossModel) -> DerivedLoss:
     fused = FusedProgram(fused_steps, fused_loss, tuple(fused_gradients))
     return DerivedLoss(
         model, loss, Program(forward_steps, forward_result), shared, gradients, fused
+    )
+
+
+def _derive_reducing(model: LossModel, loss: sp.Expr) -> DerivedLoss:
+    """A loss with reductions: reverse mode through them (lossgen.backprop)."""
+    wrt = [argument.symbol for argument in model.differentiable]
+    gradients = backprop(loss, UPSTREAM, model.dropped, wrt, derivative)
+    mean_weight = None
+    if model.mean_weight is not None:
+        mean_weight = stablest(model.mean_weight)
+        weight_terms = backprop(
+            mean_weight, UPSTREAM_WEIGHT, model.dropped, wrt, derivative
+        )
+        gradients = [g + w for g, w in zip(gradients, weight_terms)]
+    gradients = [outside_reductions(g, simplest) for g in gradients]
+    forward_steps, (forward_result,) = common_subexpressions([loss])
+    safe = [outside_reductions(g, guard_piecewise_branches) for g in gradients]
+    backward_steps, results = common_subexpressions(safe)
+    shared, private = _split_by_user(backward_steps, results)
+    shown = {UPSTREAM: sp.S.One, UPSTREAM_WEIGHT: sp.S.Zero}
+    derived_gradients = tuple(
+        Gradient(argument, g.xreplace(shown), Program(steps, result))
+        for argument, g, steps, result in zip(
+            model.differentiable, gradients, private, results
+        )
+    )
+    fused_steps, (fused_loss, *fused_gradients) = common_subexpressions([loss, *safe])
+    fused = FusedProgram(fused_steps, fused_loss, tuple(fused_gradients))
+    return DerivedLoss(
+        model,
+        loss,
+        Program(forward_steps, forward_result),
+        shared,
+        derived_gradients,
+        fused,
+        mean_weight,
     )
 
 
@@ -268,9 +325,9 @@ def _mask_unsafe(expr: sp.Expr, taken: sp.Basic) -> sp.Expr:
             return bool(node.args[1].free_symbols)
         if isinstance(node, sp.Pow):
             exponent = node.exp
-            return bool(node.base.free_symbols) and not (
-                exponent.is_integer and exponent.is_nonnegative
-            )
+            # a dim size is a positive integer: dividing by it is always safe
+            variable = any(not isinstance(s, DimSize) for s in node.base.free_symbols)
+            return variable and not (exponent.is_integer and exponent.is_nonnegative)
         return False
 
     def rebuild(node: sp.Basic) -> sp.Basic:

@@ -13,6 +13,16 @@ from sympy.core.function import AppliedUndef
 
 from lossgen.errors import SourceLocation, SpecError
 from lossgen.printer import SUPPORTED_NODES, unsupported_nodes
+from lossgen.reductions import (
+    ALL,
+    NO_DIMS,
+    Dims,
+    Reduction,
+    all_dims,
+    covers,
+    has_reductions,
+    reduced_dims,
+)
 from lossgen.vocabulary import REDUCTIONS, Loss, ParamSymbol, TensorSymbol
 
 # Names the generated code itself uses; an argument with one of these names would shadow them.
@@ -29,6 +39,8 @@ GENERATED_CODE_NAMES = frozenset(
         "COMPILE",
         "FUSED_MIN_NUMEL",
     }
+    # reductions over dims
+    | {"upstream_weight", "weight_total", "keepdim_shape", "loss_shape"}
 )
 RESERVED_MODULE_NAMES = frozenset({"torch", "math", "nn", "lossgen", "typing"})
 # Builtins an argument may still be called: torch's own losses name their first argument `input`,
@@ -53,6 +65,8 @@ class Argument:
     differentiable: bool
     default: float | None = None
     learnable: bool = False
+    index_of: int | None = None  # a class-index tensor into this dim
+    along: int | None = None  # a param whose 1-D tensor values lie along this dim
 
     def __post_init__(self) -> None:
         assert self.name.isidentifier() and not keyword.iskeyword(self.name)
@@ -76,13 +90,30 @@ class LossModel:
     doc: str | None
     spec_path: str
     location: SourceLocation
+    # reduction="mean" divides by the sum of this instead of the count (None: the count)
+    mean_weight: sp.Expr | None = None
+    # dims every top-level term reduced: reduction="none" drops them (see lossgen.reductions)
+    dropped: Dims = NO_DIMS
 
     def __post_init__(self) -> None:
         assert self.reduction in REDUCTIONS
         assert any(argument.is_tensor for argument in self.arguments)
-        assert {
-            argument.symbol for argument in self.arguments
-        } == self.expr.free_symbols
+        used = self.expr.free_symbols
+        if self.mean_weight is not None:
+            used = used | self.mean_weight.free_symbols
+        assert {argument.symbol for argument in self.arguments} == used
+        assert self.reduces or self.dropped == NO_DIMS
+
+    @property
+    def reduces(self) -> bool:
+        """Whether anything couples elements: reductions, class indices, weighted means."""
+        return (
+            has_reductions(self.expr)
+            or self.mean_weight is not None
+            or any(
+                a.index_of is not None or a.along is not None for a in self.arguments
+            )
+        )
 
     @property
     def tensors(self) -> tuple[Argument, ...]:
@@ -141,7 +172,11 @@ def _build_model(loss: Loss, spec_path: str) -> LossModel:
     _check_doc(loss.doc)
     doc = None if loss.doc is None else normalize_doc(loss.doc)
     expr = _validate_expression(loss.expr)
-    arguments = _arguments(expr)
+    mean_weight = None
+    if getattr(loss, "mean_weight", None) is not None:
+        mean_weight = _validate_expression(loss.mean_weight, what="mean_weight")
+    arguments = _arguments(expr if mean_weight is None else sp.Tuple(expr, mean_weight))
+    dropped = _check_dims(expr, mean_weight)
     generated_names = {name, f"{name}Function", snake}
     for argument in arguments:
         if argument.name in generated_names:
@@ -158,7 +193,37 @@ def _build_model(loss: Loss, spec_path: str) -> LossModel:
         doc=doc,
         spec_path=spec_path,
         location=loss.location,
+        mean_weight=mean_weight,
+        dropped=dropped,
     )
+
+
+def _check_dims(expr: sp.Expr, mean_weight: sp.Expr | None) -> Dims:
+    """The dims "none" drops; dims must be consistently signed, weights reduced alike."""
+    named = all_dims(expr if mean_weight is None else sp.Tuple(expr, mean_weight))
+    if any(d < 0 for d in named) and any(d >= 0 for d in named):
+        raise SpecError(
+            f"dims {named} mix negative and non-negative numbers: within one loss, count "
+            "all dims from the front or all from the back"
+        )
+    dropped = reduced_dims(expr)
+    if mean_weight is not None:
+        weight_dropped = (
+            reduced_dims(mean_weight) if has_reductions(mean_weight) else None
+        )
+        free_of_dims = not has_reductions(mean_weight) and dropped == NO_DIMS
+        if not free_of_dims and not (
+            weight_dropped is not None and covers(weight_dropped, dropped)
+        ):
+            raise SpecError(
+                "mean_weight must give one weight per element of the loss: reduce it over "
+                f"the dims the loss reduces ({_dims_text(dropped)})"
+            )
+    return dropped
+
+
+def _dims_text(dims: Dims) -> str:
+    return "all" if dims == ALL else ", ".join(map(str, sorted(dims))) or "none"
 
 
 def is_ascii_identifier(name: object) -> bool:
@@ -192,26 +257,28 @@ def normalize_doc(doc: str) -> str:
     return "\n".join(lines).strip("\n")
 
 
-def _validate_expression(raw: object) -> sp.Expr:
+def _validate_expression(raw: object, what: str = "the loss") -> sp.Expr:
     if isinstance(raw, sp.MatrixBase) or isinstance(raw, (list, tuple)):
         raise SpecError(
-            "the loss must be one scalar (elementwise) expression, not a matrix"
+            f"{what} must be one scalar (elementwise) expression, not a matrix"
         )
     try:
         expr = sp.sympify(raw, strict=True)
     except (sp.SympifyError, TypeError) as error:
-        raise SpecError(f"not a SymPy expression: {raw!r}") from error
+        prefix = "" if what == "the loss" else f"{what}: "
+        raise SpecError(f"{prefix}not a SymPy expression: {raw!r}") from error
     # Not `isinstance(expr, Boolean)`: a Symbol is a Boolean too, and `Loss("L", x)` is valid.
     if not isinstance(expr, sp.Expr):
-        raise SpecError(f"the loss must be a number-valued expression, not {expr}")
+        raise SpecError(f"{what} must be a number-valued expression, not {expr}")
     if expr.has(sp.I) or expr.is_real is False:
-        raise SpecError(f"the loss is complex-valued: {expr}")
+        raise SpecError(f"{what} is complex-valued: {expr}")
     if expr.has(sp.nan, sp.zoo):
-        raise SpecError(f"the loss is undefined (nan or complex infinity): {expr}")
+        raise SpecError(f"{what} is undefined (nan or complex infinity): {expr}")
     missing = unsupported_nodes(expr)
     if missing:
         outermost = _outermost_unsupported(expr) or missing
-        raise SpecError(f"unsupported in a loss expression: {', '.join(outermost)}")
+        where = "a loss expression" if what == "the loss" else what
+        raise SpecError(f"unsupported in {where}: {', '.join(outermost)}")
     return expr
 
 
@@ -222,7 +289,7 @@ def _outermost_unsupported(expr: sp.Basic) -> list[str]:
     while stack:
         node = stack.pop()
         if isinstance(node, SUPPORTED_NODES):
-            stack.extend(node.args)
+            stack.extend(node.args[:1] if isinstance(node, Reduction) else node.args)
         elif isinstance(node, AppliedUndef):
             found.add(f"undefined function {type(node).__name__}")
         else:
@@ -258,9 +325,20 @@ def _arguments(expr: sp.Expr) -> tuple[Argument, ...]:
             "the loss uses no Tensor(...): there is nothing to compute over"
         )
     arguments = [
-        Argument(t.name, t, is_tensor=True, differentiable=t.differentiable)
+        Argument(
+            t.name,
+            t,
+            is_tensor=True,
+            differentiable=t.differentiable,
+            index_of=_check_dim(t.index_of, f"tensor {t.name!r}: index_of"),
+        )
         for t in tensors
     ]
+    if all(t.index_of is not None for t in tensors):
+        raise SpecError(
+            "every tensor is a class index (index_of=...): the loss needs a tensor of "
+            "values too"
+        )
     seen_default = None
     for param in params:
         default = _check_default(param)
@@ -279,9 +357,18 @@ def _arguments(expr: sp.Expr) -> tuple[Argument, ...]:
                 differentiable=True,
                 default=default,
                 learnable=param.learnable,
+                along=_check_dim(param.along, f"param {param.name!r}: along"),
             )
         )
     return tuple(arguments)
+
+
+def _check_dim(dim: object, what: str) -> int | None:
+    if dim is None:
+        return None
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise SpecError(f"{what} must be an int (a dim), not {dim!r}")
+    return int(dim)
 
 
 def _declaration_order(symbol: sp.Symbol) -> int:

@@ -24,6 +24,7 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.str import StrPrinter
 
 from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
+from lossgen.reductions import ALL, DimSize, OneHot, Reduction
 from lossgen.vocabulary import clamp, guarded, relu
 
 # SymPy function -> (torch spelling for tensors, math spelling for plain numbers)
@@ -85,6 +86,8 @@ SUPPORTED_NODES: tuple[type, ...] = (
     clamp,
     guarded,
     logsumexp,
+    Reduction,
+    OneHot,
     sp.core.relational.Relational,
     sp.And,
     sp.Or,
@@ -102,7 +105,7 @@ class UnsupportedExpressionError(ValueError):
 def unsupported_nodes(expr: sp.Basic) -> list[str]:
     """Names of the node types in `expr` that the printer cannot print (empty if none)."""
     found: set[str] = set()
-    for node in sp.preorder_traversal(expr):
+    for node in _nodes(expr):
         if not isinstance(node, SUPPORTED_NODES):
             found.add(type(node).__name__)
         elif isinstance(node, sp.Piecewise) and node.args[-1].cond != sp.true:
@@ -112,16 +115,32 @@ def unsupported_nodes(expr: sp.Basic) -> list[str]:
     return sorted(found)
 
 
+def _nodes(expr: sp.Basic) -> list[sp.Basic]:
+    """Every node, except the dims of reductions (a Tuple of ints, printed by the reduction)."""
+    found = []
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(node.args[:1] if isinstance(node, Reduction) else node.args)
+    return found
+
+
 class TorchCodePrinter(StrPrinter):
     """Prints elementwise SymPy expressions as torch code."""
 
     printmethod = "_lossgen_torch"
 
-    def __init__(self, names: Mapping[sp.Symbol, str], like: str) -> None:
-        """`names` maps symbols to Python names; `like` names a tensor of the compute dtype."""
+    def __init__(
+        self, names: Mapping[sp.Symbol, str], like: str, shape: str = "shape"
+    ) -> None:
+        """`names` maps symbols to Python names; `like` names a tensor of the compute dtype;
+        `shape` names the broadcast shape of all arguments (what reductions reduce over).
+        """
         super().__init__()
         self._names = dict(names)
         self._like = like
+        self._shape = shape
 
     def doprint(self, expr: sp.Basic) -> str:
         missing = unsupported_nodes(expr)
@@ -137,6 +156,11 @@ class TorchCodePrinter(StrPrinter):
     # --- atoms -------------------------------------------------------------------------
 
     def _print_Symbol(self, expr: sp.Symbol) -> str:
+        if isinstance(expr, DimSize):
+            if expr.dims == ALL:
+                return f"{self._shape}.numel()"
+            (dim,) = expr.dims
+            return f"{self._shape}[{dim}]"
         if expr not in self._names:
             raise UnsupportedExpressionError(f"unknown symbol {expr.name!r}")
         return self._names[expr]
@@ -275,6 +299,30 @@ class TorchCodePrinter(StrPrinter):
     def _print_guarded(self, expr: guarded) -> str:
         value, condition = expr.args
         return f"torch.where({self._print(condition)}, {self._print(value)}, 1)"
+
+    # --- reductions (keepdim, over the broadcast shape) ------------------------------------
+
+    def _print_Reduction(self, expr: Reduction) -> str:
+        body = self.parenthesize(expr.body, PRECEDENCE["Atom"], strict=True)
+        if expr.dims == ALL:
+            dims = f"tuple(range(len({self._shape})))"
+        else:
+            named = sorted(expr.dims)
+            dims = str(named[0]) if len(named) == 1 else str(tuple(named))
+        # expand: a body constant along a reduced dim (broadcast there) still counts each element
+        return (
+            f"{expr.torch_name}({body}.expand({self._shape}), dim={dims}, keepdim=True)"
+        )
+
+    _print_Sum = _print_Reduction
+    _print_Mean = _print_Reduction
+    _print_LogSumExp = _print_Reduction
+    _print_Amax = _print_Reduction
+    _print_Amin = _print_Reduction
+
+    def _print_OneHot(self, expr: OneHot) -> str:
+        index = self._print(expr.args[0])
+        return f"_one_hot({index}, {expr.dim}, {self._shape}, {self._like})"
 
     # --- conditions --------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import torch
 from sympy.codegen.cfunctions import expm1, log1p
 
 from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
+from lossgen.reductions import ALL, Amax, Amin, Dims, LogSumExp, Mean, OneHot, Sum
 from lossgen.vocabulary import clamp, relu
 
 Value = torch.Tensor | float | bool
@@ -59,11 +60,55 @@ _COMPARE = {
 }
 
 
+_REDUCE: dict[type, Callable[..., torch.Tensor]] = {
+    Sum: torch.sum,
+    Mean: torch.mean,
+    LogSumExp: torch.logsumexp,
+    Amax: torch.amax,
+    Amin: torch.amin,
+}
+
+
 def evaluate(expr: sp.Basic, values: Mapping[sp.Symbol, torch.Tensor]) -> torch.Tensor:
-    """Evaluate `expr` elementwise with torch ops; `values` holds one tensor per symbol."""
-    like = next(iter(values.values()))
+    """Evaluate `expr` elementwise with torch ops; `values` holds one tensor per symbol.
+
+    Reductions reduce over the broadcast shape of all `values` (keepdim); class-index tensors
+    must come unsqueezed at their dim.
+    """
+    like = next(v for v in values.values() if v.is_floating_point())
     result = _Evaluator(values, like).visit(expr)
     return _tensor(result, like)
+
+
+def keepdim_shape(shape: torch.Size, dropped: Dims) -> torch.Size:
+    """`shape` with the dims a loss reduced away kept as size 1."""
+    if dropped == ALL:
+        return torch.Size([1] * len(shape))
+    gone = {d % len(shape) for d in dropped}  # type: ignore[union-attr]
+    return torch.Size(1 if d in gone else n for d, n in enumerate(shape))
+
+
+def reduced_loss(
+    expr: sp.Expr,
+    values: Mapping[sp.Symbol, torch.Tensor],
+    reduction: str,
+    dropped: Dims,
+    mean_weight: sp.Expr | None = None,
+) -> torch.Tensor:
+    """The loss as the generated code defines it: elementwise values over the broadcast shape
+    less the dropped dims, then "none" | "mean" (weighted by `mean_weight`) | "sum"."""
+    shape = torch.broadcast_shapes(*(v.shape for v in values.values()))
+    kept = keepdim_shape(shape, dropped)
+    loss = evaluate(expr, values).expand(kept)
+    if reduction == "mean":
+        if mean_weight is None:
+            return loss.mean()
+        return loss.sum() / evaluate(mean_weight, values).expand(kept).sum()
+    if reduction == "sum":
+        return loss.sum()
+    if dropped == ALL:
+        return loss.reshape(())
+    return loss.squeeze(tuple(d % len(shape) for d in dropped))  # type: ignore[union-attr]
 
 
 class _Evaluator:
@@ -72,10 +117,23 @@ class _Evaluator:
     ) -> None:
         self.values = values
         self.like = like
+        self.shape = torch.broadcast_shapes(*(v.shape for v in values.values()))
 
     def visit(self, node: sp.Basic) -> Value:
         if isinstance(node, sp.Symbol):
             return self.values[node]
+        if type(node) in _REDUCE:
+            body = self.tensor(self.visit(node.body)).expand(self.shape)
+            dims = node.dims
+            dim = tuple(range(len(self.shape))) if dims == ALL else tuple(dims)
+            return _REDUCE[type(node)](body, dim=dim, keepdim=True)
+        if isinstance(node, OneHot):
+            index = self.values[node.args[0]]
+            dim = node.dim % len(self.shape)
+            positions = torch.arange(self.shape[dim], device=index.device)
+            sizes = [1] * len(self.shape)
+            sizes[dim] = -1
+            return (index == positions.view(sizes)).to(self.like.dtype)
         if node is sp.true or node is sp.false:
             return bool(node)
         if node.is_number and isinstance(node, sp.Expr):

@@ -14,9 +14,11 @@ import jinja2
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 
+from lossgen.backprop import UPSTREAM, UPSTREAM_WEIGHT
 from lossgen.derive import DerivedLoss, Program, Step
-from lossgen.model import Argument
+from lossgen.model import Argument, LossModel
 from lossgen.printer import print_torch
+from lossgen.reductions import ALL
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class GradientCode:
     factor: (
         str  # `code` ready to be multiplied: parenthesized where precedence needs it
     )
+    scaled: (
+        str  # the gradient of the reduced loss: `factor * upstream`, or `code` itself
+    )
+    reshape: str  # back to a param's own shape where it was laid along a dim
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,8 @@ def _environment() -> jinja2.Environment:
 def render_loss(derived: DerivedLoss) -> str:
     """The generated module for one loss, before formatting."""
     model = derived.model
-    names = {argument.symbol: argument.name for argument in model.arguments}
-    like = model.tensors[0].name
+    names = _names(model)
+    like = _like(model)
 
     def lines(steps: Sequence[Step]) -> tuple[Line, ...]:
         for step in steps:
@@ -103,7 +109,18 @@ def render_loss(derived: DerivedLoss) -> str:
         index = model.arguments.index(gradient.argument)
         binds_tightly = precedence(gradient.program.result) >= PRECEDENCE["Mul"]
         factor = code if binds_tightly else f"({code})"
-        gradients.append(GradientCode(index, gradient.argument, body, code, factor))
+        scaled = _scaled(model, code, factor, not gradient.program.result.free_symbols)
+        gradients.append(
+            GradientCode(
+                index,
+                gradient.argument,
+                body,
+                code,
+                factor,
+                scaled,
+                _reshape(gradient.argument),
+            )
+        )
 
     fused_lines, fused_loss, fused_gradients = _fused_code(derived)
 
@@ -132,8 +149,29 @@ def render_loss(derived: DerivedLoss) -> str:
         [*shared_lines, *(line for g in gradients for line in g.lines)]
         + [g.code for g in gradients]
     )
+    mean_weight_code = ""
+    if derived.mean_weight is not None:
+        mean_weight_code = print_torch(derived.mean_weight, names, like)
+        if precedence(derived.mean_weight) < PRECEDENCE["Atom"]:
+            mean_weight_code = f"({mean_weight_code})"
+        code_so_far.append(mean_weight_code)
+    along = [a for a in model.params if a.along is not None]
+    saved = [a.name for a in model.arguments]
+    if derived.uses_upstream_weight:  # the weighted mean's second term needs the value
+        saved.append("output")
     context = {
         "model": model,
+        "dropped_code": _dropped_code(model),
+        "dropped_text": _dropped_text(model),
+        "prepare_lines": _prepare_lines(model, like, backward=False),
+        "backward_prepare_lines": _prepare_lines(model, like, backward=True),
+        "mean_weight_code": mean_weight_code,
+        "uses_upstream_weight": derived.uses_upstream_weight,
+        "saves_output": derived.uses_upstream_weight,
+        "uses_one_hot": any("_one_hot(" in code for code in code_so_far),
+        "along_params": along,
+        "fusable": derived.mean_weight is None
+        and all(a.index_of is None for a in model.tensors),
         "forward_ops": forward_ops,
         "backward_ops": backward_ops,
         "like": like,
@@ -156,8 +194,7 @@ def render_loss(derived: DerivedLoss) -> str:
         "param_signature": _signature(model.params, model.reduction),
         "call_arguments": ", ".join(a.name for a in model.arguments),
         "tensor_arguments": ", ".join(a.name for a in model.tensors),
-        "saved_names": ", ".join(a.name for a in model.arguments)
-        + ("," if len(model.arguments) == 1 else ""),
+        "saved_names": ", ".join(saved) + ("," if len(saved) == 1 else ""),
         "argument_shapes": ", ".join(f"{a.name}.shape" for a in model.arguments),
     }
     return _environment().get_template("loss.py.jinja").render(context)
@@ -210,6 +247,7 @@ class FusedGradient:
     code: str
     factor: str  # `code`, parenthesized where precedence needs it
     constant: bool  # no symbols: the gradient must be broadcast to a full tensor
+    scaled: str  # see GradientCode.scaled
 
 
 def _fused_code(
@@ -217,8 +255,8 @@ def _fused_code(
 ) -> tuple[tuple[Line, ...], str, tuple[FusedGradient, ...]]:
     """The fast path's one-pass body (derive's FusedProgram), printed."""
     model = derived.model
-    names = {argument.symbol: argument.name for argument in model.arguments}
-    like = model.tensors[0].name
+    names = _names(model)
+    like = _like(model)
     fused = derived.fused
     for step in fused.steps:
         names[step.symbol] = step.symbol.name
@@ -229,13 +267,73 @@ def _fused_code(
     for gradient, result in zip(derived.gradients, fused.gradients):
         code = print_torch(result, names, like)
         binds_tightly = precedence(result) >= PRECEDENCE["Mul"]
+        factor = code if binds_tightly else f"({code})"
+        constant = not result.free_symbols
         gradients.append(
             FusedGradient(
                 model.arguments.index(gradient.argument),
                 gradient.argument,
                 code,
-                code if binds_tightly else f"({code})",
-                not result.free_symbols,
+                factor,
+                constant,
+                _scaled(model, code, factor, constant),
             )
         )
     return lines, print_torch(fused.loss, names, like), tuple(gradients)
+
+
+def _names(model: LossModel) -> dict[sp.Symbol, str]:
+    names = {argument.symbol: argument.name for argument in model.arguments}
+    names[UPSTREAM] = "upstream"
+    names[UPSTREAM_WEIGHT] = "upstream_weight"
+    return names
+
+
+def _like(model: LossModel) -> str:
+    """A tensor of the compute dtype: the first tensor that is not class indices."""
+    return next(a.name for a in model.tensors if a.index_of is None)
+
+
+def _scaled(model: LossModel, code: str, factor: str, constant: bool) -> str:
+    """A gradient of the reduced loss. With reductions, derive put the upstream inside."""
+    if not model.reduces or constant:  # with reductions, only a zero is constant
+        return f"{factor} * upstream"
+    return code
+
+
+def _reshape(argument: Argument) -> str:
+    return "" if argument.along is None else f".reshape(_{argument.name}_shape)"
+
+
+def _dropped_code(model: LossModel) -> str:
+    if model.dropped == ALL:
+        return "None"
+    dims = sorted(model.dropped)
+    return "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _dropped_text(model: LossModel) -> str:
+    if model.dropped == ALL:
+        return "every dim: one value"
+    dims = sorted(model.dropped)
+    if not dims:
+        return "none"
+    return ("dim " if len(dims) == 1 else "dims ") + ", ".join(map(str, dims))
+
+
+def _prepare_lines(model: LossModel, like: str, backward: bool) -> list[str]:
+    """Class indices unsqueezed at their dim, 1-D params laid along theirs."""
+    lines = []
+    for argument in model.arguments:
+        if argument.index_of is not None:
+            lines.append(
+                f"{argument.name} = {argument.name}.unsqueeze({argument.index_of})"
+            )
+        if argument.along is not None:
+            if backward and argument.differentiable:
+                lines.append(f"_{argument.name}_shape = {argument.name}.shape")
+            lines.append(
+                f"{argument.name} = _lay_along({argument.name}, {argument.along}, "
+                f"{like}.dim())"
+            )
+    return lines

@@ -22,7 +22,8 @@ from lossgen.derive import DerivedLoss
 from lossgen.emit import Drift, GeneratedFile, drift
 from lossgen.errors import SpecError
 from lossgen.model import Argument, LossModel
-from lossgen.reference import evaluate
+from lossgen.reductions import all_dims
+from lossgen.reference import evaluate, reduced_loss
 from lossgen.vocabulary import REDUCTIONS, clamp, relu
 
 # Shapes of (tensors, params) for each case: plain, params broadcast, tensors broadcast.
@@ -234,16 +235,17 @@ class LossCase:
         self.module_class = getattr(module, model.name)
         self.functional = getattr(module, model.snake_name)
         self.switches = switch_functions(model.expr)
+        self.shape_cases = shape_cases(model)
         self.domains = self._find_domains()
 
     # --- sampling ---------------------------------------------------------------------------
 
     def _find_domains(self) -> dict[str, str]:
         """A sampling domain per tensor where the loss and its reference gradient are finite."""
-        tensors = self.model.tensors
+        tensors = [t for t in self.model.tensors if t.index_of is None]
         for combo in itertools.product(DOMAINS, repeat=len(tensors)):
             domains = {t.name: d for t, d in zip(tensors, combo)}
-            sample = self.sample(SHAPE_CASES[0], seed=0, domains=domains)
+            sample = self.sample(self.shape_cases[0], seed=0, domains=domains)
             value, grads = self.reference(sample, "none")
             if _finite(value, *grads):
                 return domains
@@ -262,10 +264,13 @@ class LossCase:
         domains = domains or self.domains
         generator = torch.Generator().manual_seed(seed)
         tensor_shapes, param_shape = shapes
+        full = torch.broadcast_shapes(*tensor_shapes)
         values: list[torch.Tensor | float] = []
         grad_positions = []
         for index, argument in enumerate(self.model.arguments):
-            if argument.is_tensor:
+            if argument.index_of is not None:
+                values.append(class_indices(full, argument.index_of, generator))
+            elif argument.is_tensor:
                 shape = tensor_shapes[min(index, len(tensor_shapes) - 1)]
                 value = draw(domains[argument.name], shape, generator, dtype, dyadic)
                 values.append(value)
@@ -275,6 +280,11 @@ class LossCase:
                 base = param_value(argument, generator)
                 if param_shape is None:
                     values.append(base)
+                elif argument.along is not None:  # one value per class, like weights
+                    count = full[argument.along]
+                    jitter = 0.5 + torch.rand((count,), generator=generator)
+                    values.append((base * jitter).to(dtype))
+                    grad_positions.append(index)
                 else:
                     jitter = 1 + 0.05 * (
                         torch.rand(param_shape, generator=generator) - 0.5
@@ -303,13 +313,24 @@ class LossCase:
     def environment(
         self, values: Sequence[torch.Tensor | float]
     ) -> dict[sp.Symbol, torch.Tensor]:
-        like = next(v for v in values if isinstance(v, torch.Tensor))
-        return {
-            argument.symbol: (
-                v if isinstance(v, torch.Tensor) else torch.tensor(v, dtype=like.dtype)
-            )
-            for argument, v in zip(self.model.arguments, values)
-        }
+        """Values by symbol, as the expression sees them: class indices unsqueezed at their
+        dim, 1-D params laid along theirs."""
+        like = next(
+            v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()
+        )
+        ndim = max(v.dim() for v in values if isinstance(v, torch.Tensor))
+        env = {}
+        for argument, v in zip(self.model.arguments, values):
+            if not isinstance(v, torch.Tensor):
+                v = torch.tensor(v, dtype=like.dtype)
+            if argument.index_of is not None:
+                v = v.unsqueeze(argument.index_of)
+            if argument.along is not None and v.dim() == 1:
+                sizes = [1] * ndim
+                sizes[argument.along] = v.numel()
+                v = v.reshape(sizes)
+            env[argument.symbol] = v
+        return env
 
     # --- evaluation -------------------------------------------------------------------------
 
@@ -320,9 +341,10 @@ class LossCase:
         leaves = _leaves(sample)
         env = self.environment(leaves)
         with torch.enable_grad():
-            elementwise = evaluate(self.model.expr, env)
-            shape = torch.broadcast_shapes(*(v.shape for v in env.values()))
-            value = _reduce(elementwise.expand(shape), reduction)
+            model = self.model
+            value = reduced_loss(
+                model.expr, env, reduction, model.dropped, model.mean_weight
+            )
             grads = _gradients(value, [leaves[i] for i in sample.grad_positions])
         return value.detach(), grads
 
@@ -363,7 +385,7 @@ class LossCase:
         self, name: str, checker: Callable[..., bool], reductions: Sequence[str]
     ) -> CheckResult:
         failures = []
-        for case_index, shapes in enumerate(SHAPE_CASES):
+        for case_index, shapes in enumerate(self.shape_cases):
             sample = self.away_from_kinks(shapes, seed=case_index)
             leaves = _leaves(sample)
             positions = sample.grad_positions
@@ -397,7 +419,7 @@ class LossCase:
 
     def against_autograd(self) -> CheckResult:
         errors = Errors()
-        for case_index, shapes in enumerate(SHAPE_CASES):
+        for case_index, shapes in enumerate(self.shape_cases):
             for seed in range(3):
                 sample = self.sample(shapes, seed=100 + 10 * case_index + seed)
                 for reduction in REDUCTIONS:
@@ -412,7 +434,7 @@ class LossCase:
         errors = Errors(rtol=0.0, atol=0.0)
         names = [a.name for a in self.model.arguments]
         params = [a for a in self.model.params]
-        for shapes in SHAPE_CASES:
+        for shapes in self.shape_cases:
             sample = self.sample(shapes, seed=7)
             tensors_count = len(self.model.tensors)
             for reduction in REDUCTIONS:
@@ -473,7 +495,11 @@ class LossCase:
 
     def samples_on(self, switch: sp.Expr) -> Iterator[Sample]:
         """Samples where `switch` is exactly 0, solving for one tensor at a time."""
-        tensors = [a for a in self.model.tensors if a.symbol in switch.free_symbols]
+        tensors = [
+            a
+            for a in self.model.tensors
+            if a.symbol in switch.free_symbols and a.index_of is None
+        ]
         for seed, argument in enumerate(tensors):
             try:
                 solutions = sp.solve(sp.Eq(switch, 0), argument.symbol, dict=False)
@@ -482,7 +508,7 @@ class LossCase:
             for solution in solutions[:2]:
                 if not isinstance(solution, sp.Expr) or solution.has(sp.I):
                     continue
-                sample = self.sample(SHAPE_CASES[0], seed=500 + seed, dyadic=True)
+                sample = self.sample(self.shape_cases[0], seed=500 + seed, dyadic=True)
                 env = self.environment(sample.values)
                 position = self.model.arguments.index(argument)
                 try:
@@ -502,9 +528,9 @@ class LossCase:
         """Tiny and huge magnitudes: no NaN/inf where autograd of the loss has none."""
         errors = Errors(rtol=1e-5, atol=1e-12)
         for label, scale in MAGNITUDES.items():
-            sample = self.sample(SHAPE_CASES[0], seed=900)
+            sample = self.sample(self.shape_cases[0], seed=900)
             for index, argument in enumerate(self.model.arguments):
-                if argument.is_tensor and self.domains[argument.name] in (
+                if argument.is_tensor and self.domains.get(argument.name) in (
                     "normal",
                     "positive",
                 ):
@@ -634,6 +660,39 @@ def draw(
     return value.to(dtype)
 
 
+def class_indices(
+    full: torch.Size, dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Random class indices into `dim` of `full`, shaped like `full` without that dim."""
+    shape = list(full)
+    classes = shape.pop(dim)
+    return torch.randint(0, classes, shape, generator=generator)
+
+
+def all_dims_of(model: LossModel) -> list[int]:
+    exprs = [model.expr]
+    if model.mean_weight is not None:
+        exprs.append(model.mean_weight)
+    return all_dims(sp.Tuple(*exprs))
+
+
+def shape_cases(model: LossModel) -> tuple:
+    """SHAPE_CASES, with as many dims as the loss names, and 0-dim (or per-class) tensor
+    params where the loss reduces: a param varying along a reduced dim of the loss's top
+    level would not be one value per element of the reduced loss."""
+    if not model.reduces:
+        return SHAPE_CASES
+    named = all_dims_of(model)
+    ndim = max([d + 1 if d >= 0 else -d for d in named] or [0])
+    cases = []
+    for tensor_shapes, param_shape in SHAPE_CASES:
+        padded = tuple(
+            shape + (2,) * max(0, ndim - len(shape)) for shape in tensor_shapes
+        )
+        cases.append((padded, None if param_shape is None else ()))
+    return tuple(cases)
+
+
 def param_value(argument: Argument, generator: torch.Generator) -> float:
     if argument.default is not None and argument.default != 0:
         return argument.default
@@ -685,14 +744,6 @@ def _gradients(value: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Te
     return [
         torch.zeros_like(x) if g is None else g.detach() for x, g in zip(inputs, grads)
     ]
-
-
-def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
 
 
 def _finite(*tensors: torch.Tensor) -> bool:

@@ -23,17 +23,29 @@ class TensorSymbol(sp.Symbol):
     """One element of a tensor argument of the loss."""
 
     differentiable: bool
+    index_of: int | None
     declaration_index: int
 
-    def __new__(cls, name: str, *, differentiable: bool = True) -> TensorSymbol:
+    def __new__(
+        cls,
+        name: str,
+        *,
+        differentiable: bool = True,
+        index_of: int | None = None,
+    ) -> TensorSymbol:
         # Uncached construction: two declarations must never share one object's metadata.
         obj = sp.Symbol.__xnew__(cls, name, real=True)
-        obj.differentiable = bool(differentiable)
+        # Class indices are integers: nothing to differentiate.
+        obj.differentiable = bool(differentiable) and index_of is None
+        obj.index_of = index_of
         obj.declaration_index = next(_declarations)
         return obj
 
     def __getnewargs_ex__(self) -> tuple[tuple[str], dict[str, Any]]:
-        return (self.name,), {"differentiable": self.differentiable}
+        return (self.name,), {
+            "differentiable": self.differentiable,
+            "index_of": self.index_of,
+        }
 
     def _hashable_content(self) -> tuple[Any, ...]:
         return _declared_content(self)
@@ -44,19 +56,30 @@ class ParamSymbol(sp.Symbol):
 
     default: float | None
     learnable: bool
+    along: int | None
     declaration_index: int
 
     def __new__(
-        cls, name: str, *, default: float | None = None, learnable: bool = False
+        cls,
+        name: str,
+        *,
+        default: float | None = None,
+        learnable: bool = False,
+        along: int | None = None,
     ) -> ParamSymbol:
         obj = sp.Symbol.__xnew__(cls, name, real=True)
         obj.default = default
         obj.learnable = bool(learnable)
+        obj.along = along
         obj.declaration_index = next(_declarations)
         return obj
 
     def __getnewargs_ex__(self) -> tuple[tuple[str], dict[str, Any]]:
-        return (self.name,), {"default": self.default, "learnable": self.learnable}
+        return (self.name,), {
+            "default": self.default,
+            "learnable": self.learnable,
+            "along": self.along,
+        }
 
     def _hashable_content(self) -> tuple[Any, ...]:
         return _declared_content(self)
@@ -71,16 +94,31 @@ def _declared_content(symbol: sp.Symbol) -> tuple[Any, ...]:
     return sp.Symbol._hashable_content(symbol) + (symbol.declaration_index,)
 
 
-def Tensor(name: str, *, differentiable: bool = True) -> TensorSymbol:  # noqa: N802
-    """Declare a tensor argument; use the returned symbol as one element of it."""
-    return TensorSymbol(name, differentiable=differentiable)
+def Tensor(  # noqa: N802
+    name: str, *, differentiable: bool = True, index_of: int | None = None
+) -> TensorSymbol:
+    """Declare a tensor argument; use the returned symbol as one element of it.
+
+    `index_of=dim` declares integer class indices into `dim` of the other tensors (shaped like
+    them without that dim, as F.cross_entropy's target); use it through OneHot/Pick and in
+    comparisons. It is never differentiable.
+    """
+    return TensorSymbol(name, differentiable=differentiable, index_of=index_of)
 
 
 def Param(  # noqa: N802
-    name: str, *, default: float | None = None, learnable: bool = False
+    name: str,
+    *,
+    default: float | None = None,
+    learnable: bool = False,
+    along: int | None = None,
 ) -> ParamSymbol:
-    """Declare a parameter: a constructor argument of the Module, trailing argument elsewhere."""
-    return ParamSymbol(name, default=default, learnable=learnable)
+    """Declare a parameter: a constructor argument of the Module, trailing argument elsewhere.
+
+    `along=dim`: a 1-D tensor value is laid along `dim` of the inputs (F.cross_entropy's class
+    weights for (N, C) and (N, C, H, W) alike); floats and 0-dim tensors are unaffected.
+    """
+    return ParamSymbol(name, default=default, learnable=learnable, along=along)
 
 
 class Loss:
@@ -93,11 +131,14 @@ class Loss:
         *,
         reduction: str = "mean",
         doc: str | None = None,
+        mean_weight: Any = None,
     ) -> None:
         self.name = name
         self.expr = expr
         self.reduction = reduction
         self.doc = doc
+        # reduction="mean" divides by the sum of this over the loss's elements, not their count.
+        self.mean_weight = mean_weight
         caller = inspect.stack(context=0)[1]
         self.location = SourceLocation(caller.filename, caller.lineno)
 

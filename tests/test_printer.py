@@ -23,8 +23,9 @@ from lossgen.printer import (
     print_torch,
     unsupported_nodes,
 )
+from lossgen.reductions import Amax, Amin, LogSumExp, Mean, OneHot, Sum
 from lossgen.reference import evaluate
-from lossgen.vocabulary import clamp, guarded, relu
+from lossgen.vocabulary import Tensor, clamp, guarded, relu
 
 x = sp.Symbol("x", real=True)
 y = sp.Symbol("y", real=True)
@@ -657,3 +658,60 @@ def test_every_supported_node_is_exercised() -> None:
         if not any(issubclass(s, kind) for s in seen)
     ]
     assert missing == []
+
+
+# --- reductions over dims (keepdim, over the broadcast shape `shape`) ---------------------------
+
+a2 = sp.Symbol("a2", real=True)  # a (4, 3) tensor
+row = sp.Symbol("row", real=True)  # a (4, 1) tensor: broadcast along dim 1
+classes = Tensor("classes", index_of=1)  # (4, 1) after unsqueezing at dim 1
+A2 = torch.tensor(
+    [[0.5, -1.0, 2.0], [3.0, 3.0, -2.0], [0.0, 1.5, -0.5], [1.0, -3.0, 0.25]],
+    dtype=torch.float64,
+)
+ROW = torch.tensor([[1.0], [-2.0], [0.5], [4.0]], dtype=torch.float64)
+CLASSES = torch.tensor([[2], [0], [1], [1]])
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        (Sum(a2, 1), lambda: A2.sum(1, keepdim=True)),
+        (Sum(a2, (0, 1)), lambda: A2.sum().reshape(1, 1)),
+        (Mean(a2 * row, 0), lambda: (A2 * ROW).mean(0, keepdim=True)),
+        (LogSumExp(a2, 1), lambda: torch.logsumexp(A2, 1, keepdim=True)),
+        (Amax(a2, 1), lambda: A2.amax(1, keepdim=True)),
+        (Amin(a2, None), lambda: A2.amin().reshape(1, 1)),
+        # a body constant along the reduced dim still counts every element of the shape
+        (Sum(row, 1), lambda: ROW * 3),
+        (a2 - LogSumExp(a2, -1), lambda: torch.log_softmax(A2, -1)),
+        (OneHot(classes), lambda: torch.nn.functional.one_hot(CLASSES[:, 0], 3)),
+    ],
+    ids=case_id,
+)
+def test_reductions_print_and_run(
+    expr: sp.Expr, expected: Callable[[], torch.Tensor]
+) -> None:
+    names = {a2: "a2", row: "row", classes: "classes"}
+    code = print_torch(expr, names, like="a2")
+
+    def one_hot(index, dim, shape, like):  # the generated file's helper, independently
+        one_hot = torch.nn.functional.one_hot(index.squeeze(dim), shape[dim])
+        return one_hot.movedim(-1, dim).to(like.dtype)
+
+    namespace = {
+        "torch": torch,
+        "math": math,
+        "a2": A2,
+        "row": ROW,
+        "classes": CLASSES,
+        "shape": torch.Size([4, 3]),
+        "_one_hot": one_hot,
+    }
+    got = eval(code, namespace)  # noqa: S307 - our own printer's output, in a test
+    want = expected()
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want.to(got.dtype), rtol=1e-12, atol=1e-12)
+    env = {a2: A2, row: ROW, classes: CLASSES}
+    reference = evaluate(expr, env).expand(want.shape)
+    torch.testing.assert_close(reference, want.to(reference.dtype))

@@ -1,0 +1,349 @@
+"""Reductions over dimensions inside a loss expression, and what is constant along which dim.
+
+`Sum(x, 1)`, `Mean`, `LogSumExp`, `Max(x, dim=1)` and `Min(x, dim=1)` reduce over dims of the
+broadcast shape of all arguments and broadcast their value back over the reduced dims (keepdim),
+so they compose with elementwise terms: `x - LogSumExp(x, 1)` is log_softmax. `OneHot(t)` and
+`Pick(expr, t)` use class-index tensors (`Tensor(..., index_of=dim)`).
+
+The nodes are SymPy functions of (body, dims), with dims a Tuple of ints; the empty Tuple means
+every dim. SymPy never differentiates through them: `lossgen.backprop` does, in reverse mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import sympy as sp
+
+from lossgen.errors import SpecError
+from lossgen.vocabulary import ParamSymbol, TensorSymbol
+
+# A set of dims, or ALL (every dim, however many the inputs have).
+ALL = "all"
+Dims = frozenset[int] | str
+NO_DIMS: frozenset[int] = frozenset()
+
+
+def _dims_tuple(dim: Any) -> sp.Tuple:
+    if isinstance(dim, sp.Tuple):
+        return dim
+    if dim is None:
+        return sp.Tuple()
+    raw = dim if isinstance(dim, (tuple, list)) else (dim,)
+    if not raw:
+        raise SpecError("dim=() reduces nothing: give a dim, a tuple of dims or None")
+    dims = []
+    for d in raw:
+        if isinstance(d, bool) or not isinstance(d, (int, sp.Integer)):
+            raise SpecError(f"a reduction dim must be an int, not {d!r}")
+        dims.append(int(d))
+    if len(set(dims)) != len(dims):
+        raise SpecError(f"dim {tuple(dims)} names a dim twice")
+    return sp.Tuple(*sorted(dims))
+
+
+class Reduction(sp.Function):
+    """body reduced over dims, broadcast back (keepdim)."""
+
+    nargs = 2
+    torch_name = ""
+    display_name = ""
+
+    def __new__(cls, body: Any, dim: Any, **options: Any) -> sp.Expr:
+        return super().__new__(cls, sp.sympify(body), _dims_tuple(dim), **options)
+
+    @classmethod
+    def eval(cls, body: sp.Expr, dims: sp.Tuple) -> sp.Expr | None:
+        if body == 0:  # every reduction of zeros is zero, Sum's included
+            return sp.S.Zero if cls is not LogSumExp else None
+        return None
+
+    @property
+    def body(self) -> sp.Expr:
+        return self.args[0]
+
+    @property
+    def dims(self) -> Dims:
+        return dims_of(self.args[1])
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        raise NotImplementedError("reductions are differentiated by lossgen.backprop")
+
+    def _dims_text(self) -> str:
+        dims = self.dims
+        if dims == ALL:
+            return "None"
+        named = sorted(dims)
+        return str(named[0]) if len(named) == 1 else str(tuple(named))
+
+    def _sympystr(self, printer: Any) -> str:
+        return (
+            f"{self.display_name}({printer._print(self.body)}, dim={self._dims_text()})"
+        )
+
+    def _latex(self, printer: Any) -> str:
+        return (
+            rf"\operatorname{{{self.display_name}}}_{{{self._dims_text()}}}"
+            rf"\left({printer._print(self.body)}\right)"
+        )
+
+
+class Sum(Reduction):  # noqa: D101 - see Reduction
+    torch_name = "torch.sum"
+    display_name = "Sum"
+
+
+class Mean(Reduction):  # noqa: D101
+    torch_name = "torch.mean"
+    display_name = "Mean"
+
+
+class LogSumExp(Reduction):  # noqa: D101 - torch.logsumexp shifts by the max itself
+    torch_name = "torch.logsumexp"
+    display_name = "LogSumExp"
+
+
+class Amax(Reduction):  # noqa: D101 - Max(x, dim=...)
+    torch_name = "torch.amax"
+    display_name = "Max"
+
+
+class Amin(Reduction):  # noqa: D101 - Min(x, dim=...)
+    torch_name = "torch.amin"
+    display_name = "Min"
+
+
+REDUCTION_NODES = (Sum, Mean, LogSumExp, Amax, Amin)
+_NO_DIM = object()
+
+
+def Max(*args: Any, dim: Any = _NO_DIM) -> sp.Expr:  # noqa: N802 - like sympy.Max
+    """`Max(x, dim=1)`: the max over dim 1 (ties share the gradient, like torch.amax).
+
+    Without `dim=`, SymPy's elementwise Max: `Max(x, 0)` is max(x, 0), never a reduction.
+    """
+    if dim is _NO_DIM:
+        return sp.Max(*args)
+    (body,) = args
+    return Amax(body, dim)
+
+
+def Min(*args: Any, dim: Any = _NO_DIM) -> sp.Expr:  # noqa: N802 - like sympy.Min
+    """`Min(x, dim=1)`: the min over dim 1; without `dim=`, SymPy's elementwise Min."""
+    if dim is _NO_DIM:
+        return sp.Min(*args)
+    (body,) = args
+    return Amin(body, dim)
+
+
+class OneHot(sp.Function):
+    """1 where the position along the index tensor's dim equals its value, else 0."""
+
+    nargs = 1
+
+    def __new__(cls, index: Any, **options: Any) -> sp.Expr:
+        if not (isinstance(index, TensorSymbol) and index.index_of is not None):
+            raise SpecError(
+                f"OneHot/Pick need a Tensor declared with index_of=dim, not {index}"
+            )
+        return super().__new__(cls, index, **options)
+
+    @property
+    def dim(self) -> int:
+        return self.args[0].index_of
+
+    def _eval_is_real(self) -> bool:
+        return True
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.S.Zero  # integer-valued index: nothing to differentiate
+
+    def _latex(self, printer: Any) -> str:
+        return rf"\operatorname{{OneHot}}\left({printer._print(self.args[0])}\right)"
+
+
+def Pick(expr: Any, index: TensorSymbol) -> sp.Expr:  # noqa: N802
+    """`expr` at the class `index` names (a gather): Sum(OneHot(index) * expr, its dim)."""
+    one_hot = OneHot(index)
+    return Sum(one_hot * sp.sympify(expr), one_hot.dim)
+
+
+class DimSize(sp.Symbol):
+    """The number of elements along some dims of the broadcast shape (a positive integer)."""
+
+    dims: Dims
+
+    def __new__(cls, dims: Dims) -> DimSize:
+        name = "numel" if dims == ALL else "size_" + "_".join(map(str, sorted(dims)))
+        obj = sp.Symbol.__xnew__(
+            cls, name.replace("-", "m"), positive=True, integer=True
+        )
+        obj.dims = dims
+        return obj
+
+    def __getnewargs_ex__(self) -> tuple[tuple[Any], dict[str, Any]]:
+        return (self.dims,), {}
+
+    def _hashable_content(self) -> tuple[Any, ...]:
+        return sp.Symbol._hashable_content(self) + (self.dims,)
+
+
+def size(dims: Dims) -> sp.Expr:
+    """The product of the sizes of `dims` (1 for none)."""
+    if dims == ALL:
+        return DimSize(ALL)
+    result: sp.Expr = sp.S.One
+    for d in sorted(dims):
+        result *= DimSize(frozenset({d}))
+    return result
+
+
+# --- dim sets ---------------------------------------------------------------------------------
+
+
+def dims_of(dims: sp.Tuple) -> Dims:
+    return ALL if len(dims) == 0 else frozenset(int(d) for d in dims)
+
+
+def union(a: Dims, b: Dims) -> Dims:
+    return ALL if ALL in (a, b) else a | b  # type: ignore[operator]
+
+
+def intersection(a: Dims, b: Dims) -> Dims:
+    if a == ALL:
+        return b
+    if b == ALL:
+        return a
+    return a & b  # type: ignore[operator]
+
+
+def difference(a: Dims, b: Dims) -> Dims:
+    """a without b; ALL without some dims stays ALL-minus, which only arises as `ALL - ALL`."""
+    if b == ALL:
+        return NO_DIMS
+    if a == ALL:
+        return (
+            ALL if not b else a
+        )  # ALL minus named dims cannot be named; callers avoid it
+    return a - b  # type: ignore[operator]
+
+
+def covers(a: Dims, b: Dims) -> bool:
+    """Whether every dim of b is in a."""
+    if a == ALL:
+        return True
+    if b == ALL:
+        return False
+    return b <= a  # type: ignore[operator]
+
+
+def constant_dims(expr: sp.Basic, known: dict[sp.Symbol, Dims] | None = None) -> Dims:
+    """Dims along which `expr` is certainly constant.
+
+    Tensors vary along every dim, except class indices, which are constant along their own
+    (they are unsqueezed there). Params count as varying too: a param tensor may have any
+    broadcastable shape. `known` gives other symbols (reduction results, upstream).
+    """
+    known = known or {}
+    cache: dict[sp.Basic, Dims] = {}
+
+    def visit(node: sp.Basic) -> Dims:
+        if node in cache:
+            return cache[node]
+        if node in known:
+            result = known[node]
+        elif isinstance(node, DimSize) or (
+            isinstance(node, sp.Expr) and not node.free_symbols
+        ):
+            result = ALL
+        elif isinstance(node, TensorSymbol):
+            result = NO_DIMS if node.index_of is None else frozenset({node.index_of})
+        elif isinstance(node, sp.Symbol):
+            result = NO_DIMS
+        elif isinstance(node, Reduction):
+            result = union(node.dims, visit(node.body))
+        elif isinstance(node, OneHot):
+            result = NO_DIMS
+        else:
+            result = ALL
+            for arg in node.args:
+                result = intersection(result, visit(arg))
+        cache[node] = result
+        return result
+
+    return visit(expr)
+
+
+def reduced_dims(expr: sp.Basic) -> Dims:
+    """The dims every top-level term has reduced: `reduction="none"` drops them.
+
+    Like `constant_dims`, but params count as constant (a float like a temperature must not
+    keep a class dim alive), and only reduced (or class-index) dims qualify.
+    """
+    params: dict[sp.Symbol, Dims] = {
+        s: ALL if s.along is None else NO_DIMS
+        for s in expr.free_symbols
+        if isinstance(s, ParamSymbol)
+    }
+    constant = constant_dims(expr, params)
+    mentioned: Dims = NO_DIMS
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, Reduction):
+            mentioned = union(mentioned, node.dims)
+        elif isinstance(node, TensorSymbol) and node.index_of is not None:
+            mentioned = union(mentioned, frozenset({node.index_of}))
+    if not has_reductions(expr):
+        return NO_DIMS
+    return intersection(constant, mentioned) if constant != ALL else mentioned
+
+
+def has_reductions(expr: sp.Basic) -> bool:
+    return bool(expr.atoms(*REDUCTION_NODES))
+
+
+def all_dims(expr: sp.Basic) -> list[int]:
+    """Every dim the expression names (reductions, class indices, params laid along a dim)."""
+    named: set[int] = set()
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, Reduction) and node.dims != ALL:
+            named |= node.dims  # type: ignore[arg-type]
+        elif isinstance(node, TensorSymbol) and node.index_of is not None:
+            named.add(node.index_of)
+        elif isinstance(node, ParamSymbol) and node.along is not None:
+            named.add(node.along)
+    return sorted(named)
+
+
+def outside_reductions(
+    expr: sp.Expr, transform: Callable[[sp.Expr], sp.Expr]
+) -> sp.Expr:
+    """`transform` applied to `expr` with each reduction hidden behind a symbol, and to each
+    reduction's body on its own.
+
+    SymPy sees a reduction as an ordinary function: simplify would move a Piecewise out of its
+    body (`Sum(Piecewise((a, c), (b, True)))` into `Piecewise((Sum(a), c), (Sum(b), True))`),
+    which is wrong wherever c varies along the reduced dims. Hidden, it cannot.
+    """
+    outermost: list[Reduction] = []
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Reduction):
+            if node not in outermost:
+                outermost.append(node)
+        else:
+            stack.extend(node.args)
+    if not outermost:
+        return transform(expr)
+    hidden = {
+        node: sp.Symbol(f"_reduction{i}", real=True) for i, node in enumerate(outermost)
+    }
+    shown = {
+        symbol: node.func(outside_reductions(node.body, transform), node.args[1])
+        for node, symbol in hidden.items()
+    }
+    return transform(expr.xreplace(hidden)).xreplace(shown)
