@@ -322,3 +322,19 @@ def test_spec_files_error_at_their_line(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as error:
         derive_all([spec])
     assert "bad.py:3" in str(error.value) and "'Bad'" in str(error.value)
+
+
+def test_ties_of_max_over_a_dim_are_sampled_on_purpose(built: dict) -> None:
+    from lossgen.verify import LossCase
+
+    derived = built["derived"]["Margin"]
+    case = LossCase(derived.model, module_of(built, "Margin"))
+    samples = list(case.samples_with_ties())
+    assert samples
+    x, p = samples[0].values
+    # at least one row where the max of x - p over dim 1 is attained twice
+    body = x - p
+    top = body.amax(1, keepdim=True)
+    assert bool(((body == top).sum(1) > 1).any())
+    kinks = case.at_kinks()
+    assert kinks.ok and kinks.detail.endswith("kink samples")
