@@ -17,6 +17,7 @@ from lossgen.reductions import (
     ALL,
     NO_DIMS,
     Dims,
+    OneHot,
     Reduction,
     all_dims,
     covers,
@@ -177,6 +178,12 @@ def _build_model(loss: Loss, spec_path: str) -> LossModel:
         mean_weight = _validate_expression(loss.mean_weight, what="mean_weight")
     arguments = _arguments(expr if mean_weight is None else sp.Tuple(expr, mean_weight))
     dropped = _check_dims(expr, mean_weight)
+    for one_hot in sp.Tuple(expr, mean_weight or 0).atoms(OneHot):
+        index = one_hot.args[0]
+        if not (isinstance(index, TensorSymbol) and index.index_of is not None):
+            raise SpecError(
+                f"OneHot/Pick need a Tensor declared with index_of=dim, not {index}"
+            )
     generated_names = {name, f"{name}Function", snake}
     for argument in arguments:
         if argument.name in generated_names:

@@ -303,16 +303,16 @@ class TorchCodePrinter(StrPrinter):
     # --- reductions (keepdim, over the broadcast shape) ------------------------------------
 
     def _print_Reduction(self, expr: Reduction) -> str:
-        body = self.parenthesize(expr.body, PRECEDENCE["Atom"], strict=True)
+        body = self._print(expr.body)
         if expr.dims == ALL:
             dims = f"tuple(range(len({self._shape})))"
         else:
             named = sorted(expr.dims)
             dims = str(named[0]) if len(named) == 1 else str(tuple(named))
-        # expand: a body constant along a reduced dim (broadcast there) still counts each element
-        return (
-            f"{expr.torch_name}({body}.expand({self._shape}), dim={dims}, keepdim=True)"
-        )
+        # A body broadcast along a reduced dim still counts every element of the shape there
+        # (a generated helper expands it along the reduced dims only).
+        expanded = f"_expand_along({body}, {dims}, {self._shape})"
+        return f"{expr.torch_name}({expanded}, dim={dims}, keepdim=True)"
 
     _print_Sum = _print_Reduction
     _print_Mean = _print_Reduction

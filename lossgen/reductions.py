@@ -55,9 +55,18 @@ class Reduction(sp.Function):
 
     @classmethod
     def eval(cls, body: sp.Expr, dims: sp.Tuple) -> sp.Expr | None:
-        if body == 0:  # every reduction of zeros is zero, Sum's included
-            return sp.S.Zero if cls is not LogSumExp else None
-        return None
+        # A constant body (only numbers and dim sizes) has a closed form; the printer needs
+        # a tensor to reduce.
+        if body.free_symbols and not all(
+            isinstance(s, DimSize) for s in body.free_symbols
+        ):
+            return None
+        count = size(dims_of(dims))
+        if cls is Sum:
+            return body * count
+        if cls is LogSumExp:
+            return body + sp.log(count)
+        return body
 
     @property
     def body(self) -> sp.Expr:
@@ -146,7 +155,9 @@ class OneHot(sp.Function):
     nargs = 1
 
     def __new__(cls, index: Any, **options: Any) -> sp.Expr:
-        if not (isinstance(index, TensorSymbol) and index.index_of is not None):
+        # Only a declared symbol is refused here: SymPy rebuilds nodes with stand-ins while it
+        # simplifies (subs with Dummies); the model stage checks the arguments that remain.
+        if isinstance(index, sp.Symbol) and not is_class_index(index):
             raise SpecError(
                 f"OneHot/Pick need a Tensor declared with index_of=dim, not {index}"
             )
@@ -164,6 +175,12 @@ class OneHot(sp.Function):
 
     def _latex(self, printer: Any) -> str:
         return rf"\operatorname{{OneHot}}\left({printer._print(self.args[0])}\right)"
+
+
+def is_class_index(symbol: object) -> bool:
+    if isinstance(symbol, sp.Dummy):
+        return True  # SymPy's stand-in while it rewrites
+    return isinstance(symbol, TensorSymbol) and symbol.index_of is not None
 
 
 def Pick(expr: Any, index: TensorSymbol) -> sp.Expr:  # noqa: N802

@@ -123,10 +123,14 @@ class _Evaluator:
         if isinstance(node, sp.Symbol):
             return self.values[node]
         if type(node) in _REDUCE:
-            body = self.tensor(self.visit(node.body)).expand(self.shape)
+            ndim = len(self.shape)
             dims = node.dims
-            dim = tuple(range(len(self.shape))) if dims == ALL else tuple(dims)
-            return _REDUCE[type(node)](body, dim=dim, keepdim=True)
+            dim = tuple(range(ndim)) if dims == ALL else tuple(d % ndim for d in dims)
+            body = self.tensor(self.visit(node.body))
+            body = body.reshape((1,) * (ndim - body.dim()) + tuple(body.shape))
+            # broadcast over the reduced dims only: elsewhere the body keeps its extent
+            sizes = [self.shape[d] if d in dim else -1 for d in range(ndim)]
+            return _REDUCE[type(node)](body.expand(sizes), dim=dim, keepdim=True)
         if isinstance(node, OneHot):
             index = self.values[node.args[0]]
             dim = node.dim % len(self.shape)

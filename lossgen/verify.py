@@ -22,7 +22,7 @@ from lossgen.derive import DerivedLoss
 from lossgen.emit import Drift, GeneratedFile, drift
 from lossgen.errors import SpecError
 from lossgen.model import Argument, LossModel
-from lossgen.reductions import all_dims
+from lossgen.reductions import Amax, Amin, all_dims
 from lossgen.reference import evaluate, reduced_loss
 from lossgen.vocabulary import REDUCTIONS, clamp, relu
 
@@ -489,9 +489,31 @@ class LossCase:
                 errors.compare(
                     self.generated(sample, "sum"), self.reference(sample, "sum")
                 )
+        for sample in self.samples_with_ties():
+            points += 1
+            errors.compare(self.generated(sample, "sum"), self.reference(sample, "sum"))
         detail = f"{points} kink samples" if points else "no kinks"
         errors.detail = errors.detail or detail
         return self.result("kinks", errors)
+
+    def samples_with_ties(self) -> Iterator[Sample]:
+        """Where a Max/Min over dims has tied candidates: values on a coarse grid (-1, 0, 1;
+        0.5, 1 where only positive values are allowed), so ties are everywhere.
+        torch.amax/amin split the gradient evenly there."""
+        if not self.model.expr.atoms(Amax, Amin):
+            return
+        for seed in range(3):
+            sample = self.sample(self.shape_cases[0], seed=700 + seed)
+            for index, argument in enumerate(self.model.arguments):
+                value = sample.values[index]
+                if argument.is_tensor and argument.index_of is None:
+                    grid = torch.round(value.clamp(-1, 1))
+                    if self.domains[argument.name] != "normal":
+                        grid = torch.round(value.clamp(0.5, 1) * 2) / 2
+                    sample.values[index] = grid
+            value, grads = self.reference(sample, "none")
+            if _finite(value, *grads):
+                yield sample
 
     def samples_on(self, switch: sp.Expr) -> Iterator[Sample]:
         """Samples where `switch` is exactly 0, solving for one tensor at a time."""

@@ -699,7 +699,13 @@ def test_reductions_print_and_run(
         one_hot = torch.nn.functional.one_hot(index.squeeze(dim), shape[dim])
         return one_hot.movedim(-1, dim).to(like.dtype)
 
+    def expand_along(value, dims, shape):  # the generated file's helper, independently
+        dims = {d % len(shape) for d in ((dims,) if isinstance(dims, int) else dims)}
+        sizes = [n if d in dims else 1 for d, n in enumerate(shape)]
+        return value * torch.ones(sizes, dtype=value.dtype)
+
     namespace = {
+        "_expand_along": expand_along,
         "torch": torch,
         "math": math,
         "a2": A2,
