@@ -18,6 +18,7 @@ from .categorical_kl_div import (
     categorical_kl_div,
 )
 from .cauchy import Cauchy, CauchyFunction, cauchy
+from .chamfer import Chamfer, ChamferFunction, chamfer
 from .channels_last_cross_entropy import (
     ChannelsLastCrossEntropy,
     ChannelsLastCrossEntropyFunction,
@@ -55,11 +56,7 @@ from .multi_label_soft_margin import (
     multi_label_soft_margin,
 )
 from .multi_margin import MultiMargin, MultiMarginFunction, multi_margin
-from .multiclass_perceptron import (
-    MulticlassPerceptron,
-    MulticlassPerceptronFunction,
-    multiclass_perceptron,
-)
+from .multiclass_hinge import MulticlassHinge, MulticlassHingeFunction, multiclass_hinge
 from .naive_bce import NaiveBCE, NaiveBCEFunction, naive_bce
 from .naive_gaussian_nll import (
     NaiveGaussianNLL,
@@ -130,6 +127,9 @@ __all__ = [
     "Cauchy",
     "CauchyFunction",
     "cauchy",
+    "Chamfer",
+    "ChamferFunction",
+    "chamfer",
     "ChannelsLastCrossEntropy",
     "ChannelsLastCrossEntropyFunction",
     "channels_last_cross_entropy",
@@ -205,9 +205,9 @@ __all__ = [
     "MultiMargin",
     "MultiMarginFunction",
     "multi_margin",
-    "MulticlassPerceptron",
-    "MulticlassPerceptronFunction",
-    "multiclass_perceptron",
+    "MulticlassHinge",
+    "MulticlassHingeFunction",
+    "multiclass_hinge",
     "NaiveBCE",
     "NaiveBCEFunction",
     "naive_bce",

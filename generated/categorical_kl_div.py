@@ -83,6 +83,14 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     return grad_output.reshape(_keepdim_shape(shape))
 
 
+def _expand_along(value, dims, shape):
+    """`value` broadcast to `shape` along `dims` only, so that a reduction over them counts
+    every element there; elsewhere it keeps its own extent."""
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    dims = [dim % len(shape) for dim in ((dims,) if isinstance(dims, int) else dims)]
+    return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
+
+
 def _sum_to(grad, shape, argument_shape):
     """Broadcast a gradient over the loss's shape, then sum it down to an argument's shape."""
     return grad.expand(shape).sum_to_size(argument_shape)
@@ -168,7 +176,7 @@ class CategoricalKLDivFunction(torch.autograd.Function):
         _check_reduction(reduction)
         shape = torch.broadcast_shapes(input.shape, target.shape)
         loss = torch.sum(
-            (-input * target + torch.xlogy(target, target)).expand(shape),
+            _expand_along(-input * target + torch.xlogy(target, target), 1, shape),
             dim=1,
             keepdim=True,
         )
@@ -212,7 +220,7 @@ def _fused(input, target, reduction, needs_grad):
     upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
     loss = _reduce(
         torch.sum(
-            (-input * target + torch.xlogy(target, target)).expand(shape),
+            _expand_along(-input * target + torch.xlogy(target, target), 1, shape),
             dim=1,
             keepdim=True,
         ),

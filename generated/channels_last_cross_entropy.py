@@ -84,6 +84,14 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     return grad_output.reshape(_keepdim_shape(shape))
 
 
+def _expand_along(value, dims, shape):
+    """`value` broadcast to `shape` along `dims` only, so that a reduction over them counts
+    every element there; elsewhere it keeps its own extent."""
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    dims = [dim % len(shape) for dim in ((dims,) if isinstance(dims, int) else dims)]
+    return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
+
+
 def _one_hot(index, dim, shape, like):
     """1 where the position along `dim` equals the class index (unsqueezed there), else 0."""
     sizes = [1] * len(shape)
@@ -112,8 +120,10 @@ class ChannelsLastCrossEntropyFunction(torch.autograd.Function):
         _check_reduction(reduction)
         target = target.unsqueeze(-1)
         shape = torch.broadcast_shapes(input.shape, target.shape)
-        loss = torch.logsumexp(input.expand(shape), dim=-1, keepdim=True) - torch.sum(
-            (input * _one_hot(target, -1, shape, input)).expand(shape),
+        loss = torch.logsumexp(
+            _expand_along(input, -1, shape), dim=-1, keepdim=True
+        ) - torch.sum(
+            _expand_along(input * _one_hot(target, -1, shape, input), -1, shape),
             dim=-1,
             keepdim=True,
         )
@@ -146,7 +156,9 @@ class ChannelsLastCrossEntropyFunction(torch.autograd.Function):
                 * (
                     torch.exp(
                         input
-                        - torch.logsumexp(input.expand(shape), dim=-1, keepdim=True)
+                        - torch.logsumexp(
+                            _expand_along(input, -1, shape), dim=-1, keepdim=True
+                        )
                     )
                     - _one_hot(target, -1, shape, input)
                 ),

@@ -86,6 +86,14 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     return grad_output.reshape(_keepdim_shape(shape))
 
 
+def _expand_along(value, dims, shape):
+    """`value` broadcast to `shape` along `dims` only, so that a reduction over them counts
+    every element there; elsewhere it keeps its own extent."""
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    dims = [dim % len(shape) for dim in ((dims,) if isinstance(dims, int) else dims)]
+    return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
+
+
 def _sum_to(grad, shape, argument_shape):
     """Broadcast a gradient over the loss's shape, then sum it down to an argument's shape."""
     return grad.expand(shape).sum_to_size(argument_shape)
@@ -173,12 +181,15 @@ class CosineEmbeddingFunction(torch.autograd.Function):
         shape = torch.broadcast_shapes(
             input1.shape, input2.shape, y.shape, margin.shape
         )
-        tmp0 = torch.mean(y.expand(shape), dim=1, keepdim=True) / 2
+        tmp0 = torch.mean(_expand_along(y, 1, shape), dim=1, keepdim=True) / 2
         tmp1 = -torch.sum(
-            (input1 * input2).expand(shape), dim=1, keepdim=True
+            _expand_along(input1 * input2, 1, shape), dim=1, keepdim=True
         ) / torch.sqrt(
-            (torch.sum((input1**2).expand(shape), dim=1, keepdim=True) + 1e-12)
-            * (torch.sum((input2**2).expand(shape), dim=1, keepdim=True) + 1e-12)
+            (torch.sum(_expand_along(input1**2, 1, shape), dim=1, keepdim=True) + 1e-12)
+            * (
+                torch.sum(_expand_along(input2**2, 1, shape), dim=1, keepdim=True)
+                + 1e-12
+            )
         )
         loss = (1 / 2 - tmp0) * torch.clamp(-margin - tmp1, min=0) + (tmp0 + 1 / 2) * (
             tmp1 + 1
@@ -208,11 +219,15 @@ class CosineEmbeddingFunction(torch.autograd.Function):
             input1.shape, input2.shape, y.shape, margin.shape
         )
         upstream = _upstream(grad_output, ctx.reduction, shape)
-        tmp0 = torch.mean(y.expand(shape), dim=1, keepdim=True)
+        tmp0 = torch.mean(_expand_along(y, 1, shape), dim=1, keepdim=True)
         tmp1 = 1 - tmp0
-        tmp2 = torch.sum((input1 * input2).expand(shape), dim=1, keepdim=True)
-        tmp3 = torch.sum((input1**2).expand(shape), dim=1, keepdim=True) + 1e-12
-        tmp4 = torch.sum((input2**2).expand(shape), dim=1, keepdim=True) + 1e-12
+        tmp2 = torch.sum(_expand_along(input1 * input2, 1, shape), dim=1, keepdim=True)
+        tmp3 = (
+            torch.sum(_expand_along(input1**2, 1, shape), dim=1, keepdim=True) + 1e-12
+        )
+        tmp4 = (
+            torch.sum(_expand_along(input2**2, 1, shape), dim=1, keepdim=True) + 1e-12
+        )
         tmp5 = torch.rsqrt(tmp3 * tmp4)
         tmp6 = 1 - torch.relu(-torch.sign(-margin + tmp2 * tmp5))
         tmp7 = tmp0 - tmp1 * tmp6 + 1
@@ -246,11 +261,11 @@ def _fused(input1, input2, y, margin, reduction, needs_grad):
     """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
     shape = torch.broadcast_shapes(input1.shape, input2.shape, y.shape, margin.shape)
     upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
-    tmp0 = torch.mean(y.expand(shape), dim=1, keepdim=True)
+    tmp0 = torch.mean(_expand_along(y, 1, shape), dim=1, keepdim=True)
     tmp1 = tmp0 / 2
-    tmp2 = torch.sum((input1 * input2).expand(shape), dim=1, keepdim=True)
-    tmp3 = torch.sum((input1**2).expand(shape), dim=1, keepdim=True) + 1e-12
-    tmp4 = torch.sum((input2**2).expand(shape), dim=1, keepdim=True) + 1e-12
+    tmp2 = torch.sum(_expand_along(input1 * input2, 1, shape), dim=1, keepdim=True)
+    tmp3 = torch.sum(_expand_along(input1**2, 1, shape), dim=1, keepdim=True) + 1e-12
+    tmp4 = torch.sum(_expand_along(input2**2, 1, shape), dim=1, keepdim=True) + 1e-12
     tmp5 = torch.rsqrt(tmp3 * tmp4)
     tmp6 = -tmp2 * tmp5
     tmp7 = -margin - tmp6

@@ -89,6 +89,14 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     return grad_output.reshape(_keepdim_shape(shape))
 
 
+def _expand_along(value, dims, shape):
+    """`value` broadcast to `shape` along `dims` only, so that a reduction over them counts
+    every element there; elsewhere it keeps its own extent."""
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    dims = [dim % len(shape) for dim in ((dims,) if isinstance(dims, int) else dims)]
+    return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
+
+
 def _one_hot(index, dim, shape, like):
     """1 where the position along `dim` equals the class index (unsqueezed there), else 0."""
     sizes = [1] * len(shape)
@@ -144,14 +152,15 @@ class CrossEntropyFunction(torch.autograd.Function):
             ignore_index.shape,
         )
         tmp0 = weight * (
-            input - torch.logsumexp(input.expand(shape), dim=1, keepdim=True)
+            input - torch.logsumexp(_expand_along(input, 1, shape), dim=1, keepdim=True)
         )
         loss = torch.where(
             ignore_index != target,
-            -label_smoothing * torch.mean(tmp0.expand(shape), dim=1, keepdim=True)
+            -label_smoothing
+            * torch.mean(_expand_along(tmp0, 1, shape), dim=1, keepdim=True)
             + (label_smoothing - 1)
             * torch.sum(
-                (tmp0 * _one_hot(target, 1, shape, input)).expand(shape),
+                _expand_along(tmp0 * _one_hot(target, 1, shape, input), 1, shape),
                 dim=1,
                 keepdim=True,
             ),
@@ -164,7 +173,9 @@ class CrossEntropyFunction(torch.autograd.Function):
                     torch.where(
                         ignore_index != target,
                         torch.sum(
-                            (weight * _one_hot(target, 1, shape, input)).expand(shape),
+                            _expand_along(
+                                weight * _one_hot(target, 1, shape, input), 1, shape
+                            ),
                             dim=1,
                             keepdim=True,
                         ),
@@ -214,7 +225,9 @@ class CrossEntropyFunction(torch.autograd.Function):
                     torch.where(
                         ignore_index != target,
                         torch.sum(
-                            (weight * _one_hot(target, 1, shape, input)).expand(shape),
+                            _expand_along(
+                                weight * _one_hot(target, 1, shape, input), 1, shape
+                            ),
                             dim=1,
                             keepdim=True,
                         ),
@@ -231,7 +244,9 @@ class CrossEntropyFunction(torch.autograd.Function):
         tmp0 = _one_hot(target, 1, shape, input)
         tmp1 = weight * tmp0
         tmp2 = 1 / shape[1]
-        tmp4 = input - torch.logsumexp(input.expand(shape), dim=1, keepdim=True)
+        tmp4 = input - torch.logsumexp(
+            _expand_along(input, 1, shape), dim=1, keepdim=True
+        )
         tmp5 = ignore_index != target
         tmp6 = label_smoothing - 1
         tmp7 = shape[1] * tmp0
@@ -242,8 +257,10 @@ class CrossEntropyFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             tmp3 = weight * tmp2
             tmp8 = torch.sum(
-                (torch.where(tmp5, tmp3 * (-label_smoothing + tmp6 * tmp7), 0)).expand(
-                    shape
+                _expand_along(
+                    torch.where(tmp5, tmp3 * (-label_smoothing + tmp6 * tmp7), 0),
+                    1,
+                    shape,
                 ),
                 dim=1,
                 keepdim=True,
@@ -286,8 +303,12 @@ class CrossEntropyFunction(torch.autograd.Function):
                 * upstream
                 * torch.where(
                     tmp5,
-                    -torch.mean((weight * tmp4).expand(shape), dim=1, keepdim=True)
-                    + torch.sum((tmp1 * tmp4).expand(shape), dim=1, keepdim=True),
+                    -torch.mean(
+                        _expand_along(weight * tmp4, 1, shape), dim=1, keepdim=True
+                    )
+                    + torch.sum(
+                        _expand_along(tmp1 * tmp4, 1, shape), dim=1, keepdim=True
+                    ),
                     0,
                 ),
                 shape,

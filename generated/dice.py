@@ -86,6 +86,14 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     return grad_output.reshape(_keepdim_shape(shape))
 
 
+def _expand_along(value, dims, shape):
+    """`value` broadcast to `shape` along `dims` only, so that a reduction over them counts
+    every element there; elsewhere it keeps its own extent."""
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    dims = [dim % len(shape) for dim in ((dims,) if isinstance(dims, int) else dims)]
+    return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
+
+
 def _sum_to(grad, shape, argument_shape):
     """Broadcast a gradient over the loss's shape, then sum it down to an argument's shape."""
     return grad.expand(shape).sum_to_size(argument_shape)
@@ -175,12 +183,21 @@ class DiceFunction(torch.autograd.Function):
         loss = (
             -(
                 smooth
-                + 2 * torch.sum((tmp0 * target).expand(shape), dim=(2, 3), keepdim=True)
+                + 2
+                * torch.sum(
+                    _expand_along(tmp0 * target, (2, 3), shape),
+                    dim=(2, 3),
+                    keepdim=True,
+                )
             )
             / (
                 smooth
-                + torch.sum(tmp0.expand(shape), dim=(2, 3), keepdim=True)
-                + torch.sum(target.expand(shape), dim=(2, 3), keepdim=True)
+                + torch.sum(
+                    _expand_along(tmp0, (2, 3), shape), dim=(2, 3), keepdim=True
+                )
+                + torch.sum(
+                    _expand_along(target, (2, 3), shape), dim=(2, 3), keepdim=True
+                )
             )
             + 1
         )
@@ -202,11 +219,13 @@ class DiceFunction(torch.autograd.Function):
         shape = torch.broadcast_shapes(input.shape, target.shape, smooth.shape)
         upstream = _upstream(grad_output, ctx.reduction, shape)
         tmp0 = torch.sigmoid(input)
-        tmp1 = torch.sum((tmp0 * target).expand(shape), dim=(2, 3), keepdim=True)
-        tmp2 = smooth + 2 * tmp1
-        tmp3 = torch.sum(tmp0.expand(shape), dim=(2, 3), keepdim=True) + torch.sum(
-            target.expand(shape), dim=(2, 3), keepdim=True
+        tmp1 = torch.sum(
+            _expand_along(tmp0 * target, (2, 3), shape), dim=(2, 3), keepdim=True
         )
+        tmp2 = smooth + 2 * tmp1
+        tmp3 = torch.sum(
+            _expand_along(tmp0, (2, 3), shape), dim=(2, 3), keepdim=True
+        ) + torch.sum(_expand_along(target, (2, 3), shape), dim=(2, 3), keepdim=True)
         tmp4 = smooth + tmp3
         tmp5 = 1 / tmp4
         tmp6 = tmp5 * upstream
@@ -240,10 +259,12 @@ def _fused(input, target, smooth, reduction, needs_grad):
     shape = torch.broadcast_shapes(input.shape, target.shape, smooth.shape)
     upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
     tmp0 = torch.sigmoid(input)
-    tmp1 = torch.sum((tmp0 * target).expand(shape), dim=(2, 3), keepdim=True)
-    tmp2 = torch.sum(tmp0.expand(shape), dim=(2, 3), keepdim=True) + torch.sum(
-        target.expand(shape), dim=(2, 3), keepdim=True
+    tmp1 = torch.sum(
+        _expand_along(tmp0 * target, (2, 3), shape), dim=(2, 3), keepdim=True
     )
+    tmp2 = torch.sum(
+        _expand_along(tmp0, (2, 3), shape), dim=(2, 3), keepdim=True
+    ) + torch.sum(_expand_along(target, (2, 3), shape), dim=(2, 3), keepdim=True)
     tmp3 = smooth + tmp2
     tmp4 = 1 / tmp3
     tmp5 = tmp4 * (smooth + 2 * tmp1)

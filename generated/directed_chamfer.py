@@ -80,6 +80,14 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     return grad_output.reshape(_keepdim_shape(shape))
 
 
+def _expand_along(value, dims, shape):
+    """`value` broadcast to `shape` along `dims` only, so that a reduction over them counts
+    every element there; elsewhere it keeps its own extent."""
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    dims = [dim % len(shape) for dim in ((dims,) if isinstance(dims, int) else dims)]
+    return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
+
+
 def _sum_to(grad, shape, argument_shape):
     """Broadcast a gradient over the loss's shape, then sum it down to an argument's shape."""
     return grad.expand(shape).sum_to_size(argument_shape)
@@ -164,7 +172,7 @@ class DirectedChamferFunction(torch.autograd.Function):
     def forward(distances, reduction="mean"):
         _check_reduction(reduction)
         shape = torch.broadcast_shapes(distances.shape)
-        loss = torch.amin(distances.expand(shape), dim=2, keepdim=True)
+        loss = torch.amin(_expand_along(distances, 2, shape), dim=2, keepdim=True)
         return _reduce(loss, reduction, shape)
 
     @staticmethod
@@ -182,7 +190,7 @@ class DirectedChamferFunction(torch.autograd.Function):
         upstream = _upstream(grad_output, ctx.reduction, shape)
         grad_distances = None
         if ctx.needs_input_grad[0]:
-            tmp0 = torch.amin(distances.expand(shape), dim=2, keepdim=True)
+            tmp0 = torch.amin(_expand_along(distances, 2, shape), dim=2, keepdim=True)
             tmp1 = distances == tmp0
             grad_distances = _sum_to(
                 torch.where(
@@ -191,7 +199,7 @@ class DirectedChamferFunction(torch.autograd.Function):
                     / torch.where(
                         tmp0 == distances,
                         torch.sum(
-                            (
+                            _expand_along(
                                 torch.where(
                                     tmp1,
                                     1,
@@ -201,8 +209,10 @@ class DirectedChamferFunction(torch.autograd.Function):
                                         dtype=distances.dtype,
                                         device=distances.device,
                                     ),
-                                )
-                            ).expand(shape),
+                                ),
+                                2,
+                                shape,
+                            ),
                             dim=2,
                             keepdim=True,
                         ),
@@ -223,7 +233,7 @@ def _fused(distances, reduction, needs_grad):
     """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
     shape = torch.broadcast_shapes(distances.shape)
     upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
-    tmp0 = torch.amin(distances.expand(shape), dim=2, keepdim=True)
+    tmp0 = torch.amin(_expand_along(distances, 2, shape), dim=2, keepdim=True)
     tmp1 = distances == tmp0
     loss = _reduce(tmp0, reduction, shape)
     grad_distances = None
@@ -235,7 +245,7 @@ def _fused(distances, reduction, needs_grad):
                 / torch.where(
                     tmp0 == distances,
                     torch.sum(
-                        (
+                        _expand_along(
                             torch.where(
                                 tmp1,
                                 1,
@@ -245,8 +255,10 @@ def _fused(distances, reduction, needs_grad):
                                     dtype=distances.dtype,
                                     device=distances.device,
                                 ),
-                            )
-                        ).expand(shape),
+                            ),
+                            2,
+                            shape,
+                        ),
                         dim=2,
                         keepdim=True,
                     ),

@@ -83,6 +83,14 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     return grad_output.reshape(_keepdim_shape(shape))
 
 
+def _expand_along(value, dims, shape):
+    """`value` broadcast to `shape` along `dims` only, so that a reduction over them counts
+    every element there; elsewhere it keeps its own extent."""
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    dims = [dim % len(shape) for dim in ((dims,) if isinstance(dims, int) else dims)]
+    return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
+
+
 def _one_hot(index, dim, shape, like):
     """1 where the position along `dim` equals the class index (unsqueezed there), else 0."""
     sizes = [1] * len(shape)
@@ -116,10 +124,14 @@ class InfoNCEFunction(torch.autograd.Function):
         )
         tmp0 = 1 / temperature
         loss = -tmp0 * torch.sum(
-            (similarity * _one_hot(positive, 1, shape, similarity)).expand(shape),
+            _expand_along(
+                similarity * _one_hot(positive, 1, shape, similarity), 1, shape
+            ),
             dim=1,
             keepdim=True,
-        ) + torch.logsumexp((tmp0 * similarity).expand(shape), dim=1, keepdim=True)
+        ) + torch.logsumexp(
+            _expand_along(tmp0 * similarity, 1, shape), dim=1, keepdim=True
+        )
         return _reduce(loss, reduction, shape)
 
     @staticmethod
@@ -149,7 +161,7 @@ class InfoNCEFunction(torch.autograd.Function):
         tmp1 = _one_hot(positive, 1, shape, similarity)
         tmp2 = tmp0 * similarity
         tmp3 = torch.exp(
-            tmp2 - torch.logsumexp(tmp2.expand(shape), dim=1, keepdim=True)
+            tmp2 - torch.logsumexp(_expand_along(tmp2, 1, shape), dim=1, keepdim=True)
         )
         grad_similarity = None
         grad_temperature = None
@@ -162,7 +174,9 @@ class InfoNCEFunction(torch.autograd.Function):
                 upstream
                 * (
                     -tmp3 * similarity
-                    + torch.sum((tmp1 * similarity).expand(shape), dim=1, keepdim=True)
+                    + torch.sum(
+                        _expand_along(tmp1 * similarity, 1, shape), dim=1, keepdim=True
+                    )
                     / shape[1]
                 )
                 / temperature**2,

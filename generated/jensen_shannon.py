@@ -85,6 +85,14 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     return grad_output.reshape(_keepdim_shape(shape))
 
 
+def _expand_along(value, dims, shape):
+    """`value` broadcast to `shape` along `dims` only, so that a reduction over them counts
+    every element there; elsewhere it keeps its own extent."""
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    dims = [dim % len(shape) for dim in ((dims,) if isinstance(dims, int) else dims)]
+    return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
+
+
 def _sum_to(grad, shape, argument_shape):
     """Broadcast a gradient over the loss's shape, then sum it down to an argument's shape."""
     return grad.expand(shape).sum_to_size(argument_shape)
@@ -169,16 +177,22 @@ class JensenShannonFunction(torch.autograd.Function):
     def forward(logits_p, logits_q, reduction="mean"):
         _check_reduction(reduction)
         shape = torch.broadcast_shapes(logits_p.shape, logits_q.shape)
-        tmp0 = logits_p - torch.logsumexp(logits_p.expand(shape), dim=1, keepdim=True)
-        tmp1 = logits_q - torch.logsumexp(logits_q.expand(shape), dim=1, keepdim=True)
+        tmp0 = logits_p - torch.logsumexp(
+            _expand_along(logits_p, 1, shape), dim=1, keepdim=True
+        )
+        tmp1 = logits_q - torch.logsumexp(
+            _expand_along(logits_q, 1, shape), dim=1, keepdim=True
+        )
         tmp2 = -torch.logsumexp(
             torch.stack(torch.broadcast_tensors(tmp0, tmp1)), dim=0
         ) + math.log(2)
         loss = (
             torch.sum(
-                (
-                    (tmp0 + tmp2) * torch.exp(tmp0) + (tmp1 + tmp2) * torch.exp(tmp1)
-                ).expand(shape),
+                _expand_along(
+                    (tmp0 + tmp2) * torch.exp(tmp0) + (tmp1 + tmp2) * torch.exp(tmp1),
+                    1,
+                    shape,
+                ),
                 dim=1,
                 keepdim=True,
             )
@@ -201,10 +215,10 @@ class JensenShannonFunction(torch.autograd.Function):
         shape = torch.broadcast_shapes(logits_p.shape, logits_q.shape)
         upstream = _upstream(grad_output, ctx.reduction, shape)
         tmp0 = upstream / 2
-        tmp1 = torch.logsumexp(logits_p.expand(shape), dim=1, keepdim=True)
+        tmp1 = torch.logsumexp(_expand_along(logits_p, 1, shape), dim=1, keepdim=True)
         tmp2 = -tmp1 + logits_p
         tmp3 = torch.exp(tmp2)
-        tmp4 = torch.logsumexp(logits_q.expand(shape), dim=1, keepdim=True)
+        tmp4 = torch.logsumexp(_expand_along(logits_q, 1, shape), dim=1, keepdim=True)
         tmp5 = -tmp4 + logits_q
         tmp6 = torch.logsumexp(torch.stack(torch.broadcast_tensors(tmp2, tmp5)), dim=0)
         tmp7 = -tmp6 + math.log(2)
@@ -223,7 +237,9 @@ class JensenShannonFunction(torch.autograd.Function):
                     - tmp12
                     + tmp3
                     * torch.sum(
-                        (tmp10 + tmp12 - tmp8).expand(shape), dim=1, keepdim=True
+                        _expand_along(tmp10 + tmp12 - tmp8, 1, shape),
+                        dim=1,
+                        keepdim=True,
                     )
                     + tmp8
                 ),
@@ -240,7 +256,9 @@ class JensenShannonFunction(torch.autograd.Function):
                 * (
                     tmp11
                     * torch.sum(
-                        (-tmp13 + tmp15 + tmp16).expand(shape), dim=1, keepdim=True
+                        _expand_along(-tmp13 + tmp15 + tmp16, 1, shape),
+                        dim=1,
+                        keepdim=True,
                     )
                     + tmp13
                     - tmp15
@@ -260,10 +278,10 @@ def _fused(logits_p, logits_q, reduction, needs_grad):
     """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
     shape = torch.broadcast_shapes(logits_p.shape, logits_q.shape)
     upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
-    tmp0 = torch.logsumexp(logits_p.expand(shape), dim=1, keepdim=True)
+    tmp0 = torch.logsumexp(_expand_along(logits_p, 1, shape), dim=1, keepdim=True)
     tmp1 = -tmp0 + logits_p
     tmp2 = torch.exp(tmp1)
-    tmp3 = torch.logsumexp(logits_q.expand(shape), dim=1, keepdim=True)
+    tmp3 = torch.logsumexp(_expand_along(logits_q, 1, shape), dim=1, keepdim=True)
     tmp4 = -tmp3 + logits_q
     tmp5 = torch.logsumexp(torch.stack(torch.broadcast_tensors(tmp1, tmp4)), dim=0)
     tmp6 = -tmp5 + math.log(2)
@@ -278,7 +296,7 @@ def _fused(logits_p, logits_q, reduction, needs_grad):
     tmp15 = tmp2 * torch.exp(tmp14)
     tmp16 = tmp8 * torch.expm1(tmp14)
     loss = _reduce(
-        torch.sum((tmp7 + tmp9).expand(shape), dim=1, keepdim=True) / 2,
+        torch.sum(_expand_along(tmp7 + tmp9, 1, shape), dim=1, keepdim=True) / 2,
         reduction,
         shape,
     )
@@ -290,7 +308,9 @@ def _fused(logits_p, logits_q, reduction, needs_grad):
                 -tmp12
                 - tmp13
                 + tmp2
-                * torch.sum((tmp12 + tmp13 - tmp7).expand(shape), dim=1, keepdim=True)
+                * torch.sum(
+                    _expand_along(tmp12 + tmp13 - tmp7, 1, shape), dim=1, keepdim=True
+                )
                 + tmp7
             ),
             shape,
@@ -304,7 +324,9 @@ def _fused(logits_p, logits_q, reduction, needs_grad):
                 -tmp15
                 - tmp16
                 + tmp8
-                * torch.sum((tmp15 + tmp16 - tmp9).expand(shape), dim=1, keepdim=True)
+                * torch.sum(
+                    _expand_along(tmp15 + tmp16 - tmp9, 1, shape), dim=1, keepdim=True
+                )
                 + tmp9
             ),
             shape,

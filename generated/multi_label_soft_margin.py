@@ -90,6 +90,14 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     return grad_output.reshape(_keepdim_shape(shape))
 
 
+def _expand_along(value, dims, shape):
+    """`value` broadcast to `shape` along `dims` only, so that a reduction over them counts
+    every element there; elsewhere it keeps its own extent."""
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    dims = [dim % len(shape) for dim in ((dims,) if isinstance(dims, int) else dims)]
+    return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
+
+
 def _lay_along(value, dim, ndim):
     """A 1-D param tensor as a view along `dim` (like F.cross_entropy's class weights)."""
     if value.dim() != 1:
@@ -186,8 +194,10 @@ class MultiLabelSoftMarginFunction(torch.autograd.Function):
         weight = _lay_along(weight, 1, input.dim())
         shape = torch.broadcast_shapes(input.shape, target.shape, weight.shape)
         loss = torch.mean(
-            (weight * (-input * target + torch.nn.functional.softplus(input))).expand(
-                shape
+            _expand_along(
+                weight * (-input * target + torch.nn.functional.softplus(input)),
+                1,
+                shape,
             ),
             dim=1,
             keepdim=True,
@@ -244,7 +254,9 @@ def _fused(input, target, weight, reduction, needs_grad):
     tmp1 = upstream / shape[1]
     tmp2 = weight * tmp1
     loss = _reduce(
-        torch.mean((weight * tmp0).expand(shape), dim=1, keepdim=True), reduction, shape
+        torch.mean(_expand_along(weight * tmp0, 1, shape), dim=1, keepdim=True),
+        reduction,
+        shape,
     )
     grad_input = None
     if needs_grad[0]:

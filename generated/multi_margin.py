@@ -86,6 +86,14 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     return grad_output.reshape(_keepdim_shape(shape))
 
 
+def _expand_along(value, dims, shape):
+    """`value` broadcast to `shape` along `dims` only, so that a reduction over them counts
+    every element there; elsewhere it keeps its own extent."""
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    dims = [dim % len(shape) for dim in ((dims,) if isinstance(dims, int) else dims)]
+    return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
+
+
 def _one_hot(index, dim, shape, like):
     """1 where the position along `dim` equals the class index (unsqueezed there), else 0."""
     sizes = [1] * len(shape)
@@ -130,17 +138,21 @@ class MultiMarginFunction(torch.autograd.Function):
         )
         tmp0 = _one_hot(target, 1, shape, input)
         loss = torch.mean(
-            (
+            _expand_along(
                 (1 - tmp0)
                 * torch.relu(
                     margin
                     + input
-                    - torch.sum((tmp0 * input).expand(shape), dim=1, keepdim=True)
-                )
-            ).expand(shape),
+                    - torch.sum(
+                        _expand_along(tmp0 * input, 1, shape), dim=1, keepdim=True
+                    )
+                ),
+                1,
+                shape,
+            ),
             dim=1,
             keepdim=True,
-        ) * torch.sum((weight * tmp0).expand(shape), dim=1, keepdim=True)
+        ) * torch.sum(_expand_along(weight * tmp0, 1, shape), dim=1, keepdim=True)
         return _reduce(loss, reduction, shape)
 
     @staticmethod
@@ -174,12 +186,12 @@ class MultiMarginFunction(torch.autograd.Function):
         tmp2 = (
             margin
             + input
-            - torch.sum((tmp0 * input).expand(shape), dim=1, keepdim=True)
+            - torch.sum(_expand_along(tmp0 * input, 1, shape), dim=1, keepdim=True)
         )
         tmp3 = tmp1 * torch.relu(torch.sign(tmp2))
         tmp4 = (
             upstream
-            * torch.sum((weight * tmp0).expand(shape), dim=1, keepdim=True)
+            * torch.sum(_expand_along(weight * tmp0, 1, shape), dim=1, keepdim=True)
             / shape[1]
         )
         grad_input = None
@@ -188,7 +200,11 @@ class MultiMarginFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_input = _sum_to(
                 tmp4
-                * (-tmp0 * torch.sum(tmp3.expand(shape), dim=1, keepdim=True) + tmp3),
+                * (
+                    -tmp0
+                    * torch.sum(_expand_along(tmp3, 1, shape), dim=1, keepdim=True)
+                    + tmp3
+                ),
                 shape,
                 input.shape,
             )
@@ -197,7 +213,9 @@ class MultiMarginFunction(torch.autograd.Function):
                 tmp0
                 * upstream
                 * torch.mean(
-                    (tmp1 * torch.relu(tmp2)).expand(shape), dim=1, keepdim=True
+                    _expand_along(tmp1 * torch.relu(tmp2), 1, shape),
+                    dim=1,
+                    keepdim=True,
                 ),
                 shape,
                 weight.shape,

@@ -86,6 +86,14 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     return grad_output.reshape(_keepdim_shape(shape))
 
 
+def _expand_along(value, dims, shape):
+    """`value` broadcast to `shape` along `dims` only, so that a reduction over them counts
+    every element there; elsewhere it keeps its own extent."""
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    dims = [dim % len(shape) for dim in ((dims,) if isinstance(dims, int) else dims)]
+    return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
+
+
 def _one_hot(index, dim, shape, like):
     """1 where the position along `dim` equals the class index (unsqueezed there), else 0."""
     sizes = [1] * len(shape)
@@ -131,7 +139,9 @@ class NLLFunction(torch.autograd.Function):
         loss = torch.where(
             ignore_index != target,
             -torch.sum(
-                (weight * input * _one_hot(target, 1, shape, input)).expand(shape),
+                _expand_along(
+                    weight * input * _one_hot(target, 1, shape, input), 1, shape
+                ),
                 dim=1,
                 keepdim=True,
             ),
@@ -144,7 +154,9 @@ class NLLFunction(torch.autograd.Function):
                     torch.where(
                         ignore_index != target,
                         torch.sum(
-                            (weight * _one_hot(target, 1, shape, input)).expand(shape),
+                            _expand_along(
+                                weight * _one_hot(target, 1, shape, input), 1, shape
+                            ),
                             dim=1,
                             keepdim=True,
                         ),
@@ -189,7 +201,9 @@ class NLLFunction(torch.autograd.Function):
                     torch.where(
                         ignore_index != target,
                         torch.sum(
-                            (weight * _one_hot(target, 1, shape, input)).expand(shape),
+                            _expand_along(
+                                weight * _one_hot(target, 1, shape, input), 1, shape
+                            ),
                             dim=1,
                             keepdim=True,
                         ),

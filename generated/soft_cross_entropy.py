@@ -83,6 +83,14 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     return grad_output.reshape(_keepdim_shape(shape))
 
 
+def _expand_along(value, dims, shape):
+    """`value` broadcast to `shape` along `dims` only, so that a reduction over them counts
+    every element there; elsewhere it keeps its own extent."""
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    dims = [dim % len(shape) for dim in ((dims,) if isinstance(dims, int) else dims)]
+    return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
+
+
 def _sum_to(grad, shape, argument_shape):
     """Broadcast a gradient over the loss's shape, then sum it down to an argument's shape."""
     return grad.expand(shape).sum_to_size(argument_shape)
@@ -168,10 +176,17 @@ class SoftCrossEntropyFunction(torch.autograd.Function):
         _check_reduction(reduction)
         shape = torch.broadcast_shapes(input.shape, target.shape)
         loss = -torch.sum(
-            (
+            _expand_along(
                 target
-                * (input - torch.logsumexp(input.expand(shape), dim=1, keepdim=True))
-            ).expand(shape),
+                * (
+                    input
+                    - torch.logsumexp(
+                        _expand_along(input, 1, shape), dim=1, keepdim=True
+                    )
+                ),
+                1,
+                shape,
+            ),
             dim=1,
             keepdim=True,
         )
@@ -191,7 +206,9 @@ class SoftCrossEntropyFunction(torch.autograd.Function):
         input, target = ctx.saved_tensors
         shape = torch.broadcast_shapes(input.shape, target.shape)
         upstream = _upstream(grad_output, ctx.reduction, shape)
-        tmp0 = input - torch.logsumexp(input.expand(shape), dim=1, keepdim=True)
+        tmp0 = input - torch.logsumexp(
+            _expand_along(input, 1, shape), dim=1, keepdim=True
+        )
         grad_input = None
         grad_target = None
         if ctx.needs_input_grad[0]:
@@ -200,7 +217,7 @@ class SoftCrossEntropyFunction(torch.autograd.Function):
                 * (
                     -target
                     + torch.exp(tmp0)
-                    * torch.sum(target.expand(shape), dim=1, keepdim=True)
+                    * torch.sum(_expand_along(target, 1, shape), dim=1, keepdim=True)
                 ),
                 shape,
                 input.shape,
@@ -218,9 +235,11 @@ def _fused(input, target, reduction, needs_grad):
     """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
     shape = torch.broadcast_shapes(input.shape, target.shape)
     upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
-    tmp0 = input - torch.logsumexp(input.expand(shape), dim=1, keepdim=True)
+    tmp0 = input - torch.logsumexp(_expand_along(input, 1, shape), dim=1, keepdim=True)
     loss = _reduce(
-        -torch.sum((tmp0 * target).expand(shape), dim=1, keepdim=True), reduction, shape
+        -torch.sum(_expand_along(tmp0 * target, 1, shape), dim=1, keepdim=True),
+        reduction,
+        shape,
     )
     grad_input = None
     if needs_grad[0]:
@@ -228,7 +247,8 @@ def _fused(input, target, reduction, needs_grad):
             upstream
             * (
                 -target
-                + torch.exp(tmp0) * torch.sum(target.expand(shape), dim=1, keepdim=True)
+                + torch.exp(tmp0)
+                * torch.sum(_expand_along(target, 1, shape), dim=1, keepdim=True)
             ),
             shape,
             input.shape,

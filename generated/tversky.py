@@ -95,6 +95,14 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     return grad_output.reshape(_keepdim_shape(shape))
 
 
+def _expand_along(value, dims, shape):
+    """`value` broadcast to `shape` along `dims` only, so that a reduction over them counts
+    every element there; elsewhere it keeps its own extent."""
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    dims = [dim % len(shape) for dim in ((dims,) if isinstance(dims, int) else dims)]
+    return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
+
+
 def _sum_to(grad, shape, argument_shape):
     """Broadcast a gradient over the loss's shape, then sum it down to an argument's shape."""
     return grad.expand(shape).sum_to_size(argument_shape)
@@ -186,18 +194,20 @@ class TverskyFunction(torch.autograd.Function):
         )
         tmp0 = torch.sigmoid(input)
         tmp1 = smooth + torch.sum(
-            (tmp0 * target).expand(shape), dim=(2, 3), keepdim=True
+            _expand_along(tmp0 * target, (2, 3), shape), dim=(2, 3), keepdim=True
         )
         loss = (
             -tmp1
             / (
                 alpha
                 * torch.sum(
-                    (tmp0 * (1 - target)).expand(shape), dim=(2, 3), keepdim=True
+                    _expand_along(tmp0 * (1 - target), (2, 3), shape),
+                    dim=(2, 3),
+                    keepdim=True,
                 )
                 + beta
                 * torch.sum(
-                    (target * torch.sigmoid(-input)).expand(shape),
+                    _expand_along(target * torch.sigmoid(-input), (2, 3), shape),
                     dim=(2, 3),
                     keepdim=True,
                 )
@@ -228,14 +238,16 @@ class TverskyFunction(torch.autograd.Function):
         upstream = _upstream(grad_output, ctx.reduction, shape)
         tmp0 = torch.sigmoid(input)
         tmp1 = smooth + torch.sum(
-            (tmp0 * target).expand(shape), dim=(2, 3), keepdim=True
+            _expand_along(tmp0 * target, (2, 3), shape), dim=(2, 3), keepdim=True
         )
         tmp2 = torch.sigmoid(-input)
         tmp3 = tmp2 * target
         tmp4 = target - 1
         tmp5 = alpha * tmp0
-        tmp6 = torch.sum(tmp3.expand(shape), dim=(2, 3), keepdim=True)
-        tmp7 = torch.sum((-tmp0 * tmp4).expand(shape), dim=(2, 3), keepdim=True)
+        tmp6 = torch.sum(_expand_along(tmp3, (2, 3), shape), dim=(2, 3), keepdim=True)
+        tmp7 = torch.sum(
+            _expand_along(-tmp0 * tmp4, (2, 3), shape), dim=(2, 3), keepdim=True
+        )
         tmp8 = alpha * tmp7 + beta * tmp6
         tmp9 = tmp0 * tmp8
         tmp10 = upstream / (tmp1 + tmp8) ** 2
@@ -280,12 +292,16 @@ def _fused(input, target, smooth, alpha, beta, reduction, needs_grad):
     )
     upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
     tmp0 = torch.sigmoid(input)
-    tmp1 = smooth + torch.sum((tmp0 * target).expand(shape), dim=(2, 3), keepdim=True)
+    tmp1 = smooth + torch.sum(
+        _expand_along(tmp0 * target, (2, 3), shape), dim=(2, 3), keepdim=True
+    )
     tmp2 = torch.sigmoid(-input)
     tmp3 = tmp2 * target
-    tmp4 = torch.sum(tmp3.expand(shape), dim=(2, 3), keepdim=True)
+    tmp4 = torch.sum(_expand_along(tmp3, (2, 3), shape), dim=(2, 3), keepdim=True)
     tmp5 = target - 1
-    tmp6 = torch.sum((-tmp0 * tmp5).expand(shape), dim=(2, 3), keepdim=True)
+    tmp6 = torch.sum(
+        _expand_along(-tmp0 * tmp5, (2, 3), shape), dim=(2, 3), keepdim=True
+    )
     tmp7 = alpha * tmp6 + beta * tmp4
     tmp8 = tmp1 + tmp7
     tmp9 = alpha * tmp0

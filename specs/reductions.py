@@ -140,15 +140,15 @@ cosine_embedding = Loss(
 
 # --- margin losses over classes (Max) and between point sets (Min) --------------------------
 
-multiclass_perceptron = Loss(
-    "MulticlassPerceptron",
-    Max(input, dim=1) - Pick(input, label),
-    doc="Multiclass perceptron loss max_i x_i - x_y over the classes of dim 1 (Collins, 2002): "
-    "the Crammer-Singer hinge with margin 0; ties split the gradient like torch.amax.",
+hinge_margin = Param("margin", default=1.0)
+multiclass_hinge = Loss(
+    "MulticlassHinge",
+    # max over classes of x_i + margin [i != y], minus x_y: max(0, margin + max_{i!=y} x_i - x_y)
+    Max(input + hinge_margin * (1 - OneHot(label)), dim=1) - Pick(input, label),
+    doc="Crammer-Singer multiclass hinge max(0, margin + max_{i != y} x_i - x_y) over the "
+    "classes of dim 1 (Crammer & Singer, 2001; margin 0 is the multiclass perceptron); ties "
+    "split the gradient like torch.amax.",
 )
-# The Crammer-Singer hinge with a margin, Max(input + margin * (1 - OneHot(label)), dim=1)
-# - Pick(input, label), does not build yet (OneHot inside a Max: SymPy's simplify rebuilds
-# OneHot around a non-index argument); tests/test_reductions_zoo.py holds it, xfail, until it does.
 multi_margin_margin = Param("margin", default=1.0)
 multi_margin = Loss(
     "MultiMargin",
@@ -169,9 +169,13 @@ directed_chamfer = Loss(
     "equal-sized sets is their mean directed Chamfer distance. Ties split the gradient like "
     "torch.amin.",
 )
-# The symmetric Chamfer distance, Mean(Min(distances, dim=2), 1) + Mean(Min(distances, dim=1),
-# 2), does not run yet (nested reductions over different dims); tests/test_reductions_zoo.py
-# holds it, xfail, until it does.
+chamfer = Loss(
+    "Chamfer",
+    Mean(Min(distances, dim=2), 1) + Mean(Min(distances, dim=1), 2),
+    doc="Symmetric Chamfer distance between two point sets given their pairwise distances "
+    "(B, N, M): the mean nearest-neighbour distance both ways, one value per batch element. "
+    "Ties split the gradient like torch.amin.",
+)
 
 # --- overlap losses over the spatial dims (2, 3) of (N, C, H, W) -----------------------------
 

@@ -20,9 +20,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual spelling
 
 import generated
-from lossgen.api import derive_all, generate_derived, load_models
-from lossgen.errors import SpecError
-from lossgen.verify import load_generated, verify_loss
+from lossgen.api import load_models
 
 SPEC = "specs/reductions.py"
 Tensors = list[torch.Tensor]
@@ -376,13 +374,17 @@ def _variants() -> list[Variant]:
             (0, 1),
             shapes=((f"ND-margin-{margin}", (8, 5)),),
         )
-    variants += _shaped(
-        "MulticlassPerceptron",
-        generated_loss("multiclass_perceptron"),
-        per_row(lambda x, t: crammer_singer_reference(x, t, 0.0)),
-        lambda g, s: [logits(g, s, 1.0), classes(g, s)],
-        (0,),
-    )
+    for margin in (1.0, 0.5, 0.0):  # margin 0: the multiclass perceptron
+        variants += _shaped(
+            "MulticlassHinge",
+            lambda x, t, reduction, m=margin: generated.multiclass_hinge(
+                x, t, m, reduction=reduction
+            ),
+            per_row(lambda x, t, m=margin: crammer_singer_reference(x, t, m)),
+            lambda g, s: [logits(g, s, 1.0), classes(g, s)],
+            (0,),
+            shapes=((f"NC-margin-{margin}", NC), (f"NCHW-margin-{margin}", NCHW)),
+        )
     # torch's multi_margin_loss takes (N, C) only; it has no gradient for its weight.
     variants += _shaped(
         "MultiMargin",
@@ -403,6 +405,14 @@ def _variants() -> list[Variant]:
         lambda g, s: [logits(g, s, 1.0), classes(g, s), class_weights(g, s[1])],
         (0,),
         shapes=(("NC-weight-margin-0.7", NC),),
+    )
+    variants += _shaped(
+        "Chamfer",
+        generated_loss("chamfer"),
+        per_row(chamfer_reference),
+        lambda g, s: [torch.rand(s, generator=g, dtype=torch.float64) * 3],
+        (0,),
+        shapes=(("BNM", (3, 5, 4)),),
     )
     variants += _shaped(
         "DirectedChamfer",
@@ -575,9 +585,9 @@ EXTREME = {
         lambda g: [logits(g, NC, 1000.0), logits(g, NC, 1000.0)],
         (0, 1),
     ),
-    "MulticlassPerceptron": (
-        generated_loss("multiclass_perceptron"),
-        per_row(lambda x, t: crammer_singer_reference(x, t, 0.0)),
+    "MulticlassHinge": (
+        generated_loss("multiclass_hinge"),
+        per_row(lambda x, t: crammer_singer_reference(x, t, 1.0)),
         lambda g: [logits(g, NC, 1000.0), classes(g, NC)],
         (0,),
     ),
@@ -674,71 +684,45 @@ def test_cross_entropy_weight_gradient(reduction: str) -> None:
     )
 
 
-def test_multiclass_perceptron_ties_split_the_gradient_like_amax() -> None:
-    # Rows whose max is tied: between the target and class 1, among all three, between two
-    # classes other than the target.
+def test_multiclass_hinge_ties_split_the_gradient_like_amax() -> None:
+    # margin 1: rows where x_y = x_i + margin exactly, so the max over classes of
+    # x_i + margin [i != y] is tied between the target and another class (or all three).
     x = torch.tensor(
+        [[2.0, 1.0, -3.0], [0.5, 0.5, 0.5], [0.0, 3.0, 2.0]], dtype=torch.float64
+    )
+    t = torch.tensor([0, 1, 2])
+    # margin 0 (the perceptron): ties between the target and class 1, among all three, and
+    # between two classes other than the target.
+    x0 = torch.tensor(
         [[2.0, 2.0, -3.0], [0.5, 0.5, 0.5], [0.0, 3.0, 3.0]], dtype=torch.float64
     )
-    t = torch.tensor([0, 1, 0])
+    t0 = torch.tensor([0, 1, 0])
 
-    def reference(x, t, reduction):
-        return _reduce(x.amax(1) - x.gather(1, t.unsqueeze(1)).squeeze(1), reduction)
+    def reference(margin):
+        def written_out(x, t, reduction):
+            augmented = x + margin * (1 - one_hot(t, 3))
+            picked = x.gather(1, t.unsqueeze(1)).squeeze(1)
+            return _reduce(augmented.amax(1) - picked, reduction)
+
+        return written_out
+
+    def ours(margin):
+        return lambda x, t, reduction: generated.multiclass_hinge(
+            x, t, margin, reduction=reduction
+        )
 
     for reduction in REDUCTIONS:
-        _compare(
-            generated.multiclass_perceptron, reference, [x, t], (0,), reduction, **TIGHT
-        )
+        _compare(ours(1.0), reference(1.0), [x, t], (0,), reduction, **TIGHT)
+        _compare(ours(0.0), reference(0.0), [x0, t0], (0,), reduction, **TIGHT)
     (grad,) = torch.autograd.grad(
-        generated.multiclass_perceptron(x.requires_grad_(), t, reduction="sum"), x
+        generated.multiclass_hinge(x.requires_grad_(), t, reduction="sum"), x
+    )
+    assert grad[0].tolist() == [-0.5, 0.5, 0.0]  # tied between the target and class 1
+    (grad,) = torch.autograd.grad(
+        generated.multiclass_hinge(x0.requires_grad_(), t0, 0.0, reduction="sum"), x0
     )
     assert grad[0].tolist() == [-0.5, 0.5, 0.0]
     assert grad[2].tolist() == [-1.0, 0.5, 0.5]
-
-
-HINGE_SPEC = """
-from lossgen import Loss, Max, OneHot, Param, Pick, Tensor
-
-input = Tensor("input")
-label = Tensor("target", index_of=1)
-margin = Param("margin", default=1.0)
-multiclass_hinge = Loss(
-    "MulticlassHinge", Max(input + margin * (1 - OneHot(label)), dim=1) - Pick(input, label)
-)
-"""
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=SpecError,
-    reason="core bug (zoo4 #1): OneHot inside a Max/Min body; sp.simplify of the Amax adjoint "
-    "rebuilds OneHot(_subs_d*_subs_m) and OneHot.__new__ raises. When this passes, move "
-    "MulticlassHinge into specs/reductions.py.",
-)
-def test_multiclass_hinge_with_margin(tmp_path) -> None:
-    # Crammer & Singer (2001): max(0, margin + max_{i != y} x_i - x_y), as a Max over classes.
-    spec = tmp_path / "hinge.py"
-    spec.write_text(HINGE_SPEC, encoding="utf-8")
-    derived = derive_all([spec])
-    (file,) = [f for f in generate_derived(derived) if f.name == "multiclass_hinge.py"]
-    module = load_generated(file)
-    for margin in (1.0, 0.5):
-        for shape in (NC, NCHW):
-            g = _seeded(f"hinge {margin} {shape}")
-            tensors = [logits(g, shape, 1.0), classes(g, shape)]
-            for reduction in REDUCTIONS:
-                _compare(
-                    lambda x, t, reduction, m=margin: module.multiclass_hinge(
-                        x, t, m, reduction=reduction
-                    ),
-                    per_row(lambda x, t, m=margin: crammer_singer_reference(x, t, m)),
-                    tensors,
-                    (0,),
-                    reduction,
-                    **TIGHT,
-                )
-    failures = [r for r in verify_loss(derived[0], module) if not r.ok]
-    assert not failures, failures
 
 
 def test_directed_chamfer_ties_split_the_gradient_like_amin() -> None:
@@ -762,45 +746,15 @@ def test_directed_chamfer_ties_split_the_gradient_like_amin() -> None:
     assert grad[1].tolist() == [[1 / 3] * 3] * 2
 
 
-CHAMFER_SPEC = """
-from lossgen import Loss, Mean, Min, Tensor
-
-distances = Tensor("distances")
-chamfer = Loss("Chamfer", Mean(Min(distances, dim=2), 1) + Mean(Min(distances, dim=1), 2))
-"""
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="core bug (zoo4 #2): nested reductions over different dims; the forward expands "
-    "the inner reduction back to full shape, so _reduce's expand to the keepdim shape fails. "
-    "When this passes, move Chamfer into specs/reductions.py.",
-)
-def test_symmetric_chamfer(tmp_path) -> None:
-    spec = tmp_path / "chamfer.py"
-    spec.write_text(CHAMFER_SPEC, encoding="utf-8")
-    derived = derive_all([spec])
-    (file,) = [f for f in generate_derived(derived) if f.name == "chamfer.py"]
-    module = load_generated(file)
-    g = _seeded("chamfer")
-    random = torch.rand(3, 5, 4, generator=g, dtype=torch.float64) * 3
-    tied = torch.tensor(
+def test_chamfer_ties_split_the_gradient_like_amin() -> None:
+    d = torch.tensor(
         [[[1.0, 1.0, 2.0], [0.0, 3.0, 0.0]], [[2.0, 2.0, 2.0], [2.0, 2.0, 2.0]]],
         dtype=torch.float64,
     )
-    for d in (random, tied):
-        for reduction in REDUCTIONS:
-            _compare(
-                module.chamfer,
-                per_row(chamfer_reference),
-                [d],
-                (0,),
-                reduction,
-                **TIGHT,
-            )
-    failures = [r for r in verify_loss(derived[0], module) if not r.ok]
-    assert not failures, failures
+    for reduction in REDUCTIONS:
+        _compare(
+            generated.chamfer, per_row(chamfer_reference), [d], (0,), reduction, **TIGHT
+        )
 
 
 # --- the three interfaces --------------------------------------------------------------------
