@@ -11,6 +11,7 @@ tests/test_generated_losses.py).
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -755,6 +756,66 @@ def test_chamfer_ties_split_the_gradient_like_amin() -> None:
         _compare(
             generated.chamfer, per_row(chamfer_reference), [d], (0,), reduction, **TIGHT
         )
+
+
+# --- the fused fast path (>= 65536 same-shaped elements), against torch ----------------------
+
+BIG_NC = (256, 256)
+BIG_NCHW = (4, 16, 32, 32)
+FAST = {
+    # loss: (reference, make float64 tensors of >= 65536 elements, which to differentiate)
+    "SoftCrossEntropy": (
+        F.cross_entropy,
+        lambda g: [logits(g, BIG_NCHW), probabilities(g, BIG_NCHW)],
+        (0, 1),
+    ),
+    "CategoricalKLDiv": (
+        kl_batchmean,
+        lambda g: [torch.log_softmax(logits(g, BIG_NC), 1), probabilities(g, BIG_NC)],
+        (0, 1),
+    ),
+    "JensenShannon": (
+        per_row(jensen_shannon_reference),
+        lambda g: [logits(g, BIG_NC), logits(g, BIG_NC)],
+        (0, 1),
+    ),
+    "MultiLabelSoftMargin": (
+        F.multilabel_soft_margin_loss,
+        lambda g: [logits(g, BIG_NC), mask(g, BIG_NC)],
+        (0, 1),
+    ),
+    "Dice": (
+        per_row(dice_reference),
+        lambda g: [logits(g, BIG_NCHW), mask(g, BIG_NCHW)],
+        (0, 1),
+    ),
+    "FocalTversky": (
+        per_row(focal_tversky_reference),
+        lambda g: [logits(g, BIG_NCHW), mask(g, BIG_NCHW)],
+        (0, 1),
+    ),
+    "Chamfer": (
+        per_row(chamfer_reference),
+        lambda g: [torch.rand((4, 128, 128), generator=g, dtype=torch.float64)],
+        (0,),
+    ),
+}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("loss", sorted(FAST))
+def test_fused_path_against_torch(loss: str, reduction: str, monkeypatch) -> None:
+    # The fused Function, run eagerly (COMPILE = False: torch.compile's first call would take
+    # longer than this whole file); tests/test_fast_path.py checks the compiled one.
+    theirs, make, grads = FAST[loss]
+    model = MODELS[loss]
+    module = importlib.import_module(f"generated.{model.snake_name}")
+    monkeypatch.setattr(module, "COMPILE", False)
+    functional = getattr(module, model.snake_name)
+    tensors = make(_seeded(loss))
+    value, _, _ = _run(functional, tensors, grads, reduction)
+    assert "Fused" in type(value.grad_fn).__name__  # the fast path was taken
+    _compare(functional, theirs, tensors, grads, reduction, **TIGHT)
 
 
 # --- the three interfaces --------------------------------------------------------------------
