@@ -11,6 +11,7 @@ tests/test_generated_losses.py).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual spelling
+from torch.func import grad, jacrev, vmap
 
 import generated
 from lossgen.api import load_models
@@ -823,15 +825,18 @@ def test_fused_path_against_torch(loss: str, reduction: str, monkeypatch) -> Non
 MODELS = {model.name: model for model in load_models([SPEC])}
 
 
-def _interface_tensors(name: str) -> Tensors:
+def _plain_variant(name: str) -> Variant:
     """The first variant of a loss that passes only its tensors (params at their defaults)."""
     count = sum(argument.is_tensor for argument in MODELS[name].arguments)
     for variant in VARIANTS.values():
-        if variant.loss == name:
-            tensors = variant.make(_seeded(variant.id))
-            if len(tensors) == count:
-                return tensors
+        if variant.loss == name and len(variant.make(_seeded(variant.id))) == count:
+            return variant
     raise AssertionError(f"no variant of {name} with {count} tensors")
+
+
+def _interface_tensors(name: str) -> Tensors:
+    variant = _plain_variant(name)
+    return variant.make(_seeded(variant.id))
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -870,3 +875,97 @@ def test_cross_entropy_params_positionally_in_declaration_order() -> None:
     ]
     for value in got:
         torch.testing.assert_close(value, expected, **TIGHT)
+
+
+# --- torch.func and dtypes (tests/test_torch_features.py covers the elementwise losses) -----
+
+
+def _samples(variant: Variant, count: int) -> list[Tensors]:
+    return [variant.make(_seeded(f"{variant.id} {i}")) for i in range(count)]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_vmap_matches_a_loop(name: str) -> None:
+    # vmap over a new leading dim: inside it each sample keeps its own dims (class dim 1).
+    variant = _plain_variant(name)
+    samples = _samples(variant, 3)
+    batch = [torch.stack(column) for column in zip(*samples)]
+    for reduction in REDUCTIONS:
+        got = vmap(functools.partial(variant.ours, reduction=reduction))(*batch)
+        expected = torch.stack(
+            [variant.theirs(*s, reduction=reduction) for s in samples]
+        )
+        torch.testing.assert_close(got, expected, **TIGHT)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_grad_and_vmap_of_grad_match_torch(name: str) -> None:
+    variant = _plain_variant(name)
+    samples = _samples(variant, 3)
+    for reduction in ("mean", "sum"):
+        ours = functools.partial(variant.ours, reduction=reduction)
+        expected = []
+        for sample in samples:
+            leaves = [
+                t.clone().requires_grad_(i in variant.grads)
+                for i, t in enumerate(sample)
+            ]
+            value = variant.theirs(*leaves, reduction=reduction)
+            expected.append(
+                torch.autograd.grad(value, [leaves[i] for i in variant.grads])
+            )
+        got = grad(ours, argnums=variant.grads)(*samples[0])
+        for a, b in zip(got, expected[0]):
+            torch.testing.assert_close(a, b, **TIGHT)
+        batch = [torch.stack(column) for column in zip(*samples)]
+        per_sample = vmap(grad(ours, argnums=variant.grads))(*batch)
+        for position, a in enumerate(per_sample):
+            b = torch.stack([e[position] for e in expected])
+            torch.testing.assert_close(a, b, **TIGHT)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_jacrev_matches_torch(name: str) -> None:
+    # reduction="none": one value per row/position, whose Jacobian spans its class dim.
+    variant = _plain_variant(name)
+    tensors = variant.make(_seeded(variant.id))
+    ours = functools.partial(variant.ours, reduction="none")
+    got = jacrev(ours, argnums=variant.grads)(*tensors)
+
+    def theirs(*differentiated: torch.Tensor) -> torch.Tensor:
+        filled = list(tensors)
+        for position, tensor in zip(variant.grads, differentiated):
+            filled[position] = tensor
+        return variant.theirs(*filled, reduction="none")
+
+    expected = torch.autograd.functional.jacobian(
+        theirs, tuple(tensors[i] for i in variant.grads)
+    )
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_dtype_of_outputs_and_gradients(name: str, dtype: torch.dtype) -> None:
+    variant = _plain_variant(name)
+    tensors = [
+        t.to(dtype) if t.is_floating_point() else t
+        for t in variant.make(_seeded(variant.id))
+    ]
+    for reduction in REDUCTIONS:
+        # params left at their float defaults: they must take the inputs' dtype
+        value, grads, leaves = _run(variant.ours, tensors, variant.grads, reduction)
+        assert value.dtype == dtype and torch.isfinite(value).all()
+        for position, g in zip(variant.grads, grads):
+            assert g.dtype == dtype and g.shape == leaves[position].shape
+            assert torch.isfinite(g).all()
+        # the value is float64's on the same (rounded) inputs, up to the dtype's precision
+        rounded = [t.double() if t.is_floating_point() else t for t in tensors]
+        tolerance = 5e-2 if dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(
+            value.double(),
+            variant.theirs(*rounded, reduction=reduction),
+            rtol=tolerance,
+            atol=tolerance,
+        )
