@@ -115,6 +115,10 @@ def test_plot_command_rejects_a_name_no_loss_has(tmp_path: Path, capsys) -> None
 def test_gallery_lists_every_zoo_loss_with_its_plot() -> None:
     gallery = (ROOT / "docs" / "gallery.md").read_text(encoding="utf-8")
     for model in load_models(SPEC_ARGS):
+        if model.reduces:
+            # lossgen plot sweeps 1-D tensors; a loss over a class dim has no such curve
+            # (see the README: the reduction losses are not in the gallery yet).
+            continue
         assert f"### {model.name}\n" in gallery, model.name
         assert f"(gallery/{model.snake_name}.png)" in gallery
         assert (ROOT / "docs" / "gallery" / f"{model.snake_name}.png").is_file()
