@@ -313,24 +313,7 @@ class LossCase:
     def environment(
         self, values: Sequence[torch.Tensor | float]
     ) -> dict[sp.Symbol, torch.Tensor]:
-        """Values by symbol, as the expression sees them: class indices unsqueezed at their
-        dim, 1-D params laid along theirs."""
-        like = next(
-            v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()
-        )
-        ndim = max(v.dim() for v in values if isinstance(v, torch.Tensor))
-        env = {}
-        for argument, v in zip(self.model.arguments, values):
-            if not isinstance(v, torch.Tensor):
-                v = torch.tensor(v, dtype=like.dtype)
-            if argument.index_of is not None:
-                v = v.unsqueeze(argument.index_of)
-            if argument.along is not None and v.dim() == 1:
-                sizes = [1] * ndim
-                sizes[argument.along] = v.numel()
-                v = v.reshape(sizes)
-            env[argument.symbol] = v
-        return env
+        return environment(self.model, values)
 
     # --- evaluation -------------------------------------------------------------------------
 
@@ -680,6 +663,29 @@ def draw(
         if domain == "unit":
             value = value.clamp_max(0.875)
     return value.to(dtype)
+
+
+def environment(
+    model: LossModel, values: Sequence[torch.Tensor | float]
+) -> dict[sp.Symbol, torch.Tensor]:
+    """Argument values by symbol, as the expression sees them: floats as tensors, class
+    indices unsqueezed at their dim, 1-D params laid along theirs."""
+    like = next(
+        v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()
+    )
+    ndim = max(v.dim() for v in values if isinstance(v, torch.Tensor))
+    env = {}
+    for argument, v in zip(model.arguments, values):
+        if not isinstance(v, torch.Tensor):
+            v = torch.tensor(v, dtype=like.dtype)
+        if argument.index_of is not None:
+            v = v.unsqueeze(argument.index_of)
+        if argument.along is not None and v.dim() == 1:
+            sizes = [1] * ndim
+            sizes[argument.along] = v.numel()
+            v = v.reshape(sizes)
+        env[argument.symbol] = v
+    return env
 
 
 def class_indices(

@@ -22,8 +22,15 @@ import lossgen
 from conftest import SPEC_ARGS
 from lossgen.api import load_models
 from lossgen.model import LossModel
-from lossgen.reference import evaluate
-from lossgen.verify import LossCase, draw, load_generated
+from lossgen.reference import reduced_loss
+from lossgen.verify import (
+    LossCase,
+    all_dims_of,
+    class_indices,
+    draw,
+    environment,
+    load_generated,
+)
 
 MODELS = {model.name: model for model in load_models(SPEC_ARGS)}
 # The helpers below sample 1-D/2-D tensors and reduce elementwise: the losses that reduce over
@@ -41,9 +48,15 @@ def reference(
 ) -> torch.Tensor:
     """The loss through the reference evaluator; args in signature order."""
     reduction = reduction or model.reduction
-    loss = evaluate(model.expr, {a.symbol: t for a, t in zip(model.arguments, args)})
-    loss = loss.expand(torch.broadcast_shapes(*(t.shape for t in args)))
-    return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+    env = environment(model, args)
+    return reduced_loss(model.expr, env, reduction, model.dropped, model.mean_weight)
+
+
+def sized(model: LossModel, shape: Sequence[int]) -> tuple[int, ...]:
+    """`shape`, with trailing dims of 3 where the loss reduces over more dims than it has."""
+    named = all_dims_of(model)
+    needed = max([d + 1 if d >= 0 else -d for d in named] or [0])
+    return tuple(shape) + (3,) * max(0, needed - len(shape))
 
 
 def differentiable_positions(model: LossModel) -> tuple[int, ...]:
@@ -70,7 +83,11 @@ def arguments(
     where = domains(model.name)
     values = []
     for argument in model.arguments:
-        if argument.is_tensor:
+        if argument.index_of is not None:
+            values.append(
+                class_indices(torch.Size(shape), argument.index_of, generator)
+            )
+        elif argument.is_tensor:
             domain = where[argument.name]
             value = draw(domain, tuple(shape), generator, torch.float64, dyadic=False)
             values.append(value * 2 if domain == "normal" else value)
@@ -78,7 +95,7 @@ def arguments(
             # nudged off the default so that e.g. tau = 0.5 does not hide an asymmetry
             default = 1.0 if argument.default is None else argument.default
             values.append(torch.tensor(default + 0.3, dtype=torch.float64))
-    return [v.to(dtype) for v in values]
+    return [v.to(dtype) if v.is_floating_point() else v for v in values]
 
 
 def assert_all_close(
@@ -96,7 +113,7 @@ def assert_all_close(
 @pytest.mark.parametrize("name", LOSSES)
 def test_vmap_matches_a_loop(name: str) -> None:
     model = MODELS[name]
-    batch = arguments(model, (5, 7))
+    batch = arguments(model, (5, *sized(model, (7,))))
     tensor_count = len(model.tensors)
     in_dims = tuple(0 if a.is_tensor else None for a in model.arguments)
     got = vmap(functional(model), in_dims=in_dims)(*batch)
@@ -115,7 +132,7 @@ def test_vmap_matches_a_loop(name: str) -> None:
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_grad_matches_autograd(name: str, reduction: str) -> None:
     model = MODELS[name]
-    args = arguments(model, (4, 3), seed=1)
+    args = arguments(model, sized(model, (4, 3)), seed=1)
     differentiable = differentiable_positions(model)  # tensors and params alike
     loss = functools.partial(functional(model), reduction=reduction)
     got = grad(loss, argnums=differentiable)(*args)
@@ -130,7 +147,7 @@ def test_grad_matches_autograd(name: str, reduction: str) -> None:
 @pytest.mark.parametrize("name", LOSSES)
 def test_jacrev_matches_autograd(name: str) -> None:
     model = MODELS[name]
-    args = arguments(model, (6,), seed=2)
+    args = arguments(model, sized(model, (6,)), seed=2)
     loss = functools.partial(functional(model), reduction="none")
     argnums = tuple(
         i for i in differentiable_positions(model) if model.arguments[i].is_tensor
@@ -148,14 +165,14 @@ def test_jacrev_matches_autograd(name: str) -> None:
     )
     assert_all_close(got, expected)
     # an elementwise loss has a diagonal Jacobian
-    for jacobian in got:
+    for jacobian in got if not model.reduces else ():
         assert torch.count_nonzero(jacobian - torch.diag(torch.diagonal(jacobian))) == 0
 
 
 @pytest.mark.parametrize("name", LOSSES)
 def test_vmap_of_grad_gives_per_sample_gradients(name: str) -> None:
     model = MODELS[name]
-    batch = arguments(model, (5, 3), seed=3)
+    batch = arguments(model, (5, *sized(model, (3,))), seed=3)
     in_dims = tuple(0 if a.is_tensor else None for a in model.arguments)
     got = vmap(grad(functional(model), argnums=0), in_dims=in_dims)(*batch)
     expected = []
@@ -229,7 +246,8 @@ def test_compile_module_with_learnable_param() -> None:
 @pytest.mark.parametrize("name", LOSSES)
 def test_dtype_of_outputs_and_gradients(name: str, dtype: torch.dtype) -> None:
     model = MODELS[name]
-    tensors = arguments(model, (4, 5), seed=7, dtype=dtype)[: len(model.tensors)]
+    tensors = arguments(model, sized(model, (4, 5)), seed=7, dtype=dtype)
+    tensors = tensors[: len(model.tensors)]
     tensors = [
         t.requires_grad_(a.differentiable) for t, a in zip(tensors, model.tensors)
     ]
