@@ -877,7 +877,7 @@ def test_cross_entropy_params_positionally_in_declaration_order() -> None:
         torch.testing.assert_close(value, expected, **TIGHT)
 
 
-# --- torch.func and dtypes (tests/test_torch_features.py covers the elementwise losses) -----
+# --- torch.func and dtypes, against torch's own losses (test_torch_features.py: vs autograd) -
 
 
 def _samples(variant: Variant, count: int) -> list[Tensors]:

@@ -33,10 +33,7 @@ from lossgen.verify import (
 )
 
 MODELS = {model.name: model for model in load_models(SPEC_ARGS)}
-# The helpers below sample 1-D/2-D tensors and reduce elementwise: the losses that reduce over
-# dims (specs/reductions.py) have the same checks, with their shapes and torch references, in
-# tests/test_reductions_zoo.py.
-LOSSES = sorted(name for name, model in MODELS.items() if not model.reduces)
+LOSSES = sorted(MODELS)
 
 
 def functional(model: LossModel) -> Callable[..., torch.Tensor]:
