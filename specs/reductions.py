@@ -27,15 +27,15 @@ from lossgen import (
     xlogy,
 )
 
-input = Tensor(
-    "input"
-)  # logits (log-probabilities for NLL and KL), classes along dim 1
-target = Tensor("target")  # probabilities / soft labels / masks, the input's shape
-label = Tensor("target", index_of=1)  # class indices: the input's shape without dim 1
+# logits (log-probabilities for NLL and KL), classes along dim 1
+input = Tensor("input")
+# probabilities / soft labels / masks, the input's shape
+target = Tensor("target")
+# class indices: the input's shape without dim 1
+label = Tensor("target", index_of=1)
 
-weight = Param(
-    "weight", default=1.0, along=1
-)  # one weight per class, as torch's weight=
+# one weight per class, as torch's weight=
+weight = Param("weight", default=1.0, along=1)
 label_smoothing = Param("label_smoothing", default=0.0)
 ignore_index = Param("ignore_index", default=-100.0)
 
@@ -126,9 +126,8 @@ cosine_margin = Param("margin", default=0.0)
 _cosine = Sum(input1 * input2, 1) / sp.sqrt(
     (Sum(input1**2, 1) + sp.Float(1e-12)) * (Sum(input2**2, 1) + sp.Float(1e-12))
 )
-_y = Mean(
-    pair, 1
-)  # the label reduced over dim 1 too, so `none` gives one value per pair
+# the label reduced over dim 1 too, so `none` gives one value per pair
+_y = Mean(pair, 1)
 cosine_embedding = Loss(
     "CosineEmbedding",
     # torch's clamp_min(0) passes gradient 1 at the margin itself: so does clamp.
