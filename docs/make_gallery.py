@@ -27,6 +27,7 @@ SPECS = [
     "specs/learnable.py",
     "specs/tutorial.py",
     "specs/detection.py",
+    "specs/reductions.py",
 ]
 LOGITS = (-6.0, 6.0)
 
@@ -98,7 +99,8 @@ def main() -> None:
         "loss and its derivative (the generated backward) over its first argument; other tensors",
         "are held at the values in the plot's title. Regenerate with",
         "`python docs/make_gallery.py`, or plot your own specs with `lossgen plot SPEC -o DIR`.",
-        "Each loss is tested against the reference named here in `tests/test_zoo.py`.",
+        "Each loss is tested against the reference named here in `tests/test_zoo.py` (losses",
+        "over dims in `tests/test_reductions_zoo.py`; they have no 1-D curve, so no plot).",
         "",
     ]
     by_spec: dict[str, list] = {}
@@ -117,9 +119,9 @@ def main() -> None:
                 "",
                 f"$$\\ell = {sp.latex(model.expr)}$$",
                 "",
-                f"![{model.name}](gallery/{model.snake_name}.png)",
-                "",
             ]
+            if not model.reduces:
+                lines += [f"![{model.name}](gallery/{model.snake_name}.png)", ""]
     (ROOT / "docs" / "gallery.md").write_text("\n".join(lines), encoding="utf-8")
 
 

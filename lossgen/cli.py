@@ -120,6 +120,9 @@ def _run(args: argparse.Namespace) -> int:
         per_loss = plot.settings_for(api.load_models(args.specs), settings)
         for path in plot.plot(args.specs, args.out, per_loss):
             print(f"wrote {path.as_posix()}")
+        for model in api.load_models(args.specs):
+            if model.reduces:
+                print(f"skipped {model.name}: it reduces over dims (no 1-D curve)")
         return EXIT_OK
     from lossgen import verify  # imports torch: only when checking
 

@@ -163,13 +163,24 @@ def plot(
     *,
     dpi: int = 100,
 ) -> list[Path]:
-    """One `<snake_name>.png` per loss of the specs, in `out_dir`."""
+    """One `<snake_name>.png` per elementwise loss of the specs, in `out_dir`.
+
+    Losses that reduce over dims are skipped (the CLI says which); PlotError if none is left.
+    """
     from lossgen.verify import load_generated
 
     settings = settings or {}
     files = {f.name: f for f in generate(spec_paths)}
     written = []
-    for derived in derive_all(spec_paths):
+    all_derived = derive_all(spec_paths)
+    plottable = [d for d in all_derived if not d.model.reduces]
+    if not plottable:
+        names = ", ".join(d.model.name for d in all_derived)
+        raise PlotError(
+            f"{names}: a loss that reduces over dims has no curve over one element; "
+            "lossgen plot draws elementwise losses"
+        )
+    for derived in plottable:
         model = derived.model
         module = load_generated(files[f"{model.snake_name}.py"])
         data = curves(model, module, settings.get(model.name, PlotSettings()))

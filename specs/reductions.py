@@ -29,10 +29,12 @@ from lossgen import (
 
 # logits (log-probabilities for NLL and KL), classes along dim 1
 input = Tensor("input")
-target = Tensor("target")  # probabilities / soft labels / masks, the input's shape
-label = Tensor("target", index_of=1)  # class indices: the input's shape without dim 1
+# probabilities / soft labels / masks, the input's shape
+target = Tensor("target")
+# class indices: the input's shape without dim 1
+label = Tensor("target", index_of=1)
 
-# one weight per class, as torch's weight=; a float weighs every class alike
+# one weight per class, as torch's weight=
 weight = Param("weight", default=1.0, along=1)
 label_smoothing = Param("label_smoothing", default=0.0)
 ignore_index = Param("ignore_index", default=-100.0)
@@ -124,7 +126,7 @@ cosine_margin = Param("margin", default=0.0)
 _cosine = Sum(input1 * input2, 1) / sp.sqrt(
     (Sum(input1**2, 1) + sp.Float(1e-12)) * (Sum(input2**2, 1) + sp.Float(1e-12))
 )
-# the label reduced over dim 1 too, so that `none` gives one value per pair
+# the label reduced over dim 1 too, so `none` gives one value per pair
 _y = Mean(pair, 1)
 cosine_embedding = Loss(
     "CosineEmbedding",

@@ -115,10 +115,32 @@ def test_plot_command_rejects_a_name_no_loss_has(tmp_path: Path, capsys) -> None
 def test_gallery_lists_every_zoo_loss_with_its_plot() -> None:
     gallery = (ROOT / "docs" / "gallery.md").read_text(encoding="utf-8")
     for model in load_models(SPEC_ARGS):
-        if model.reduces:
-            # lossgen plot sweeps 1-D tensors; a loss over a class dim has no such curve
-            # (see the README: the reduction losses are not in the gallery yet).
-            continue
         assert f"### {model.name}\n" in gallery, model.name
+        if model.reduces:
+            # lossgen plot sweeps one element; a loss over a class dim has no such curve
+            continue
         assert f"(gallery/{model.snake_name}.png)" in gallery
         assert (ROOT / "docs" / "gallery" / f"{model.snake_name}.png").is_file()
+
+
+def test_plot_skips_losses_over_dims_and_says_so(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    spec = tmp_path / "mixed.py"
+    spec.write_text(
+        "from lossgen import Loss, LogSumExp, Tensor\n"
+        "x = Tensor('x')\n"
+        "Square = Loss('Square', x**2)\n"
+        "Lse = Loss('Lse', LogSumExp(x, 1))\n"
+    )
+    out = tmp_path / "out"
+    assert main(["plot", str(spec), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["square.png"]
+    assert "skipped Lse: it reduces over dims" in capsys.readouterr().out
+    only = tmp_path / "only.py"
+    only.write_text(
+        "from lossgen import Loss, LogSumExp, Tensor\n"
+        "x = Tensor('x')\n"
+        "Lse = Loss('Lse', LogSumExp(x, 1))\n"
+    )
+    assert main(["plot", str(only), "-o", str(tmp_path / "none")]) == 2
+    assert "lossgen plot draws elementwise losses" in capsys.readouterr().err
