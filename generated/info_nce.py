@@ -62,7 +62,16 @@ def _keepdim_shape(shape):
 
 def _reduce(loss, reduction, shape, weight_total=None):
     """Reduce the loss; `weight_total` replaces the count in a weighted mean."""
-    loss = loss.expand(_keepdim_shape(shape))
+    keepdim_shape = _keepdim_shape(shape)
+    if loss.dim() == len(shape) and any(
+        have not in (1, want) for have, want in zip(loss.shape, keepdim_shape)
+    ):
+        raise ValueError(
+            f"the loss varies along a dim it reduces away (shape {tuple(loss.shape)}, "
+            f"dropped dims {_DROPPED_DIMS}): a param tensor may vary along such a dim "
+            "only inside a reduction over it"
+        )
+    loss = loss.expand(keepdim_shape)
     if reduction == "mean":
         return loss.mean() if weight_total is None else loss.sum() / weight_total
     if reduction == "sum":

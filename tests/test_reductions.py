@@ -338,3 +338,14 @@ def test_ties_of_max_over_a_dim_are_sampled_on_purpose(built: dict) -> None:
     assert bool(((body == top).sum(1) > 1).any())
     kinks = case.at_kinks()
     assert kinks.ok and kinks.detail.endswith("kink samples")
+
+
+def test_a_param_varying_along_a_dropped_dim_is_a_clear_error(built: dict) -> None:
+    nested = module_of(built, "Nested").nested
+    x = torch.randn(4, 3, dtype=torch.float64)
+    p = torch.randn(4, 3, dtype=torch.float64)
+    # temperature divides a sum over dim 1 at the top level: one value per row is fine ...
+    nested(x, p, torch.tensor(2.0, dtype=torch.float64))
+    # ... one value per class is not: the loss would vary along the dims it drops
+    with pytest.raises(ValueError, match="varies along a dim it reduces away"):
+        nested(x, p, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
