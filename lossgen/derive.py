@@ -149,7 +149,10 @@ def _derive_reducing(model: LossModel, loss: sp.Expr) -> DerivedLoss:
             mean_weight, UPSTREAM_WEIGHT, model.dropped, wrt, derivative
         )
         gradients = [g + w for g, w in zip(gradients, weight_terms)]
-    gradients = [outside_reductions(g, simplest) for g in gradients]
+    gradients = [
+        outside_reductions(g, lambda e: hoist_common_terms(simplest(e)))
+        for g in gradients
+    ]
     forward_steps, (forward_result,) = common_subexpressions([loss])
     safe = [outside_reductions(g, guard_piecewise_branches) for g in gradients]
     backward_steps, results = common_subexpressions(safe)
@@ -172,6 +175,30 @@ def _derive_reducing(model: LossModel, loss: sp.Expr) -> DerivedLoss:
         fused,
         mean_weight,
     )
+
+
+def hoist_common_terms(expr: sp.Expr) -> sp.Expr:
+    """Terms every branch of a Piecewise adds, added once outside it.
+
+    simplify folds a term into each branch (`Piecewise((a + b, c), (b, True))`): computed once
+    outside, it is shorter to read and the untaken branch does not compute it a second time.
+    """
+
+    def hoist(piecewise: sp.Piecewise) -> sp.Expr:
+        terms = [
+            sp.Add.make_args(sp.expand(value, deep=False))
+            for value, _ in piecewise.args
+        ]
+        common = [t for t in terms[0] if all(t in others for others in terms[1:])]
+        if not common:
+            return piecewise
+        rest = [
+            (sp.Add(*(t for t in branch if t not in common)), condition)
+            for branch, (_, condition) in zip(terms, piecewise.args)
+        ]
+        return sp.Add(*common) + sp.Piecewise(*rest)
+
+    return expr.replace(lambda e: isinstance(e, sp.Piecewise), hoist)
 
 
 class _RealAbs(sp.Function):

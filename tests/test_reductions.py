@@ -349,3 +349,19 @@ def test_a_param_varying_along_a_dropped_dim_is_a_clear_error(built: dict) -> No
     # ... one value per class is not: the loss would vary along the dims it drops
     with pytest.raises(ValueError, match="varies along a dim it reduces away"):
         nested(x, p, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+
+
+def test_terms_every_branch_adds_are_hoisted_out_of_the_piecewise() -> None:
+    from lossgen.derive import hoist_common_terms
+
+    a, b, c = sp.symbols("a b c", real=True)
+    folded = sp.Piecewise((c * (a + b), a > 0), (c * b, True))
+    hoisted = hoist_common_terms(folded)
+    assert hoisted == b * c + sp.Piecewise((a * c, a > 0), (0, True))
+    x = sp.Symbol("x", real=True)
+    for value in (-1.5, 2.0):
+        point = {a: value, b: 3.0, c: 0.5, x: 0}
+        assert float(hoisted.subs(point)) == float(folded.subs(point))
+    # nothing in common: unchanged
+    untouched = sp.Piecewise((a, a > 0), (b, True))
+    assert hoist_common_terms(untouched) == untouched
