@@ -14,6 +14,7 @@ from lossgen.emit import GeneratedFile, header, write_if_changed
 from lossgen.errors import SpecError
 from lossgen.format import format_source
 from lossgen.model import LossModel, build_model
+from lossgen.reductions import ALL
 from lossgen.render import render_loss, render_package
 from lossgen.spec import load_spec
 
@@ -107,17 +108,33 @@ def show(spec_paths: Sequence[PathLike]) -> str:
                 notes.append(f"default {argument.default!r}")
             if argument.learnable:
                 notes.append("learnable")
-            if not argument.differentiable:
+            if argument.index_of is not None:
+                notes.append(f"class indices into dim {argument.index_of}")
+            elif not argument.differentiable:
                 notes.append("not differentiable")
+            if argument.along is not None:
+                notes.append(f"a 1-D value lies along dim {argument.along}")
             extra = f" ({', '.join(notes)})" if notes else ""
             lines.append(f"  {kind} {argument.name}{extra}")
         lines.append("  loss =")
         lines.append(_indent(sp.pretty(loss.loss, use_unicode=True), 4))
+        if loss.mean_weight is not None:
+            lines.append("  mean weighted by =")
+            lines.append(_indent(sp.pretty(loss.mean_weight, use_unicode=True), 4))
+        if model.reduces:
+            dropped = _dims_text(model.dropped)
+            lines.append(f'  reduction="none" drops dims: {dropped}')
         for gradient in loss.gradients:
             lines.append(f"  d loss / d {gradient.argument.name} =")
             lines.append(_indent(sp.pretty(gradient.derivative, use_unicode=True), 4))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
+
+
+def _dims_text(dims: object) -> str:
+    if dims == ALL:
+        return "all"
+    return ", ".join(map(str, sorted(dims))) or "none"  # type: ignore[call-overload]
 
 
 def _indent(text: str, width: int) -> str:

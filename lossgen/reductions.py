@@ -94,6 +94,13 @@ class Reduction(sp.Function):
             f"{self.display_name}({printer._print(self.body)}, dim={self._dims_text()})"
         )
 
+    def _pretty(self, printer: Any) -> Any:
+        from sympy.printing.pretty.stringpict import prettyForm
+
+        form = printer._print(self.body)
+        form = prettyForm(*form.parens())
+        return prettyForm(*form.left(f"{self.display_name}[dim={self._dims_text()}]"))
+
     def _latex(self, printer: Any) -> str:
         return (
             rf"\operatorname{{{self.display_name}}}_{{{self._dims_text()}}}"

@@ -365,3 +365,16 @@ def test_terms_every_branch_adds_are_hoisted_out_of_the_piecewise() -> None:
     # nothing in common: unchanged
     untouched = sp.Piecewise((a, a > 0), (b, True))
     assert hoist_common_terms(untouched) == untouched
+
+
+def test_show_prints_reductions_class_indices_and_dropped_dims(tmp_path: Path) -> None:
+    from lossgen.api import show
+
+    spec = tmp_path / "spec.py"
+    spec.write_text(SPEC)
+    text = show([spec])
+    assert "Sum[dim=1](" in text and "LogSumExp[dim=-1](" in text
+    assert "tensor label (class indices into dim 1)" in text
+    assert "param weight (default 1.0, a 1-D value lies along dim 1)" in text
+    assert 'reduction="none" drops dims: all' in text  # Everything
+    assert "mean weighted by =" in text  # Nll
