@@ -293,7 +293,10 @@ def _run_triton(input, target, reduction, needs_grad):
     if not _triton_applies([input, target]):
         return None
     if _triton_kernel is None:
-        _triton_kernel = _load_triton()
+        try:
+            _triton_kernel = _load_triton()
+        except Exception as error:  # e.g. no source file for triton.jit to read
+            _triton_failed(error)
         if _triton_kernel is False:
             return None
     numel = input.numel()
@@ -327,10 +330,7 @@ def _run_triton(input, target, reduction, needs_grad):
 
 
 def _launch_triton(blocks, device, arguments, **constants):
-    """Run the kernel over `blocks` programs; False (with a warning, once) where it fails,
-    e.g. on a GPU that this triton does not support: the fast path stays in torch then.
-    """
-    global _triton_kernel
+    """Run the kernel over `blocks` programs; False where it fails (see _triton_failed)."""
     try:
         if device.type == "cuda":
             with torch.cuda.device(device):
@@ -340,16 +340,23 @@ def _launch_triton(blocks, device, arguments, **constants):
         else:
             _triton_kernel[(blocks,)](*arguments, **constants, block_size=TRITON_BLOCK)
     except Exception as error:  # any failure: fall back to torch, and say why
-        import warnings
-
-        warnings.warn(
-            f"L1: the Triton kernel failed, using torch instead: {error}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        _triton_kernel = False
+        _triton_failed(error)
         return False
     return True
+
+
+def _triton_failed(error):
+    """Turn the Triton kernel off for this module, with a warning (once), e.g. on a GPU that
+    this triton does not support: the fast path stays in torch then."""
+    global _triton_kernel
+    import warnings
+
+    warnings.warn(
+        f"L1: the Triton kernel failed, using torch instead: {error}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    _triton_kernel = False
 
 
 class _L1Fused(torch.autograd.Function):

@@ -25,13 +25,13 @@ from triton.compiler import ASTSource
 from triton.language.extra.cuda import libdevice as cuda_libdevice
 from triton.runtime import JITFunction, interpreter
 
-from conftest import ROOT, repository_derived
+from conftest import ROOT, repository_derived, repository_files
 from lossgen.api import generate
 from lossgen.model import LossModel
 from lossgen.printer import UnsupportedExpressionError
 from lossgen.reductions import Sum
 from lossgen.triton_printer import print_triton
-from lossgen.verify import LossCase, draw, param_value
+from lossgen.verify import LossCase, draw, load_generated, param_value
 
 # Triton 3.9's interpreter cannot call libdevice: its builder raises NotImplementedError for
 # extern_elementwise. Here the interpreter runs CUDA's libdevice module as the compiler does
@@ -238,7 +238,11 @@ def test_a_failing_kernel_falls_back_to_torch_with_a_warning(monkeypatch) -> Non
     monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
     monkeypatch.setattr(module, "COMPILE", False)
 
+    load = module._load_triton
+
     def broken():
+        load()  # imports triton into the module, as on a GPU triton does not support
+
         @triton.jit
         def kernel(input_ptr):
             raise ValueError("no such GPU")
@@ -455,3 +459,20 @@ def test_kernels_compile_for_cuda(compiling, tmp_path_factory) -> None:
             for wanted in (every, {model.tensors[0].name})
         ]
         assert stores[0] > stores[1] > 0, name  # no code for the gradients not wanted
+
+
+def test_a_kernel_without_its_source_falls_back_to_torch(monkeypatch) -> None:
+    # A generated file run from a string (as `lossgen check` does): triton.jit cannot read it.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    file = next(f for f in repository_files() if f.name == "huber.py")
+    module = load_generated(file)
+    module.FUSED_MIN_NUMEL = 0
+    module.COMPILE = False
+    input = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(64, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="the Triton kernel failed, using torch"):
+        value = module.huber(input, target)
+    assert module._triton_kernel is False
+    torch.testing.assert_close(
+        value, module.HuberFunction.apply(input, target, 1.0, "mean")
+    )
