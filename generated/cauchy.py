@@ -329,10 +329,7 @@ def _run_triton(input, target, c, reduction, needs_grad):
     if not _triton_applies([input, target]):
         return None
     if _triton_kernel is None:
-        try:
-            _triton_kernel = _load_triton()
-        except Exception as error:  # e.g. no source file for triton.jit to read
-            _triton_failed(error)
+        _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
     numel = input.numel()
@@ -370,6 +367,15 @@ def _run_triton(input, target, c, reduction, needs_grad):
     if grad_c is not None:
         grad_c = grad_c.sum().to(c.dtype)
     return loss_partials.sum().to(input.dtype), grad_input, grad_target, grad_c
+
+
+def _defined_triton_kernel():
+    """_load_triton(), or False where defining the kernel fails (see _triton_failed)."""
+    try:
+        return _load_triton()
+    except Exception as error:  # e.g. no source file for triton.jit to read
+        _triton_failed(error)
+        return False
 
 
 def _launch_triton(blocks, device, arguments, **constants):

@@ -313,10 +313,7 @@ def _run_triton(inputs, targets, weight, reduction, needs_grad):
     if not _triton_applies([inputs, targets]):
         return None
     if _triton_kernel is None:
-        try:
-            _triton_kernel = _load_triton()
-        except Exception as error:  # e.g. no source file for triton.jit to read
-            _triton_failed(error)
+        _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
     numel = inputs.numel()
@@ -354,6 +351,15 @@ def _run_triton(inputs, targets, weight, reduction, needs_grad):
     if grad_weight is not None:
         grad_weight = grad_weight.sum().to(weight.dtype)
     return loss_partials.sum().to(inputs.dtype), grad_inputs, grad_targets, grad_weight
+
+
+def _defined_triton_kernel():
+    """_load_triton(), or False where defining the kernel fails (see _triton_failed)."""
+    try:
+        return _load_triton()
+    except Exception as error:  # e.g. no source file for triton.jit to read
+        _triton_failed(error)
+        return False
 
 
 def _launch_triton(blocks, device, arguments, **constants):

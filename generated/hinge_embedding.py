@@ -342,10 +342,7 @@ def _run_triton(input, y, embedding_margin, reduction, needs_grad):
     if not _triton_applies([input, y]):
         return None
     if _triton_kernel is None:
-        try:
-            _triton_kernel = _load_triton()
-        except Exception as error:  # e.g. no source file for triton.jit to read
-            _triton_failed(error)
+        _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
     numel = input.numel()
@@ -379,6 +376,15 @@ def _run_triton(input, y, embedding_margin, reduction, needs_grad):
     if grad_embedding_margin is not None:
         grad_embedding_margin = grad_embedding_margin.sum().to(embedding_margin.dtype)
     return loss_partials.sum().to(input.dtype), grad_input, grad_embedding_margin
+
+
+def _defined_triton_kernel():
+    """_load_triton(), or False where defining the kernel fails (see _triton_failed)."""
+    try:
+        return _load_triton()
+    except Exception as error:  # e.g. no source file for triton.jit to read
+        _triton_failed(error)
+        return False
 
 
 def _launch_triton(blocks, device, arguments, **constants):

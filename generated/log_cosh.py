@@ -313,10 +313,7 @@ def _run_triton(input, target, reduction, needs_grad):
     if not _triton_applies([input, target]):
         return None
     if _triton_kernel is None:
-        try:
-            _triton_kernel = _load_triton()
-        except Exception as error:  # e.g. no source file for triton.jit to read
-            _triton_failed(error)
+        _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
     numel = input.numel()
@@ -347,6 +344,15 @@ def _run_triton(input, target, reduction, needs_grad):
     if not launched:
         return None
     return loss_partials.sum().to(input.dtype), grad_input, grad_target
+
+
+def _defined_triton_kernel():
+    """_load_triton(), or False where defining the kernel fails (see _triton_failed)."""
+    try:
+        return _load_triton()
+    except Exception as error:  # e.g. no source file for triton.jit to read
+        _triton_failed(error)
+        return False
 
 
 def _launch_triton(blocks, device, arguments, **constants):

@@ -326,10 +326,7 @@ def _run_triton(input1, input2, y, margin, reduction, needs_grad):
     if not _triton_applies([input1, input2, y]):
         return None
     if _triton_kernel is None:
-        try:
-            _triton_kernel = _load_triton()
-        except Exception as error:  # e.g. no source file for triton.jit to read
-            _triton_failed(error)
+        _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
     numel = input1.numel()
@@ -368,6 +365,15 @@ def _run_triton(input1, input2, y, margin, reduction, needs_grad):
     if grad_margin is not None:
         grad_margin = grad_margin.sum().to(margin.dtype)
     return loss_partials.sum().to(input1.dtype), grad_input1, grad_input2, grad_margin
+
+
+def _defined_triton_kernel():
+    """_load_triton(), or False where defining the kernel fails (see _triton_failed)."""
+    try:
+        return _load_triton()
+    except Exception as error:  # e.g. no source file for triton.jit to read
+        _triton_failed(error)
+        return False
 
 
 def _launch_triton(blocks, device, arguments, **constants):

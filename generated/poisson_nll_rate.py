@@ -355,10 +355,7 @@ def _run_triton(input, target, rate_eps, reduction, needs_grad):
     if not _triton_applies([input, target]):
         return None
     if _triton_kernel is None:
-        try:
-            _triton_kernel = _load_triton()
-        except Exception as error:  # e.g. no source file for triton.jit to read
-            _triton_failed(error)
+        _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
     numel = input.numel()
@@ -396,6 +393,15 @@ def _run_triton(input, target, rate_eps, reduction, needs_grad):
     if grad_rate_eps is not None:
         grad_rate_eps = grad_rate_eps.sum().to(rate_eps.dtype)
     return loss_partials.sum().to(input.dtype), grad_input, grad_target, grad_rate_eps
+
+
+def _defined_triton_kernel():
+    """_load_triton(), or False where defining the kernel fails (see _triton_failed)."""
+    try:
+        return _load_triton()
+    except Exception as error:  # e.g. no source file for triton.jit to read
+        _triton_failed(error)
+        return False
 
 
 def _launch_triton(blocks, device, arguments, **constants):
