@@ -9,8 +9,12 @@ Run from the repository root (not a test; nothing here is timed in CI):
 For each loss (mean reduction; the first tensor argument requires grad, `--grad-all` makes every
 differentiable tensor require grad) it times one step, `loss = f(...); loss.backward()`, of:
 
-- generated: the generated functional form (fast path where it applies, else the Function),
-- fused-eager: the same fast path with its fused body run uncompiled (`COMPILE = False`),
+- generated: the generated functional form (fast path where it applies, else the Function;
+  on CUDA the fast path is the generated Triton kernel, where triton is installed),
+- fused-eager: the same fast path with its fused body run as plain torch (`COMPILE = False`,
+  `TRITON = False`),
+- fused-compile (CUDA only): the fast path through torch.compile instead of the Triton kernel
+  (`TRITON = False`): what the Triton kernel gains over Inductor's fusion of the same body,
 - reference: the generated readable Function alone (what `FUSED = False` gives; it is the
   whole generated code of lossgen v0),
 - eager: the loss expression exactly as written in the spec, printed by `lossgen.printer`
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
+import importlib.util
 import math
 import os
 import platform
@@ -39,6 +44,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -51,12 +57,23 @@ import torch.nn.functional as F  # noqa: N812 - the usual spelling
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lossgen.api import derive_all, generate  # noqa: E402
+from lossgen.emit import GeneratedFile  # noqa: E402
 from lossgen.model import LossModel  # noqa: E402
 from lossgen.printer import print_torch  # noqa: E402
-from lossgen.verify import LossCase, draw, load_generated, param_value  # noqa: E402
+from lossgen.verify import LossCase, draw, param_value  # noqa: E402
 
 Step = Callable[[], None]
 Steps = tuple[Step, Step]
+
+
+def load_from_disk(file: GeneratedFile, directory: Path) -> types.ModuleType:
+    """A generated file written to `directory` and imported from there."""
+    path = directory / file.name
+    path.write_text(file.content, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(f"bench_{file.name[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _poisson(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -152,17 +169,20 @@ def stepper(
     return reset, step
 
 
-def _uncompiled(
-    module: types.ModuleType, functional: Callable[..., torch.Tensor]
+def _configured(
+    module: types.ModuleType, functional: Callable[..., torch.Tensor], **switches: bool
 ) -> Callable[..., torch.Tensor]:
-    """The generated functional with its fused body run as plain torch (COMPILE = False)."""
+    """The generated functional with some of its module's switches (COMPILE, TRITON) set."""
 
     def call(*args: object) -> torch.Tensor:
-        module.COMPILE = False
+        saved = {name: getattr(module, name) for name in switches}
+        for name, value in switches.items():
+            setattr(module, name, value)
         try:
             return functional(*args)
         finally:
-            module.COMPILE = True
+            for name, value in saved.items():
+                setattr(module, name, value)
 
     return call
 
@@ -185,10 +205,22 @@ def contenders(
             "reference", stepper(function.apply, tensors, [*params, "mean"], grads)
         ),
     }
+    # Switches a module lacks (no Triton kernel for a loss with reductions) stay unset.
+    triton = {"TRITON": False} if hasattr(module, "TRITON") else {}
     variants["fused-eager"] = Variant(
         "fused-eager",
-        stepper(_uncompiled(module, functional), tensors, params, grads),
+        stepper(
+            _configured(module, functional, COMPILE=False, **triton),
+            tensors,
+            params,
+            grads,
+        ),
     )
+    if triton and device.startswith("cuda") and use_compile:
+        variants["fused-compile"] = Variant(
+            "fused-compile",
+            stepper(_configured(module, functional, **triton), tensors, params, grads),
+        )
     # Params become tensors for the printed expression (the printer's convention).
     param_tensors = [torch.tensor(p, dtype=dtype, device=device) for p in params]
     eager = eager_function(model)
@@ -307,7 +339,15 @@ def median_ms(variant: Variant) -> float:
 
 # --- reporting --------------------------------------------------------------------------------
 
-COLUMNS = ("generated", "fused-eager", "reference", "eager", "builtin", "compile")
+COLUMNS = (
+    "generated",
+    "fused-eager",
+    "fused-compile",
+    "reference",
+    "eager",
+    "builtin",
+    "compile",
+)
 
 
 def table(rows: list[Row], element_bytes: int, columns: Sequence[str]) -> str:
@@ -420,12 +460,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_compile = not args.no_compile
 
     files = {f.name: f for f in generate(specs)}
+    # Imported from files on disk: triton reads a kernel's source from its file.
+    directory = Path(tempfile.mkdtemp(prefix="lossgen_bench_"))
     rows = []
     for derived in derive_all(specs):
         model = derived.model
         if wanted is not None and model.name not in wanted:
             continue
-        module = load_generated(files[f"{model.snake_name}.py"])
+        module = load_from_disk(files[f"{model.snake_name}.py"], directory)
         variants = contenders(
             model, module, n, device, dtype, args.grad_all, use_compile
         )
@@ -451,7 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Median of {args.repeats} interleaved rounds, ms; ratios > 1 mean the generated "
         "code is faster. Peak: extra memory at the peak of one step, in input-sized "
         "tensors (the gradient left in `.grad` counts as 1).\n",
-        table(rows, element_bytes, COLUMNS),
+        # columns no loss has (fused-compile off CUDA) are left out
+        table(
+            rows,
+            element_bytes,
+            [c for c in COLUMNS if any(c in r.variants for r in rows)],
+        ),
     ]
 
     ce_shape = args.cross_entropy or ("8192x128256" if cuda else None)

@@ -552,6 +552,9 @@ _compiled_fused = None
 def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
+        return computed
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -561,6 +564,359 @@ def _run_fused(*args):
     except Exception:  # no compiler for this device here: the same code, uncompiled
         _compiled_fused = _fused
         return _fused(*args)
+
+
+# The fast path on CUDA: one Triton kernel reads each input once, computes the loss and every
+# requested gradient (the same CSE'd expressions as _fused), writes each gradient once and one
+# partial sum of the loss per block of elements; "mean" scaling is done inside. It runs on
+# contiguous CUDA tensors, and on CPU ones under Triton's interpreter (TRITON_INTERPRET=1, for
+# tests). triton is imported on first use only, into the module globals below (the kernel finds
+# `tl` and `libdevice` there); without triton, the fast path stays in torch.
+# Set TRITON = False to keep the fast path in torch on CUDA too.
+TRITON = True
+TRITON_BLOCK = 1024  # elements per Triton program
+triton = tl = libdevice = None
+_triton_kernel = None  # made by _load_triton on first use; False where it cannot run
+
+
+def _triton_applies(tensors):
+    """Whether the Triton kernel runs for these (same-shaped, same-dtype) tensors."""
+    import os
+
+    first = tensors[0]
+    if not TRITON or _triton_kernel is False or first.numel() == 0:
+        return False
+    if first.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return False
+    if not all(tensor.is_contiguous() for tensor in tensors):
+        return False
+    if first.device.type == "cuda":
+        return True
+    return first.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _load_triton():
+    """Import triton and define the kernel; False where triton is missing."""
+    global triton, tl, libdevice
+    try:
+        import triton
+        import triton.language as tl
+        from triton.language.extra import libdevice
+    except ImportError:
+        return False
+
+    @triton.jit
+    def _adaptive_wing_kernel(
+        input_ptr,
+        heatmap_ptr,
+        omega_ptr,
+        theta_ptr,
+        epsilon_ptr,
+        power_ptr,
+        loss_ptr,
+        grad_input_ptr,
+        grad_omega_ptr,
+        grad_theta_ptr,
+        grad_epsilon_ptr,
+        grad_power_ptr,
+        numel,
+        reduce_mean: tl.constexpr,
+        compute_dtype: tl.constexpr,
+        block_size: tl.constexpr,
+    ):
+        # A gradient pointer is None where that gradient is not wanted: Triton compiles the
+        # kernel without it.
+        program = tl.program_id(0)
+        offsets = program.to(tl.int64) * block_size + tl.arange(0, block_size)
+        in_bounds = offsets < numel
+        input = tl.load(input_ptr + offsets, mask=in_bounds).to(compute_dtype)
+        heatmap = tl.load(heatmap_ptr + offsets, mask=in_bounds).to(compute_dtype)
+        omega = tl.load(omega_ptr).to(compute_dtype)
+        theta = tl.load(theta_ptr).to(compute_dtype)
+        epsilon = tl.load(epsilon_ptr).to(compute_dtype)
+        power = tl.load(power_ptr).to(compute_dtype)
+        upstream = tl.full([], 1, compute_dtype)
+        if reduce_mean:
+            upstream = upstream / numel
+        tmp0 = heatmap - input
+        tmp1 = tl.abs(tmp0)
+        tmp2 = tmp1 == 0
+        tmp3 = 1 / epsilon
+        tmp4 = tmp1 * tmp3
+        tmp5 = power - heatmap
+        tmp6 = theta > tmp1
+        tmp7 = theta * tmp3
+        tmp8 = libdevice.pow(tmp7, tmp5)
+        tmp9 = -power + heatmap + 1
+        tmp10 = omega * tmp5
+        tmp11 = tmp10 / (libdevice.pow(tmp7, tmp9) * (tmp8 + 1))
+        tmp12 = tmp1 != 0
+        tmp13 = tmp12 & tmp6
+        tmp14 = (tmp0 > 0).to(compute_dtype) - (tmp0 < 0).to(compute_dtype)
+        tmp15 = 1 / tl.where(tmp13, epsilon, 1.0)
+        tmp16 = tl.where(tmp13, tmp1 * tmp15, 1.0)
+        tmp17 = libdevice.pow(tmp16, tmp5)
+        tmp18 = omega * tmp17 / tl.where(tmp13, tmp17 + 1, 1.0)
+        tmp19 = tmp18 * tmp5
+        tmp20 = tmp12 & (theta <= tmp1)
+        tmp21 = tl.where(tmp20, epsilon, 1.0)
+        tmp22 = 1 / tmp21
+        tmp23 = theta * tmp22
+        tmp24 = tl.where(tmp20, tmp23, 1.0)
+        tmp25 = libdevice.pow(tmp24, -tmp9)
+        tmp26 = libdevice.pow(tmp24, tmp5)
+        tmp27 = tmp26 + 1
+        tmp28 = tl.where(tmp20, tmp27, 1.0)
+        tmp29 = tmp25 / tmp28
+        tmp30 = tmp22 * tmp29
+        tmp31 = tmp1 * tmp5
+        tmp32 = tmp2 | tmp6
+        tmp33 = ~tmp32
+        tmp34 = 1 / tl.where(tmp33, epsilon, 1.0)
+        tmp35 = tl.where(tmp33, theta * tmp34, 1.0)
+        tmp36 = libdevice.pow(tmp35, tmp5)
+        tmp37 = tmp36 + 1
+        tmp38 = theta * tmp5
+        tmp39 = -2 * power + 2 * heatmap + 1
+        tmp40 = libdevice.pow(tmp35, -tmp39)
+        tmp41 = tmp37 / libdevice.pow(tmp35, tmp9)
+        tmp42 = 1 / (tmp28 * tmp28)
+        tmp43 = theta - tmp1
+        tmp44 = tmp5 / libdevice.pow(tmp24, tmp39)
+        tmp45 = epsilon * tmp26 * tmp27
+        tmp46 = tmp25 * tmp27
+        loss = tl.where(
+            tmp2,
+            0,
+            tl.where(
+                tmp6,
+                omega * libdevice.log1p(libdevice.pow(tmp4, tmp5)),
+                omega * libdevice.log1p(tmp8) + tmp11 * tmp4 - tmp11 * tmp7,
+            ),
+        )
+        tl.store(loss_ptr + program, tl.sum(tl.where(in_bounds, loss, 0)) * upstream)
+        if grad_input_ptr is not None:
+            grad_input = (
+                tl.where(
+                    tmp2,
+                    0,
+                    tl.where(
+                        tmp6,
+                        -tmp14 * tmp19 / tl.where(tmp13, tmp1, 1.0),
+                        -tmp10 * tmp14 * tmp30,
+                    ),
+                )
+                * upstream
+            )
+            tl.store(grad_input_ptr + offsets, grad_input, mask=in_bounds)
+        if grad_omega_ptr is not None:
+            grad_omega = (
+                tl.where(
+                    tmp2,
+                    0,
+                    tl.where(
+                        tmp6,
+                        libdevice.log1p(tl.where(tmp13, tmp17, 1.0)),
+                        -tmp23 * tmp29 * tmp5
+                        + tmp30 * tmp31
+                        + libdevice.log1p(tl.where(tmp20, tmp26, 1.0)),
+                    ),
+                )
+                * upstream
+            )
+            grad_omega = tl.sum(tl.where(in_bounds, grad_omega, 0))
+            tl.store(grad_omega_ptr + program, grad_omega)
+        if grad_theta_ptr is not None:
+            grad_theta = (
+                tl.where(
+                    tmp32,
+                    0,
+                    tmp10
+                    * tmp34
+                    * (
+                        epsilon * tmp36 * tmp37
+                        - theta * tmp41 * tmp5
+                        - tmp1 * tmp41 * tmp9
+                        - tmp31 * tmp40
+                        + tmp38 * tmp40
+                    )
+                    / (
+                        tl.where(tmp33, theta, 1.0)
+                        * (tl.where(tmp33, tmp37, 1.0) * tl.where(tmp33, tmp37, 1.0))
+                    ),
+                )
+                * upstream
+            )
+            grad_theta = tl.sum(tl.where(in_bounds, grad_theta, 0))
+            tl.store(grad_theta_ptr + program, grad_theta)
+        if grad_epsilon_ptr is not None:
+            grad_epsilon = (
+                tl.where(
+                    tmp2,
+                    0,
+                    tl.where(
+                        tmp6,
+                        -tmp15 * tmp19,
+                        tmp10
+                        * tmp42
+                        * (
+                            -tmp43 * tmp44
+                            - tmp45
+                            + tmp46 * (-theta * tmp9 + theta + tmp1 * tmp9 - tmp1)
+                        )
+                        / (tmp21 * tmp21),
+                    ),
+                )
+                * upstream
+            )
+            grad_epsilon = tl.sum(tl.where(in_bounds, grad_epsilon, 0))
+            tl.store(grad_epsilon_ptr + program, grad_epsilon)
+        if grad_power_ptr is not None:
+            grad_power = (
+                tl.where(
+                    tmp2,
+                    0,
+                    tl.where(
+                        tmp6,
+                        tl.where(tmp18 == 0, 0.0, tmp18 * libdevice.log(tmp16)),
+                        omega
+                        * tmp22
+                        * tmp42
+                        * (
+                            tmp46
+                            * (
+                                -tmp43
+                                + tl.where(
+                                    tmp31 == 0, 0.0, tmp31 * libdevice.log(tmp24)
+                                )
+                                - tl.where(
+                                    tmp38 == 0, 0.0, tmp38 * libdevice.log(tmp24)
+                                )
+                            )
+                            + tl.where(tmp45 == 0, 0.0, tmp45 * libdevice.log(tmp24))
+                            + tl.where(
+                                tmp43 * tmp44 == 0,
+                                0.0,
+                                (tmp43 * tmp44) * libdevice.log(tmp24),
+                            )
+                        ),
+                    ),
+                )
+                * upstream
+            )
+            grad_power = tl.sum(tl.where(in_bounds, grad_power, 0))
+            tl.store(grad_power_ptr + program, grad_power)
+
+    return _adaptive_wing_kernel
+
+
+def _run_triton(input, heatmap, omega, theta, epsilon, power, reduction, needs_grad):
+    """Loss and gradients from the Triton kernel; None where it does not apply or cannot run."""
+    global _triton_kernel
+    if not _triton_applies([input, heatmap]):
+        return None
+    if _triton_kernel is None:
+        _triton_kernel = _defined_triton_kernel()
+        if _triton_kernel is False:
+            return None
+    numel = input.numel()
+    blocks = triton.cdiv(numel, TRITON_BLOCK)
+    # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
+    partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    loss_partials = input.new_empty(blocks, dtype=partial_dtype)
+    grad_input = None
+    if needs_grad[0]:
+        grad_input = torch.empty_like(input)
+    grad_omega = None
+    if needs_grad[2]:
+        grad_omega = input.new_empty(blocks, dtype=partial_dtype)
+    grad_theta = None
+    if needs_grad[3]:
+        grad_theta = input.new_empty(blocks, dtype=partial_dtype)
+    grad_epsilon = None
+    if needs_grad[4]:
+        grad_epsilon = input.new_empty(blocks, dtype=partial_dtype)
+    grad_power = None
+    if needs_grad[5]:
+        grad_power = input.new_empty(blocks, dtype=partial_dtype)
+    launched = _launch_triton(
+        blocks,
+        input.device,
+        (
+            input.detach(),
+            heatmap.detach(),
+            omega.detach(),
+            theta.detach(),
+            epsilon.detach(),
+            power.detach(),
+            loss_partials,
+            grad_input,
+            grad_omega,
+            grad_theta,
+            grad_epsilon,
+            grad_power,
+            numel,
+        ),
+        reduce_mean=reduction == "mean",
+        compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
+    )
+    if not launched:
+        return None
+    if grad_omega is not None:
+        grad_omega = grad_omega.sum().to(omega.dtype)
+    if grad_theta is not None:
+        grad_theta = grad_theta.sum().to(theta.dtype)
+    if grad_epsilon is not None:
+        grad_epsilon = grad_epsilon.sum().to(epsilon.dtype)
+    if grad_power is not None:
+        grad_power = grad_power.sum().to(power.dtype)
+    return (
+        loss_partials.sum().to(input.dtype),
+        grad_input,
+        grad_omega,
+        grad_theta,
+        grad_epsilon,
+        grad_power,
+    )
+
+
+def _defined_triton_kernel():
+    """_load_triton(), or False where defining the kernel fails (see _triton_failed)."""
+    try:
+        return _load_triton()
+    except Exception as error:  # e.g. no source file for triton.jit to read
+        _triton_failed(error)
+        return False
+
+
+def _launch_triton(blocks, device, arguments, **constants):
+    """Run the kernel over `blocks` programs; False where it fails (see _triton_failed)."""
+    try:
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                _triton_kernel[(blocks,)](
+                    *arguments, **constants, block_size=TRITON_BLOCK
+                )
+        else:
+            _triton_kernel[(blocks,)](*arguments, **constants, block_size=TRITON_BLOCK)
+    except Exception as error:  # any failure: fall back to torch, and say why
+        _triton_failed(error)
+        return False
+    return True
+
+
+def _triton_failed(error):
+    """Turn the Triton kernel off for this module, with a warning (once), e.g. on a GPU that
+    this triton does not support: the fast path stays in torch then."""
+    global _triton_kernel
+    import warnings
+
+    warnings.warn(
+        f"AdaptiveWing: the Triton kernel failed, using torch instead: {error}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    _triton_kernel = False
 
 
 class _AdaptiveWingFused(torch.autograd.Function):

@@ -444,6 +444,9 @@ _compiled_fused = None
 def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
+        return computed
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -453,6 +456,271 @@ def _run_fused(*args):
     except Exception:  # no compiler for this device here: the same code, uncompiled
         _compiled_fused = _fused
         return _fused(*args)
+
+
+# The fast path on CUDA: one Triton kernel reads each input once, computes the loss and every
+# requested gradient (the same CSE'd expressions as _fused), writes each gradient once and one
+# partial sum of the loss per block of elements; "mean" scaling is done inside. It runs on
+# contiguous CUDA tensors, and on CPU ones under Triton's interpreter (TRITON_INTERPRET=1, for
+# tests). triton is imported on first use only, into the module globals below (the kernel finds
+# `tl` and `libdevice` there); without triton, the fast path stays in torch.
+# Set TRITON = False to keep the fast path in torch on CUDA too.
+TRITON = True
+TRITON_BLOCK = 1024  # elements per Triton program
+triton = tl = libdevice = None
+_triton_kernel = None  # made by _load_triton on first use; False where it cannot run
+
+
+def _triton_applies(tensors):
+    """Whether the Triton kernel runs for these (same-shaped, same-dtype) tensors."""
+    import os
+
+    first = tensors[0]
+    if not TRITON or _triton_kernel is False or first.numel() == 0:
+        return False
+    if first.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return False
+    if not all(tensor.is_contiguous() for tensor in tensors):
+        return False
+    if first.device.type == "cuda":
+        return True
+    return first.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _load_triton():
+    """Import triton and define the kernel; False where triton is missing."""
+    global triton, tl, libdevice
+    try:
+        import triton
+        import triton.language as tl
+        from triton.language.extra import libdevice
+    except ImportError:
+        return False
+
+    @triton.jit
+    def _generalized_box_iou_kernel(
+        x1_ptr,
+        y1_ptr,
+        x2_ptr,
+        y2_ptr,
+        target_x1_ptr,
+        target_y1_ptr,
+        target_x2_ptr,
+        target_y2_ptr,
+        eps_ptr,
+        loss_ptr,
+        grad_x1_ptr,
+        grad_y1_ptr,
+        grad_x2_ptr,
+        grad_y2_ptr,
+        grad_eps_ptr,
+        numel,
+        reduce_mean: tl.constexpr,
+        compute_dtype: tl.constexpr,
+        block_size: tl.constexpr,
+    ):
+        # A gradient pointer is None where that gradient is not wanted: Triton compiles the
+        # kernel without it.
+        program = tl.program_id(0)
+        offsets = program.to(tl.int64) * block_size + tl.arange(0, block_size)
+        in_bounds = offsets < numel
+        x1 = tl.load(x1_ptr + offsets, mask=in_bounds).to(compute_dtype)
+        y1 = tl.load(y1_ptr + offsets, mask=in_bounds).to(compute_dtype)
+        x2 = tl.load(x2_ptr + offsets, mask=in_bounds).to(compute_dtype)
+        y2 = tl.load(y2_ptr + offsets, mask=in_bounds).to(compute_dtype)
+        target_x1 = tl.load(target_x1_ptr + offsets, mask=in_bounds).to(compute_dtype)
+        target_y1 = tl.load(target_y1_ptr + offsets, mask=in_bounds).to(compute_dtype)
+        target_x2 = tl.load(target_x2_ptr + offsets, mask=in_bounds).to(compute_dtype)
+        target_y2 = tl.load(target_y2_ptr + offsets, mask=in_bounds).to(compute_dtype)
+        eps = tl.load(eps_ptr).to(compute_dtype)
+        upstream = tl.full([], 1, compute_dtype)
+        if reduce_mean:
+            upstream = upstream / numel
+        tmp0 = -x2
+        tmp1 = tmp0 + x1
+        tmp2 = -y2
+        tmp3 = tmp2 + y1
+        tmp4 = -tl.maximum(target_x1, x1) + tl.minimum(target_x2, x2)
+        tmp5 = tl.maximum(tmp4, 0.0)
+        tmp6 = -tl.maximum(target_y1, y1) + tl.minimum(target_y2, y2)
+        tmp7 = tl.maximum(tmp6, 0.0)
+        tmp8 = tmp5 * tmp7
+        tmp9 = tmp1 * tmp3 - tmp8 + (-target_x1 + target_x2) * (-target_y1 + target_y2)
+        tmp10 = eps + tmp9
+        tmp11 = 1 / tmp10
+        tmp12 = tl.maximum(target_x2, x2) - tl.minimum(target_x1, x1)
+        tmp13 = tl.maximum(target_y2, y2) - tl.minimum(target_y1, y1)
+        tmp14 = eps + tmp12 * tmp13
+        tmp15 = 1 / tmp14
+        tmp16 = tmp12 * tmp13 - tmp9
+        tmp17 = target_x1 - x1
+        tmp18 = tmp13 * tl.where(tmp17 == 0, 1 / 2, (tmp17 > 0).to(compute_dtype))
+        tmp19 = tmp7 * (tmp4 > 0).to(compute_dtype)
+        tmp20 = tmp19 * tl.where(-tmp17 == 0, 1 / 2, (-tmp17 > 0).to(compute_dtype))
+        tmp21 = tmp20 + tmp3
+        tmp22 = tmp16 / (tmp14 * tmp14)
+        tmp23 = tmp8 / (tmp10 * tmp10)
+        tmp24 = target_y1 - y1
+        tmp25 = tmp12 * tl.where(tmp24 == 0, 1 / 2, (tmp24 > 0).to(compute_dtype))
+        tmp26 = tmp5 * (tmp6 > 0).to(compute_dtype)
+        tmp27 = tmp26 * tl.where(-tmp24 == 0, 1 / 2, (-tmp24 > 0).to(compute_dtype))
+        tmp28 = tmp1 + tmp27
+        tmp29 = tmp0 + target_x2
+        tmp30 = tmp13 * tl.where(-tmp29 == 0, 1 / 2, (-tmp29 > 0).to(compute_dtype))
+        tmp31 = tmp19 * tl.where(tmp29 == 0, 1 / 2, (tmp29 > 0).to(compute_dtype))
+        tmp32 = tmp3 + tmp31
+        tmp33 = tmp2 + target_y2
+        tmp34 = tmp12 * tl.where(-tmp33 == 0, 1 / 2, (-tmp33 > 0).to(compute_dtype))
+        tmp35 = tmp26 * tl.where(tmp33 == 0, 1 / 2, (tmp33 > 0).to(compute_dtype))
+        tmp36 = tmp1 + tmp35
+        loss = -tmp11 * tmp8 + tmp15 * tmp16 + 1
+        tl.store(loss_ptr + program, tl.sum(tl.where(in_bounds, loss, 0)) * upstream)
+        if grad_x1_ptr is not None:
+            grad_x1 = (
+                tmp11 * tmp20 + tmp15 * (-tmp18 - tmp21) + tmp18 * tmp22 + tmp21 * tmp23
+            ) * upstream
+            tl.store(grad_x1_ptr + offsets, grad_x1, mask=in_bounds)
+        if grad_y1_ptr is not None:
+            grad_y1 = (
+                tmp11 * tmp27 + tmp15 * (-tmp25 - tmp28) + tmp22 * tmp25 + tmp23 * tmp28
+            ) * upstream
+            tl.store(grad_y1_ptr + offsets, grad_y1, mask=in_bounds)
+        if grad_x2_ptr is not None:
+            grad_x2 = (
+                -tmp11 * tmp31 + tmp15 * (tmp30 + tmp32) - tmp22 * tmp30 - tmp23 * tmp32
+            ) * upstream
+            tl.store(grad_x2_ptr + offsets, grad_x2, mask=in_bounds)
+        if grad_y2_ptr is not None:
+            grad_y2 = (
+                -tmp11 * tmp35 + tmp15 * (tmp34 + tmp36) - tmp22 * tmp34 - tmp23 * tmp36
+            ) * upstream
+            tl.store(grad_y2_ptr + offsets, grad_y2, mask=in_bounds)
+        if grad_eps_ptr is not None:
+            grad_eps = (-tmp22 + tmp23) * upstream
+            grad_eps = tl.sum(tl.where(in_bounds, grad_eps, 0))
+            tl.store(grad_eps_ptr + program, grad_eps)
+
+    return _generalized_box_iou_kernel
+
+
+def _run_triton(
+    x1,
+    y1,
+    x2,
+    y2,
+    target_x1,
+    target_y1,
+    target_x2,
+    target_y2,
+    eps,
+    reduction,
+    needs_grad,
+):
+    """Loss and gradients from the Triton kernel; None where it does not apply or cannot run."""
+    global _triton_kernel
+    if not _triton_applies(
+        [x1, y1, x2, y2, target_x1, target_y1, target_x2, target_y2]
+    ):
+        return None
+    if _triton_kernel is None:
+        _triton_kernel = _defined_triton_kernel()
+        if _triton_kernel is False:
+            return None
+    numel = x1.numel()
+    blocks = triton.cdiv(numel, TRITON_BLOCK)
+    # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
+    partial_dtype = torch.float64 if x1.dtype == torch.float64 else torch.float32
+    loss_partials = x1.new_empty(blocks, dtype=partial_dtype)
+    grad_x1 = None
+    if needs_grad[0]:
+        grad_x1 = torch.empty_like(x1)
+    grad_y1 = None
+    if needs_grad[1]:
+        grad_y1 = torch.empty_like(y1)
+    grad_x2 = None
+    if needs_grad[2]:
+        grad_x2 = torch.empty_like(x2)
+    grad_y2 = None
+    if needs_grad[3]:
+        grad_y2 = torch.empty_like(y2)
+    grad_eps = None
+    if needs_grad[8]:
+        grad_eps = x1.new_empty(blocks, dtype=partial_dtype)
+    launched = _launch_triton(
+        blocks,
+        x1.device,
+        (
+            x1.detach(),
+            y1.detach(),
+            x2.detach(),
+            y2.detach(),
+            target_x1.detach(),
+            target_y1.detach(),
+            target_x2.detach(),
+            target_y2.detach(),
+            eps.detach(),
+            loss_partials,
+            grad_x1,
+            grad_y1,
+            grad_x2,
+            grad_y2,
+            grad_eps,
+            numel,
+        ),
+        reduce_mean=reduction == "mean",
+        compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
+    )
+    if not launched:
+        return None
+    if grad_eps is not None:
+        grad_eps = grad_eps.sum().to(eps.dtype)
+    return (
+        loss_partials.sum().to(x1.dtype),
+        grad_x1,
+        grad_y1,
+        grad_x2,
+        grad_y2,
+        grad_eps,
+    )
+
+
+def _defined_triton_kernel():
+    """_load_triton(), or False where defining the kernel fails (see _triton_failed)."""
+    try:
+        return _load_triton()
+    except Exception as error:  # e.g. no source file for triton.jit to read
+        _triton_failed(error)
+        return False
+
+
+def _launch_triton(blocks, device, arguments, **constants):
+    """Run the kernel over `blocks` programs; False where it fails (see _triton_failed)."""
+    try:
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                _triton_kernel[(blocks,)](
+                    *arguments, **constants, block_size=TRITON_BLOCK
+                )
+        else:
+            _triton_kernel[(blocks,)](*arguments, **constants, block_size=TRITON_BLOCK)
+    except Exception as error:  # any failure: fall back to torch, and say why
+        _triton_failed(error)
+        return False
+    return True
+
+
+def _triton_failed(error):
+    """Turn the Triton kernel off for this module, with a warning (once), e.g. on a GPU that
+    this triton does not support: the fast path stays in torch then."""
+    global _triton_kernel
+    import warnings
+
+    warnings.warn(
+        f"GeneralizedBoxIOU: the Triton kernel failed, using torch instead: {error}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    _triton_kernel = False
 
 
 class _GeneralizedBoxIOUFused(torch.autograd.Function):

@@ -198,6 +198,9 @@ _compiled_fused = None
 def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
+        return computed
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -207,6 +210,159 @@ def _run_fused(*args):
     except Exception:  # no compiler for this device here: the same code, uncompiled
         _compiled_fused = _fused
         return _fused(*args)
+
+
+# The fast path on CUDA: one Triton kernel reads each input once, computes the loss and every
+# requested gradient (the same CSE'd expressions as _fused), writes each gradient once and one
+# partial sum of the loss per block of elements; "mean" scaling is done inside. It runs on
+# contiguous CUDA tensors, and on CPU ones under Triton's interpreter (TRITON_INTERPRET=1, for
+# tests). triton is imported on first use only, into the module globals below (the kernel finds
+# `tl` and `libdevice` there); without triton, the fast path stays in torch.
+# Set TRITON = False to keep the fast path in torch on CUDA too.
+TRITON = True
+TRITON_BLOCK = 1024  # elements per Triton program
+triton = tl = libdevice = None
+_triton_kernel = None  # made by _load_triton on first use; False where it cannot run
+
+
+def _triton_applies(tensors):
+    """Whether the Triton kernel runs for these (same-shaped, same-dtype) tensors."""
+    import os
+
+    first = tensors[0]
+    if not TRITON or _triton_kernel is False or first.numel() == 0:
+        return False
+    if first.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return False
+    if not all(tensor.is_contiguous() for tensor in tensors):
+        return False
+    if first.device.type == "cuda":
+        return True
+    return first.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _load_triton():
+    """Import triton and define the kernel; False where triton is missing."""
+    global triton, tl, libdevice
+    try:
+        import triton
+        import triton.language as tl
+        from triton.language.extra import libdevice
+    except ImportError:
+        return False
+
+    @triton.jit
+    def _l1_kernel(
+        input_ptr,
+        target_ptr,
+        loss_ptr,
+        grad_input_ptr,
+        grad_target_ptr,
+        numel,
+        reduce_mean: tl.constexpr,
+        compute_dtype: tl.constexpr,
+        block_size: tl.constexpr,
+    ):
+        # A gradient pointer is None where that gradient is not wanted: Triton compiles the
+        # kernel without it.
+        program = tl.program_id(0)
+        offsets = program.to(tl.int64) * block_size + tl.arange(0, block_size)
+        in_bounds = offsets < numel
+        input = tl.load(input_ptr + offsets, mask=in_bounds).to(compute_dtype)
+        target = tl.load(target_ptr + offsets, mask=in_bounds).to(compute_dtype)
+        upstream = tl.full([], 1, compute_dtype)
+        if reduce_mean:
+            upstream = upstream / numel
+        tmp0 = input - target
+        tmp1 = (tmp0 > 0).to(compute_dtype) - (tmp0 < 0).to(compute_dtype)
+        loss = tl.abs(tmp0)
+        tl.store(loss_ptr + program, tl.sum(tl.where(in_bounds, loss, 0)) * upstream)
+        if grad_input_ptr is not None:
+            grad_input = tmp1 * upstream
+            tl.store(grad_input_ptr + offsets, grad_input, mask=in_bounds)
+        if grad_target_ptr is not None:
+            grad_target = (-tmp1) * upstream
+            tl.store(grad_target_ptr + offsets, grad_target, mask=in_bounds)
+
+    return _l1_kernel
+
+
+def _run_triton(input, target, reduction, needs_grad):
+    """Loss and gradients from the Triton kernel; None where it does not apply or cannot run."""
+    global _triton_kernel
+    if not _triton_applies([input, target]):
+        return None
+    if _triton_kernel is None:
+        _triton_kernel = _defined_triton_kernel()
+        if _triton_kernel is False:
+            return None
+    numel = input.numel()
+    blocks = triton.cdiv(numel, TRITON_BLOCK)
+    # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
+    partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    loss_partials = input.new_empty(blocks, dtype=partial_dtype)
+    grad_input = None
+    if needs_grad[0]:
+        grad_input = torch.empty_like(input)
+    grad_target = None
+    if needs_grad[1]:
+        grad_target = torch.empty_like(target)
+    launched = _launch_triton(
+        blocks,
+        input.device,
+        (
+            input.detach(),
+            target.detach(),
+            loss_partials,
+            grad_input,
+            grad_target,
+            numel,
+        ),
+        reduce_mean=reduction == "mean",
+        compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
+    )
+    if not launched:
+        return None
+    return loss_partials.sum().to(input.dtype), grad_input, grad_target
+
+
+def _defined_triton_kernel():
+    """_load_triton(), or False where defining the kernel fails (see _triton_failed)."""
+    try:
+        return _load_triton()
+    except Exception as error:  # e.g. no source file for triton.jit to read
+        _triton_failed(error)
+        return False
+
+
+def _launch_triton(blocks, device, arguments, **constants):
+    """Run the kernel over `blocks` programs; False where it fails (see _triton_failed)."""
+    try:
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                _triton_kernel[(blocks,)](
+                    *arguments, **constants, block_size=TRITON_BLOCK
+                )
+        else:
+            _triton_kernel[(blocks,)](*arguments, **constants, block_size=TRITON_BLOCK)
+    except Exception as error:  # any failure: fall back to torch, and say why
+        _triton_failed(error)
+        return False
+    return True
+
+
+def _triton_failed(error):
+    """Turn the Triton kernel off for this module, with a warning (once), e.g. on a GPU that
+    this triton does not support: the fast path stays in torch then."""
+    global _triton_kernel
+    import warnings
+
+    warnings.warn(
+        f"L1: the Triton kernel failed, using torch instead: {error}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    _triton_kernel = False
 
 
 class _L1Fused(torch.autograd.Function):

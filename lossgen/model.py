@@ -42,6 +42,11 @@ GENERATED_CODE_NAMES = frozenset(
     }
     # reductions over dims
     | {"upstream_weight", "weight_total", "keepdim_shape", "loss_shape"}
+    # the fast path's Triton kernel (its pointers are `<argument>_ptr`, reserved below)
+    | {"triton", "tl", "libdevice", "TRITON", "TRITON_BLOCK"}
+    | {"reduce_mean", "compute_dtype", "block_size"}
+    | {"program", "offsets", "in_bounds", "numel", "blocks", "partial_dtype"}
+    | {"loss_partials", "launched", "computed"}
 )
 RESERVED_MODULE_NAMES = frozenset({"torch", "math", "nn", "lossgen", "typing"})
 # Builtins an argument may still be called: torch's own losses name their first argument `input`,
@@ -396,6 +401,7 @@ def _check_argument_name(name: str) -> None:
     if (
         name in GENERATED_CODE_NAMES
         or name.startswith(("_", "grad_"))
+        or name.endswith("_ptr")
         or re.fullmatch(r"tmp\d+", name)
     ):
         raise SpecError(

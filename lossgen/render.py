@@ -17,8 +17,9 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 from lossgen.backprop import UPSTREAM, UPSTREAM_WEIGHT
 from lossgen.derive import DerivedLoss, Program, Step
 from lossgen.model import Argument, LossModel
-from lossgen.printer import print_torch
+from lossgen.printer import UnsupportedExpressionError, print_torch
 from lossgen.reductions import ALL
+from lossgen.triton_printer import print_triton
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,9 @@ def render_loss(derived: DerivedLoss) -> str:
         )
 
     fused_lines, fused_loss, fused_gradients = _fused_code(derived)
+    fusable = derived.mean_weight is None and all(
+        a.index_of is None for a in model.tensors
+    )
 
     formulas = []
     if (
@@ -170,8 +174,8 @@ def render_loss(derived: DerivedLoss) -> str:
         "saves_output": derived.uses_upstream_weight,
         "uses_one_hot": any("_one_hot(" in code for code in code_so_far),
         "along_params": along,
-        "fusable": derived.mean_weight is None
-        and all(a.index_of is None for a in model.tensors),
+        "fusable": fusable,
+        "triton": _triton_code(derived) if fusable else None,
         "forward_ops": forward_ops,
         "backward_ops": backward_ops,
         "like": like,
@@ -280,6 +284,58 @@ def _fused_code(
             )
         )
     return lines, print_torch(fused.loss, names, like), tuple(gradients)
+
+
+@dataclass(frozen=True)
+class TritonGradient:
+    index: int  # position in Function.apply's arguments
+    name: str
+    is_param: bool  # a param's gradient is summed over the elements in the kernel
+    factor: str  # the elementwise gradient, parenthesized where precedence needs it
+
+
+@dataclass(frozen=True)
+class TritonCode:
+    """The Triton kernel's body: derive's FusedProgram printed by lossgen.triton_printer."""
+
+    kernel_name: str
+    lines: tuple[Line, ...]
+    loss: str
+    gradients: tuple[TritonGradient, ...]
+
+
+def _triton_code(derived: DerivedLoss) -> TritonCode | None:
+    """The fast path's Triton kernel, for losses without reductions over dims; None where
+    the loss reduces or uses a function the Triton printer lacks (the torch fast path stays).
+    """
+    model = derived.model
+    if model.reduces:
+        return None
+    names = {argument.symbol: argument.name for argument in model.arguments}
+    fused = derived.fused
+    try:
+        lines = []
+        for step in fused.steps:
+            names[step.symbol] = step.symbol.name
+            lines.append(Line(step.symbol.name, print_triton(step.expr, names)))
+        loss = print_triton(fused.loss, names)
+        gradients = []
+        for gradient, result in zip(derived.gradients, fused.gradients):
+            code = print_triton(result, names)
+            binds_tightly = precedence(result) >= PRECEDENCE["Mul"]
+            gradients.append(
+                TritonGradient(
+                    model.arguments.index(gradient.argument),
+                    gradient.argument.name,
+                    gradient.argument.is_param,
+                    code if binds_tightly else f"({code})",
+                )
+            )
+    except UnsupportedExpressionError:
+        return None
+    return TritonCode(
+        f"_{model.snake_name}_kernel", tuple(lines), loss, tuple(gradients)
+    )
 
 
 def _names(model: LossModel) -> dict[sp.Symbol, str]:

@@ -44,6 +44,7 @@ def test_every_name_of_the_generated_code_is_reserved() -> None:
         for name in template_names
         if name not in GENERATED_CODE_NAMES
         and not name.startswith(("_", "grad_"))
+        and not name.endswith("_ptr")
         and not re.fullmatch(r"tmp\d+", name)
         and not hasattr(builtins, name)
         and not name[0].isupper()  # class names: loss names are checked separately

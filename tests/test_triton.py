@@ -1,0 +1,478 @@
+"""The fast path's Triton kernels: every elementwise shipped loss's kernel run by Triton's
+interpreter on CPU (TRITON_INTERPRET=1) against the readable reference Function, the kernels
+compiled ahead of time for a CUDA GPU (no GPU needed), and the generated files without triton.
+
+triton is a test dependency (the `test` extra): these tests fail, not skip, without it.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import importlib.util
+import inspect
+import sys
+import types
+
+import pytest
+import sympy as sp
+import torch
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.language.extra.cuda import libdevice as cuda_libdevice
+from triton.runtime import JITFunction, interpreter
+
+from conftest import ROOT, repository_derived, repository_files
+from lossgen.api import generate
+from lossgen.model import LossModel
+from lossgen.printer import UnsupportedExpressionError
+from lossgen.reductions import Sum
+from lossgen.triton_printer import print_triton
+from lossgen.verify import LossCase, draw, load_generated, param_value
+
+# Triton 3.9's interpreter cannot call libdevice: its builder raises NotImplementedError for
+# extern_elementwise. Here the interpreter runs CUDA's libdevice module as the compiler does
+# (the same table of argument dtypes, the same broadcasting), and evaluates each libdevice
+# function it selects (`__nv_log1pf`, `__nv_pow`, ...) with the torch function of that name.
+LIBDEVICE_FUNCTIONS = (
+    "exp", "log", "log1p", "expm1", "pow", "sqrt", "erf", "erfc",
+    "sin", "cos", "tan", "asin", "acos", "atan",
+    "sinh", "cosh", "tanh", "asinh", "acosh", "atanh",
+)  # fmt: skip
+LIBDEVICE_SYMBOLS = {
+    **{f"__nv_{name}": name for name in LIBDEVICE_FUNCTIONS},  # float64
+    **{f"__nv_{name}f": name for name in LIBDEVICE_FUNCTIONS},  # float32
+    "__nv_powi": "pow",  # a float64 to an int32 power
+    "__nv_powif": "pow",
+}
+
+
+def _libdevice_by_torch(library, path, symbol, arguments, result_type, is_pure):
+    function = getattr(torch, LIBDEVICE_SYMBOLS[symbol])
+    result = function(*(torch.from_numpy(argument.data) for argument in arguments))
+    return interpreter.TensorHandle(result.numpy(), result_type.scalar)
+
+
+@pytest.fixture
+def libdevice_on_cpu():
+    """CUDA's libdevice, callable by the interpreter (see LIBDEVICE_SYMBOLS).
+
+    Also the interpreter's own versions of triton.language's functions written in Triton
+    (tl.sum): triton makes those when it is imported, interpreted only if TRITON_INTERPRET=1
+    was set by then, and other tests (torch.compile) may import it first.
+    """
+    scope = interpreter._LangPatchScope()
+    for name, member in vars(tl).items():
+        if isinstance(member, JITFunction):
+            # the plain function: it runs in the kernel's interpreted scope (an
+            # InterpretedFunction would leave the interpreter's patches in triton.language)
+            scope.set_attr(tl, name, member.fn)
+    interpreter._patch_builtin(cuda_libdevice, interpreter.interpreter_builder, scope)
+    scope.set_attr(
+        interpreter.interpreter_builder,
+        "create_extern_elementwise",
+        _libdevice_by_torch,
+    )
+    yield cuda_libdevice
+    scope.restore()
+
+
+pytestmark = [
+    # A kernel that fails falls back to torch with a RuntimeWarning: fail the test instead.
+    pytest.mark.filterwarnings("error:.*the Triton kernel failed:RuntimeWarning"),
+    # numpy, running the interpreter, warns of what the lanes past the end compute (the
+    # kernel masks them out).
+    pytest.mark.filterwarnings(
+        "ignore:(invalid value|divide by zero|overflow) encountered"
+    ),
+]
+
+
+@functools.cache
+def modules() -> dict[str, tuple[LossModel, types.ModuleType]]:
+    """The committed generated files (triton reads a kernel's source from its file)."""
+    return {
+        d.model.name: (
+            d.model,
+            importlib.import_module(f"generated.{d.model.snake_name}"),
+        )
+        for d in repository_derived()
+    }
+
+
+TRITON_LOSSES = sorted(
+    name for name, (_, module) in modules().items() if hasattr(module, "_run_triton")
+)
+
+
+def arguments(
+    model: LossModel, module: types.ModuleType, n: int, dtype: torch.dtype, seed: int
+) -> list[torch.Tensor]:
+    """Every tensor and param (params as 0-dim tensors), drawn from the loss's domain."""
+    case = LossCase(model, module)
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for argument in model.arguments:
+        if argument.is_tensor:
+            value = draw(case.domains[argument.name], (n,), generator, dtype, False)
+        else:
+            value = torch.tensor(param_value(argument, generator), dtype=dtype)
+        values.append(value)
+    return values
+
+
+def value_and_grads(call, args, wanted, reduction, grad_scale, keyword=True):
+    leaves = [
+        a.detach().clone().requires_grad_(index in wanted)
+        for index, a in enumerate(args)
+    ]
+    if keyword:
+        value = call(*leaves, reduction=reduction)
+    else:  # Function.apply takes no keywords
+        value = call(*leaves, reduction)
+    grads = torch.autograd.grad(value * grad_scale, [leaves[i] for i in wanted])
+    return value, grads
+
+
+@pytest.fixture
+def interpreted(monkeypatch: pytest.MonkeyPatch, libdevice_on_cpu):
+    """A generated module set to run its Triton kernel under the interpreter, counting launches."""
+
+    def setup(module: types.ModuleType) -> list[int]:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+        monkeypatch.setattr(module, "COMPILE", False)
+        monkeypatch.setattr(
+            module, "TRITON_BLOCK", 128
+        )  # several programs, the last partial
+        # the kernel made again, interpreted; the libdevice it calls, runnable there
+        monkeypatch.setattr(module, "_triton_kernel", module._load_triton())
+        monkeypatch.setattr(module, "libdevice", libdevice_on_cpu)
+        launches = []
+        launch = module._launch_triton
+
+        def counted(blocks, *args, **kwargs):
+            launches.append(blocks)
+            return launch(blocks, *args, **kwargs)
+
+        monkeypatch.setattr(module, "_launch_triton", counted)
+        return launches
+
+    return setup
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", TRITON_LOSSES)
+def test_triton_kernel_matches_reference(
+    name: str, dtype: torch.dtype, interpreted
+) -> None:
+    model, module = modules()[name]
+    launches = interpreted(module)
+    functional = getattr(module, model.snake_name)
+    function = getattr(module, f"{model.name}Function")
+    args = arguments(model, module, 300, dtype, seed=11)
+    every = [i for i, a in enumerate(model.arguments) if a.differentiable]
+    first = [model.arguments.index(model.tensors[0])]
+    # every gradient with "mean"; only the first tensor's (no other pointer) with "sum",
+    # where grad_output 2.5 makes backward rescale the saved gradient
+    for wanted, reduction, grad_scale in ((every, "mean", 1.0), (first, "sum", 2.5)):
+        value, grads = value_and_grads(functional, args, wanted, reduction, grad_scale)
+        assert type(value.grad_fn).__name__.startswith(f"_{model.name}Fused")
+        expected, expected_grads = value_and_grads(
+            function.apply, args, wanted, reduction, grad_scale, keyword=False
+        )
+        assert value.dtype == expected.dtype == dtype
+        torch.testing.assert_close(value, expected)
+        for got, want in zip(grads, expected_grads, strict=True):
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want)
+    assert launches == [3, 3]  # the kernel ran, over 300 / 128 programs, each time
+
+
+def test_half_precision_is_computed_in_float32(interpreted) -> None:
+    # float16, not bfloat16: the interpreter rounds float32 to bfloat16 by truncating
+    model, module = modules()["Huber"]
+    launches = interpreted(module)
+    args = arguments(model, module, 300, torch.float64, seed=12)
+    half = [a.to(torch.float16) for a in args]
+    value, (grad,) = value_and_grads(module.huber, half, [0], "mean", 1.0)
+    assert launches == [3]
+    assert value.dtype == grad.dtype == torch.float16
+    # the float32 result of the same float16 inputs, rounded once (the loss summed in
+    # another order)
+    exact = [a.to(torch.float32) for a in half]
+    expected, (expected_grad,) = value_and_grads(
+        module.HuberFunction.apply, exact, [0], "mean", 1.0, keyword=False
+    )
+    torch.testing.assert_close(value, expected.to(torch.float16))
+    torch.testing.assert_close(grad, expected_grad.to(torch.float16), rtol=0, atol=0)
+
+
+def test_triton_applies_only_where_it_can(interpreted, monkeypatch) -> None:
+    model, module = modules()["Huber"]
+    launches = interpreted(module)
+    input, target, delta = arguments(model, module, 256, torch.float64, seed=13)
+    input.requires_grad_()
+    # not contiguous: the torch fast path
+    module.huber(input.view(16, 16).t(), target.view(16, 16).t()).backward()
+    assert launches == []
+    # without the interpreter, CPU tensors stay in torch
+    monkeypatch.delenv("TRITON_INTERPRET")
+    module.huber(input, target).backward()
+    assert launches == []
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(module, "TRITON", False)
+    module.huber(input, target).backward()
+    assert launches == []
+    monkeypatch.setattr(module, "TRITON", True)
+    module.huber(input, target, delta).backward()
+    assert launches == [2]
+
+
+def test_a_failing_kernel_falls_back_to_torch_with_a_warning(monkeypatch) -> None:
+    model, module = modules()["Huber"]
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(module, "COMPILE", False)
+
+    load = module._load_triton
+
+    def broken():
+        load()  # imports triton into the module, as on a GPU triton does not support
+
+        @triton.jit
+        def kernel(input_ptr):
+            raise ValueError("no such GPU")
+
+        return kernel
+
+    monkeypatch.setattr(module, "_triton_kernel", None)
+    monkeypatch.setattr(module, "_load_triton", broken)
+    input, target, _ = arguments(model, module, 64, torch.float64, seed=14)
+    with pytest.warns(RuntimeWarning, match="the Triton kernel failed, using torch"):
+        value = module.huber(input, target)
+    torch.testing.assert_close(
+        value, module.HuberFunction.apply(input, target, 1.0, "mean")
+    )
+    assert module._triton_kernel is False  # not tried again
+    assert not module._triton_applies([input, target])
+
+
+def load_file(path, name: str) -> types.ModuleType:
+    """A generated file imported from disk (triton reads a kernel's source from its file)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_files_import_without_triton(monkeypatch) -> None:
+    # Only torch (and math) at module level: triton is imported where the kernel is made.
+    for path in sorted((ROOT / "generated").glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        imported = set()
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported.add(node.module)
+        assert imported <= {"torch", "math"}, path.name
+    # With triton missing, the Triton path falls back to the torch fast path.
+    for name in [n for n in sys.modules if n == "triton" or n.startswith("triton.")]:
+        monkeypatch.setitem(
+            sys.modules, name, None
+        )  # `import triton` raises ImportError
+    monkeypatch.setitem(sys.modules, "triton", None)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    module = load_file(ROOT / "generated" / "huber.py", "huber_without_triton")
+    module.FUSED_MIN_NUMEL = 0
+    module.COMPILE = False
+    input = torch.randn(100, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(100, dtype=torch.float64)
+    value = module.huber(input, target)
+    assert type(value.grad_fn).__name__ == "_HuberFusedBackward"
+    value.backward()
+    assert module._triton_kernel is False and module.triton is None
+    x = input.detach().requires_grad_()
+    expected = module.HuberFunction.apply(x, target, 1.0, "mean")
+    expected.backward()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(input.grad, x.grad)
+
+
+# Every node the Triton printer knows that the shipped losses do not all use, in losses of
+# two tensors on the whole real line (x, y ~ N(0, 1)) and one param.
+NODES_SPEC = """
+import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
+from lossgen import Loss, Param, Tensor, clamp, logsigmoid, logsumexp, relu, sigmoid
+from lossgen import softplus, xlogy
+
+x = Tensor("x")
+y = Tensor("y")
+p = Param("p", default=0.5)
+erfs = Loss("Erfs", sp.erf(x) * sp.erfc(y) + sp.atan(x) + sp.asinh(y) + sp.pi * x + sp.E * y)
+hyperbolic = Loss(
+    "Hyperbolic", sp.tanh(x) * sp.cosh(y / 4) + sp.sinh(x / 4) + sp.acosh(2 + y**2)
+)
+trigonometric = Loss("Trigonometric", sp.cos(x) * sp.sin(y) + sp.tan(x / 4))
+inverse = Loss(
+    "Inverse", sp.asin(sp.tanh(y) / 2) + sp.acos(sp.tanh(x) / 3) + sp.atanh(sp.tanh(x) / 2)
+)
+logs = Loss("Logs", log1p(x**2) * expm1(-(y**2)) + sp.exp(-(x**2)) * sp.log(2 + y**2))
+powers = Loss(
+    "Powers", (1 + x**2) ** -5 + (2 + y**2) ** sp.Rational(1, 3) + x**6 * y + (1 + y**2) ** 1.5
+)
+roots = Loss("Roots", sp.sqrt(1 + y**2) + x / sp.sqrt(2 + x**2) + (1 + x**2) ** p + 2**y)
+stable = Loss(
+    "Stable",
+    logsumexp(x, y) + logsumexp(x, y, 0) + softplus(x * y) + logsigmoid(x) + sigmoid(y),
+)
+entropy = Loss("Entropy", xlogy(sigmoid(x), sigmoid(y)))
+clamps = Loss("Clamps", relu(x - y) + clamp(x, -1, sp.oo) * clamp(y, -1, 1) + clamp(x, p, 2))
+extrema = Loss("Extrema", sp.Max(x, y, p) + sp.Min(x, 0.25) + sp.Abs(x * y) * sp.sign(y))
+steps = Loss(
+    "Steps",
+    sp.Heaviside(x, 1) * y + sp.Heaviside(y, 0) * x + sp.Heaviside(x, sp.Rational(1, 3)) * p,
+)
+conditions = Loss(
+    "Conditions",
+    sp.Piecewise((0.1, x > 1), (0.3, (x < -1) | (y > 0)), (0.7, True)) * y
+    + sp.Piecewise((x**2, ~(x > 0) & (y < 1)), (y * p, True))
+    + sp.Piecewise((sp.log(x), x > 0.5), (0, True)),
+    reduction="sum",
+)
+"""
+
+
+@functools.cache
+def node_modules(directory) -> dict[str, types.ModuleType]:
+    spec = directory / "nodes_spec.py"
+    spec.write_text(NODES_SPEC, encoding="utf-8")
+    loaded = {}
+    for file in generate([spec]):
+        if file.name == "__init__.py":
+            continue
+        path = directory / file.name
+        path.write_text(file.content, encoding="utf-8")
+        loaded[file.name[:-3]] = load_file(path, f"triton_nodes_{file.name[:-3]}")
+    return loaded
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_every_printed_node_matches_the_torch_printer(
+    tmp_path_factory, interpreted, dtype
+) -> None:
+    modules_ = node_modules(tmp_path_factory.getbasetemp())
+    assert len(modules_) == 13
+    generator = torch.Generator().manual_seed(15)
+    # x and y tie at some elements (Max, Min, Heaviside of x - y) and x is 0 at one
+    x = torch.randn(300, generator=generator, dtype=dtype)
+    y = torch.randn(300, generator=generator, dtype=dtype)
+    y[:10] = x[:10]
+    x[10] = 0.0
+    p = torch.tensor(0.3, dtype=dtype)
+    for name, module in modules_.items():
+        launches = interpreted(module)
+        functional = getattr(module, name)
+        function = next(v for k, v in vars(module).items() if k.endswith("Function"))
+        reduction = "sum" if name == "conditions" else "mean"
+        names = list(inspect.signature(functional).parameters)[:-1]
+        args = [{"x": x, "y": y, "p": p}[argument] for argument in names]
+        every = list(range(len(args)))
+        value, grads = value_and_grads(functional, args, every, reduction, 1.0)
+        expected, expected_grads = value_and_grads(
+            function.apply, args, every, reduction, 1.0, keyword=False
+        )
+        assert launches == [3], name
+        for got, want in zip((value, *grads), (expected, *expected_grads), strict=True):
+            torch.testing.assert_close(got, want, msg=f"{name}: {got} != {want}")
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        Sum(sp.Symbol("x", real=True), 1),  # reductions are not elementwise
+        sp.gamma(sp.Symbol("x", real=True)),
+        sp.Symbol("x", real=True) + sp.oo,
+        sp.Piecewise((sp.Symbol("x", real=True), sp.Symbol("x", real=True) > 0)),
+    ],
+    ids=str,
+)
+def test_the_triton_printer_refuses_what_it_does_not_know(expr) -> None:
+    x = sp.Symbol("x", real=True)
+    with pytest.raises(UnsupportedExpressionError):
+        print_triton(expr, {x: "x"})
+    with pytest.raises(UnsupportedExpressionError, match="unknown symbol"):
+        print_triton(sp.Symbol("z", real=True) + x, {x: "x"})
+
+
+CUDA = GPUTarget("cuda", 90, 32)  # an H100: compiled ahead of time, no GPU needed
+
+
+def compile_for_cuda(module: types.ModuleType, dtype: str, wanted: set[str]) -> dict:
+    """The module's kernel compiled to a cubin for CUDA; gradients not in `wanted` are None."""
+    kernel = module._load_triton()
+    assert isinstance(kernel, JITFunction)  # not interpreted
+    signature, constants = {}, {}
+    for name in inspect.signature(kernel.fn).parameters:
+        if name.startswith("grad_") and name[5:-4] not in wanted:
+            signature[name], constants[name] = "constexpr", None
+        elif name.endswith("_ptr"):
+            signature[name] = f"*{dtype}"
+        elif name == "numel":
+            signature[name] = "i32"
+        else:
+            signature[name] = "constexpr"
+    constants["reduce_mean"] = True
+    constants["compute_dtype"] = tl.float64 if dtype == "fp64" else tl.float32
+    constants["block_size"] = module.TRITON_BLOCK
+    return triton.compile(ASTSource(kernel, signature, constants), target=CUDA).asm
+
+
+@pytest.fixture
+def compiling(monkeypatch, tmp_path):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # compiled here, not cached
+    monkeypatch.setenv(
+        "TRITON_DEFAULT_FP_FUSION", "1"
+    )  # triton 3.9's default, said aloud
+
+
+def test_kernels_compile_for_cuda(compiling, tmp_path_factory) -> None:
+    # Compiling checks what the interpreter does not: Triton's code generator (constexpr
+    # branches, None pointers, dtypes of every operation) and LLVM's lowering to PTX. Every
+    # printed node, in float64; a few shipped kernels in float32 (all 39 take ~90 s in both
+    # dtypes), with every gradient and with the first tensor's only.
+    for name, module in node_modules(tmp_path_factory.getbasetemp()).items():
+        asm = compile_for_cuda(module, "fp64", {"x", "y", "p"})
+        assert asm["cubin"], name
+    for name in ("Huber", "BCEWithLogits", "Barron", "StudentNLL"):
+        model, module = modules()[name]
+        every = {a.name for a in model.differentiable}
+        stores = [
+            compile_for_cuda(module, "fp32", wanted)["ptx"].count("st.global")
+            for wanted in (every, {model.tensors[0].name})
+        ]
+        assert stores[0] > stores[1] > 0, name  # no code for the gradients not wanted
+
+
+def test_a_kernel_without_its_source_falls_back_to_torch(monkeypatch) -> None:
+    # A generated file run from a string (as `lossgen check` does): triton.jit cannot read it.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    file = next(f for f in repository_files() if f.name == "huber.py")
+    module = load_generated(file)
+    module.FUSED_MIN_NUMEL = 0
+    module.COMPILE = False
+    input = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(64, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="the Triton kernel failed, using torch"):
+        value = module.huber(input, target)
+    assert module._triton_kernel is False
+    torch.testing.assert_close(
+        value, module.HuberFunction.apply(input, target, 1.0, "mean")
+    )
