@@ -18,6 +18,14 @@ differentiable tensor require grad) it times one step, `loss = f(...); loss.back
 - builtin: PyTorch's own loss where one computes the same thing (table `BUILTINS`),
 - compile: `torch.compile` of the eager function (compiled and warmed up before timing).
 
+Losses over dims (`model.reduces`, e.g. `python benchmarks/bench.py specs/reductions.py`) get
+N elements in the layout they are used with (`REDUCTION_SHAPES`: (N/1024, 1024) logits,
+(N/(64*64*128), 64, 64, 128) channels-last logits, (N/(4*64*64), 4, 64, 64) masks, (B, 512, 512)
+distances, ...), class indices drawn in range, params at their defaults; their eager function
+is the expression as written printed over the generated module's helpers and reduced by its
+`_reduce` (see `eager_function`). Before timing, each built-in's value is compared with the
+generated loss's on the same inputs; one that differs is dropped (and listed under the table).
+
 Rounds are interleaved (every variant once per round, in a rotated order) and the median over
 rounds is reported; ratios are taken between medians of the same run. Peak extra memory is the
 most memory allocated at once during one step beyond what was allocated before it (so the
