@@ -22,6 +22,14 @@ differentiable tensor require grad) it times one step, `loss = f(...); loss.back
 - builtin: PyTorch's own loss where one computes the same thing (table `BUILTINS`),
 - compile: `torch.compile` of the eager function (compiled and warmed up before timing).
 
+Losses over dims (`model.reduces`, e.g. `python benchmarks/bench.py specs/reductions.py`) get
+N elements in the layout they are used with (`REDUCTION_SHAPES`: (N/1024, 1024) logits,
+(N/(64*64*128), 64, 64, 128) channels-last logits, (N/(4*64*64), 4, 64, 64) masks, (B, 512, 512)
+distances, ...), class indices drawn in range, params at their defaults; their eager function
+is the expression as written printed over the generated module's helpers and reduced by its
+`_reduce` (see `eager_function`). Before timing, each built-in's value is compared with the
+generated loss's on the same inputs; one that differs is dropped (and listed under the table).
+
 Rounds are interleaved (every variant once per round, in a rotated order) and the median over
 rounds is reported; ratios are taken between medians of the same run. Peak extra memory is the
 most memory allocated at once during one step beyond what was allocated before it (so the
@@ -60,7 +68,13 @@ from lossgen.api import derive_all, generate  # noqa: E402
 from lossgen.emit import GeneratedFile  # noqa: E402
 from lossgen.model import LossModel  # noqa: E402
 from lossgen.printer import print_torch  # noqa: E402
-from lossgen.verify import LossCase, draw, param_value  # noqa: E402
+from lossgen.verify import (  # noqa: E402
+    LossCase,
+    all_dims_of,
+    class_indices,
+    draw,
+    param_value,
+)
 
 Step = Callable[[], None]
 Steps = tuple[Step, Step]
@@ -74,6 +88,11 @@ def load_from_disk(file: GeneratedFile, directory: Path) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _per_class(weight: float, input: torch.Tensor) -> torch.Tensor:
+    """A scalar class weight as torch's one weight per class of dim 1."""
+    return torch.full((input.shape[1],), weight, dtype=input.dtype, device=input.device)
 
 
 def _poisson(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -93,7 +112,79 @@ BUILTINS: dict[str, Callable[..., torch.Tensor]] = {
     "PoissonNLL": _poisson,
     "SoftMargin": lambda input, target: F.soft_margin_loss(input, target),
     "GaussianNLL": lambda input, target, var: F.gaussian_nll_loss(input, target, var),
+    # Losses over dims (specs/reductions.py). A scalar class weight cancels in the weighted
+    # mean of CrossEntropy/NLL, so torch's unweighted loss is the same value; where it does
+    # not cancel it is passed as one weight per class.
+    "SoftCrossEntropy": lambda input, target: F.cross_entropy(input, target),
+    "CrossEntropy": lambda input, target, weight, label_smoothing, ignore_index: (
+        F.cross_entropy(
+            input,
+            target,
+            ignore_index=int(ignore_index),
+            label_smoothing=label_smoothing,
+        )
+    ),
+    "NLL": lambda input, target, weight, ignore_index: F.nll_loss(
+        input, target, ignore_index=int(ignore_index)
+    ),
+    "ChannelsLastCrossEntropy": lambda input, target: F.cross_entropy(
+        input.movedim(-1, 1), target
+    ),
+    "InfoNCE": lambda similarity, positive, temperature: F.cross_entropy(
+        similarity / temperature, positive
+    ),
+    # batchmean divides by input.size(0): the mean over rows only for 2-D input.
+    "CategoricalKLDiv": lambda input, target: F.kl_div(
+        input, target, reduction="batchmean"
+    ),
+    "MultiLabelSoftMargin": lambda input, target, weight: (
+        F.multilabel_soft_margin_loss(input, target, weight=_per_class(weight, input))
+    ),
+    # torch takes y of shape (N,), the spec (N, 1) so that it broadcasts over dim 1.
+    "CosineEmbedding": lambda input1, input2, y, margin: F.cosine_embedding_loss(
+        input1, input2, y[:, 0], margin=margin
+    ),
+    "MultiMargin": lambda input, target, weight, margin: F.multi_margin_loss(
+        input, target, margin=margin, weight=_per_class(weight, input)
+    ),
 }
+
+# Loss over dims -> its inputs' broadcast shape after the first dim, which takes the rest of
+# the N elements (at least 1, so a small -n still runs), as the loss is used:
+# classes along dim 1 (a classifier head of 1024 classes, 256-dim embeddings, a batch of
+# queries scored against 256 keys), (N, H, W, C) channels-last segmentation logits of 128
+# classes, (N, C, H, W) masks of 4 channels at 64 x 64 for the overlap losses, and (B, N, M)
+# distances between sets of 512 points.
+REDUCTION_SHAPES: dict[str, tuple[int, ...]] = {
+    "SoftCrossEntropy": (1024,),
+    "CrossEntropy": (1024,),
+    "NLL": (1024,),
+    "ChannelsLastCrossEntropy": (64, 64, 128),
+    "InfoNCE": (256,),
+    "CategoricalKLDiv": (1024,),
+    "JensenShannon": (1024,),
+    "MultiLabelSoftMargin": (1024,),
+    "CosineEmbedding": (256,),
+    "MulticlassHinge": (1024,),
+    "MultiMargin": (1024,),
+    "DirectedChamfer": (512, 512),
+    "Chamfer": (512, 512),
+    "Dice": (4, 64, 64),
+    "Tversky": (4, 64, 64),
+    "FocalTversky": (4, 64, 64),
+}
+
+
+def _signs(full: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """+1 / -1 pair labels, one per row, shaped (N, 1) as the spec broadcasts them."""
+    bits = torch.randint(0, 2, (full[0], 1), generator=generator)
+    return (2 * bits - 1).to(torch.float32)
+
+
+# Loss over dims -> tensors not drawn from a sampling domain (the values the loss expects).
+TENSOR_OVERRIDES: dict[
+    str, dict[str, Callable[[tuple[int, ...], torch.Generator], torch.Tensor]]
+] = {"CosineEmbedding": {"y": _signs}}
 
 
 @dataclass
@@ -108,23 +199,79 @@ class Variant:
 class Row:
     loss: str
     variants: dict[str, Variant]
+    elements: int  # of the first tensor: the unit of the peak columns
 
 
 # --- building the contenders ------------------------------------------------------------------
 
 
-def eager_function(model: LossModel) -> Callable[..., torch.Tensor]:
-    """The spec's expression as written, as a Python function of torch ops (mean-reduced)."""
+def eager_function(
+    model: LossModel, module: types.ModuleType | None = None
+) -> Callable[..., torch.Tensor]:
+    """The spec's expression as written, as a Python function of torch ops (mean-reduced).
+
+    A loss over dims is printed as the generated Function's forward prints it (reductions
+    over `shape`, the broadcast shape of the arguments, through the generated module's
+    `_expand_along` / `_one_hot` helpers), but from the expression as written (no CSE, no
+    rewrite), and reduced by that module's `_reduce`, so `mean` has the loss's semantics
+    (dropped dims, the weighted mean of `mean_weight`). Params arrive as tensors.
+    """
     names = {a.symbol: a.name for a in model.arguments}
-    like = model.tensors[0].name
+    like = next(a.name for a in model.tensors if a.index_of is None)
     arguments = ", ".join(a.name for a in model.arguments)
-    source = (
-        f"def eager_{model.snake_name}({arguments}):\n"
-        f"    return ({print_torch(model.expr, names, like)}).mean()\n"
-    )
+    lines = [f"def eager_{model.snake_name}({arguments}):"]
     namespace: dict[str, object] = {"torch": torch, "math": math}
+    if not model.reduces:
+        lines.append(f"    return ({print_torch(model.expr, names, like)}).mean()")
+    else:
+        if module is None:
+            raise ValueError(
+                f"{model.name} reduces over dims: pass its generated module"
+            )
+        helpers = {k: v for k, v in vars(module).items() if not k.startswith("__")}
+        namespace = {**helpers, **namespace}
+        for a in model.arguments:  # as the generated forward prepares them
+            if a.index_of is not None:
+                lines.append(f"    {a.name} = {a.name}.unsqueeze({a.index_of})")
+            if a.along is not None:
+                lines.append(
+                    f"    {a.name} = _lay_along({a.name}, {a.along}, {like}.dim())"
+                )
+        shapes = ", ".join(f"{a.name}.shape" for a in model.arguments)
+        lines.append(f"    shape = torch.broadcast_shapes({shapes})")
+        lines.append(f"    loss = {print_torch(model.expr, names, like)}")
+        weight_total = "None"
+        if model.mean_weight is not None:
+            code = print_torch(model.mean_weight, names, like)
+            lines.append(
+                f"    weight_total = torch.as_tensor({code}, device={like}.device)"
+                ".expand(_keepdim_shape(shape)).sum()"
+            )
+            weight_total = "weight_total"
+        lines.append(f'    return _reduce(loss, "mean", shape, {weight_total})')
+    source = "\n".join(lines) + "\n"
     exec(compile(source, f"<eager {model.name}>", "exec"), namespace)  # noqa: S102
     return namespace[f"eager_{model.snake_name}"]  # type: ignore[return-value]
+
+
+def input_shapes(model: LossModel, n: int) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape: (n,) for an elementwise loss; for a loss over dims, the layout of
+    REDUCTION_SHAPES (class indices without their dim)."""
+    if not model.reduces:
+        return {a.name: (n,) for a in model.tensors}
+    if model.name in REDUCTION_SHAPES:
+        rest = REDUCTION_SHAPES[model.name]
+    else:  # a loss over dims not listed: 32 along every dim it names but the first
+        ndim = max(d + 1 if d >= 0 else -d for d in all_dims_of(model))
+        rest = (32,) * (ndim - 1)
+    full = (max(1, n // math.prod(rest)), *rest)
+    shapes = {}
+    for a in model.tensors:
+        shape = list(full)
+        if a.index_of is not None:
+            shape.pop(a.index_of)
+        shapes[a.name] = tuple(shape)
+    return shapes
 
 
 def make_inputs(
@@ -135,16 +282,39 @@ def make_inputs(
     dtype: torch.dtype,
     grad_all: bool,
 ) -> tuple[list[torch.Tensor], list[float], list[int]]:
-    """Tensors drawn from the domain `lossgen check` uses, params at their defaults."""
+    """Tensors drawn from the domain `lossgen check` uses (class indices in range), params at
+    their defaults (for an elementwise loss, as before: a zero default is drawn at random).
+    """
     case = LossCase(model, module)
     generator = torch.Generator().manual_seed(0)
+    shapes = input_shapes(model, n)
+    full = torch.broadcast_shapes(
+        *(s for a, s in zip(model.tensors, shapes.values()) if a.index_of is None)
+    )
+    overrides = TENSOR_OVERRIDES.get(model.name, {})
     tensors, grad_positions = [], []
     for index, argument in enumerate(model.tensors):
-        value = draw(case.domains[argument.name], (n,), generator, torch.float32, False)
+        if argument.index_of is not None:
+            value = class_indices(full, argument.index_of, generator)
+            tensors.append(value.to(device=device))
+            continue
+        if argument.name in overrides:
+            value = overrides[argument.name](tuple(full), generator)
+        else:
+            domain = case.domains[argument.name]
+            shape = shapes[argument.name]
+            value = draw(domain, shape, generator, torch.float32, False)
         tensors.append(value.to(device=device, dtype=dtype))
         if argument.differentiable and (grad_all or index == 0):
             grad_positions.append(index)
-    params = [param_value(p, generator) for p in model.params]
+    params = [
+        (
+            p.default
+            if model.reduces and p.default is not None
+            else param_value(p, generator)
+        )
+        for p in model.params
+    ]
     return tensors, params, grad_positions
 
 
@@ -187,6 +357,27 @@ def _configured(
     return call
 
 
+def builtin_matches(
+    model: LossModel,
+    module: types.ModuleType,
+    tensors: list[torch.Tensor],
+    params: list[float],
+) -> str | None:
+    """None if the built-in computes the generated loss's value on these inputs, else why not."""
+    functional = getattr(module, model.snake_name)
+    with torch.no_grad():
+        ours = functional(*tensors, *params)
+        try:
+            theirs = BUILTINS[model.name](*tensors, *params)
+        except (RuntimeError, ValueError, TypeError) as error:
+            return f"{type(error).__name__}: {error}"
+    if theirs.shape != ours.shape or not torch.allclose(
+        theirs.double(), ours.double(), rtol=1e-4, atol=1e-6
+    ):
+        return f"value {theirs.tolist()} != generated {ours.tolist()}"
+    return None
+
+
 def contenders(
     model: LossModel,
     module: types.ModuleType,
@@ -195,7 +386,8 @@ def contenders(
     dtype: torch.dtype,
     grad_all: bool,
     use_compile: bool,
-) -> dict[str, Variant]:
+    notes: list[str],
+) -> tuple[dict[str, Variant], int]:
     tensors, params, grads = make_inputs(model, module, n, device, dtype, grad_all)
     functional = getattr(module, model.snake_name)
     function = getattr(module, f"{model.name}Function")
@@ -205,17 +397,19 @@ def contenders(
             "reference", stepper(function.apply, tensors, [*params, "mean"], grads)
         ),
     }
-    # Switches a module lacks (no Triton kernel for a loss with reductions) stay unset.
+    # Switches a module lacks (no fused path for class indices, no Triton kernel for a loss
+    # with reductions) stay unset.
     triton = {"TRITON": False} if hasattr(module, "TRITON") else {}
-    variants["fused-eager"] = Variant(
-        "fused-eager",
-        stepper(
-            _configured(module, functional, COMPILE=False, **triton),
-            tensors,
-            params,
-            grads,
-        ),
-    )
+    if hasattr(module, "COMPILE"):
+        variants["fused-eager"] = Variant(
+            "fused-eager",
+            stepper(
+                _configured(module, functional, COMPILE=False, **triton),
+                tensors,
+                params,
+                grads,
+            ),
+        )
     if triton and device.startswith("cuda") and use_compile:
         variants["fused-compile"] = Variant(
             "fused-compile",
@@ -223,18 +417,23 @@ def contenders(
         )
     # Params become tensors for the printed expression (the printer's convention).
     param_tensors = [torch.tensor(p, dtype=dtype, device=device) for p in params]
-    eager = eager_function(model)
+    eager = eager_function(model, module)
     variants["eager"] = Variant("eager", stepper(eager, tensors, param_tensors, grads))
     if model.name in BUILTINS:
-        variants["builtin"] = Variant(
-            "builtin", stepper(BUILTINS[model.name], tensors, params, grads)
-        )
+        mismatch = builtin_matches(model, module, tensors, params)
+        if mismatch is None:
+            variants["builtin"] = Variant(
+                "builtin", stepper(BUILTINS[model.name], tensors, params, grads)
+            )
+        else:  # compare like with like only
+            notes.append(f"{model.name}: builtin dropped ({mismatch})")
+            print(notes[-1], file=sys.stderr, flush=True)
     if use_compile:
         compiled = torch.compile(eager)
         variants["compile"] = Variant(
             "compile", stepper(compiled, tensors, param_tensors, grads)
         )
-    return variants
+    return variants, tensors[0].numel()
 
 
 def cross_entropy_contenders(
@@ -350,7 +549,7 @@ COLUMNS = (
 )
 
 
-def table(rows: list[Row], element_bytes: int, columns: Sequence[str]) -> str:
+def table(rows: list[Row], itemsize: int, columns: Sequence[str]) -> str:
     header = ["loss"] + [f"{c} ms" for c in columns]
     header += ["eager / generated", "compile / generated", "builtin / generated"]
     header += ["eager / reference"]
@@ -389,7 +588,7 @@ def table(rows: list[Row], element_bytes: int, columns: Sequence[str]) -> str:
         for c in columns:
             v = row.variants.get(c)
             cells.append(
-                f"{v.peak_bytes / element_bytes:.2f}"
+                f"{v.peak_bytes / (row.elements * itemsize):.2f}"
                 if v is not None and v.peak_bytes is not None
                 else ""
             )
@@ -462,17 +661,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = {f.name: f for f in generate(specs)}
     # Imported from files on disk: triton reads a kernel's source from its file.
     directory = Path(tempfile.mkdtemp(prefix="lossgen_bench_"))
-    rows = []
+    rows: list[Row] = []
+    notes: list[str] = []
     for derived in derive_all(specs):
         model = derived.model
         if wanted is not None and model.name not in wanted:
             continue
         module = load_from_disk(files[f"{model.snake_name}.py"], directory)
-        variants = contenders(
-            model, module, n, device, dtype, args.grad_all, use_compile
+        # torch.compile imports the module of every global it traces (the eager function of
+        # a loss over dims calls the module's helpers): make it importable by its name.
+        sys.modules.setdefault(module.__name__, module)
+        variants, elements = contenders(
+            model, module, n, device, dtype, args.grad_all, use_compile, notes
         )
         measure(variants, device, args.repeats, args.warmup)
-        rows.append(Row(model.name, variants))
+        rows.append(Row(model.name, variants, elements))
         print(
             f"{model.name}: "
             + ", ".join(f"{k} {median_ms(v):.2f} ms" for k, v in variants.items()),
@@ -483,7 +686,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cuda:
             torch.cuda.empty_cache()
 
-    element_bytes = n * dtype.itemsize
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     report = [
         f"### {device}, N = {n} ({'2**' + str(int(math.log2(n))) if n & (n - 1) == 0 else n}),"
@@ -496,10 +698,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # columns no loss has (fused-compile off CUDA) are left out
         table(
             rows,
-            element_bytes,
+            dtype.itemsize,
             [c for c in COLUMNS if any(c in r.variants for r in rows)],
         ),
     ]
+    if notes:
+        report.append("\n".join(f"- {note}" for note in notes) + "\n")
 
     ce_shape = args.cross_entropy or ("8192x128256" if cuda else None)
     if ce_shape:
