@@ -114,6 +114,71 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
+# The fast path. The Function below is the readable reference; for large same-shaped inputs
+# with a "mean"/"sum" reduction, the functional form and the Module instead call a fused
+# Function that computes the loss and the gradients in one pass during forward (compiled with
+# torch.compile on first use, which takes seconds, or run as plain torch where compiling
+# fails), saves only those gradients, and in backward hands them on, rescaled only when
+# grad_output is not 1. Double backward and torch.func transforms take the reference path.
+# Set FUSED = False to always take the reference path; COMPILE = False to skip torch.compile.
+FUSED = True
+COMPILE = True
+FUSED_MIN_NUMEL = 1 << 16  # below this the first-call compile is not worth it
+# Feature checks that older torch versions lack: there the fast path stays off.
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def _use_fused(tensors, params, reduction):
+    """Whether the fused path applies: plain same-shaped float tensors, scalar params."""
+    if not FUSED or reduction not in ("mean", "sum"):
+        return False
+    if _is_compiling is None or _is_compiling():
+        # torch.compile is tracing the caller: it fuses the reference Function itself.
+        return False
+    if _transforms_active is None or _transforms_active():
+        # Under torch.func (vmap, grad, ...): the reference Function supports them.
+        return False
+    first = tensors[0]
+    for tensor in tensors:
+        if not (
+            isinstance(tensor, torch.Tensor)
+            and type(tensor) is torch.Tensor
+            and tensor.layout == torch.strided
+            and tensor.is_floating_point()
+            and tensor.shape == first.shape
+            and tensor.dtype == first.dtype
+            and tensor.device == first.device
+        ):
+            return False
+    for param in params:
+        if isinstance(param, torch.Tensor) and not (
+            type(param) in (torch.Tensor, nn.Parameter)
+            and param.dim() == 0
+            and param.dtype == first.dtype
+            and param.device == first.device
+        ):
+            return False
+    return first.numel() >= FUSED_MIN_NUMEL
+
+
+def _rescaled(grads, grad_output):
+    """The saved gradients times grad_output, skipped where grad_output is a CPU 1 (no sync)."""
+    if grad_output.device.type == "cpu" and grad_output.numel() == 1:
+        if grad_output.item() == 1:
+            return grads
+    return tuple(None if grad is None else grad * grad_output for grad in grads)
+
+
+class _SavedForBackward:
+    """What the reference backward reads from its ctx, for calling it from the fused path."""
+
+    def __init__(self, saved_tensors, needs_input_grad, reduction):
+        self.saved_tensors = saved_tensors
+        self.needs_input_grad = needs_input_grad
+        self.reduction = reduction
+
+
 class ChannelsLastCrossEntropyFunction(torch.autograd.Function):
     r"""ChannelsLastCrossEntropy as an autograd Function with a symbolically derived backward.
 
@@ -181,6 +246,76 @@ class ChannelsLastCrossEntropyFunction(torch.autograd.Function):
         )
 
 
+def _fused(input, target, reduction, needs_grad):
+    """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
+    target = target.unsqueeze(-1)
+    shape = torch.broadcast_shapes(input.shape, target.shape)
+    upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
+    tmp0 = torch.logsumexp(_expand_along(input, -1, shape), dim=-1, keepdim=True)
+    tmp1 = _one_hot(target, -1, shape, input)
+    loss = _reduce(
+        tmp0 - torch.sum(_expand_along(tmp1 * input, -1, shape), dim=-1, keepdim=True),
+        reduction,
+        shape,
+    )
+    grad_input = None
+    if needs_grad[0]:
+        grad_input = _sum_to(
+            upstream * (-tmp1 + torch.exp(-tmp0 + input)), shape, input.shape
+        )
+    return loss, grad_input
+
+
+_compiled_fused = None
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    if not COMPILE:
+        return _fused(*args)
+    if _compiled_fused is None:
+        _compiled_fused = torch.compile(_fused, dynamic=True, fullgraph=True)
+    try:
+        return _compiled_fused(*args)
+    except Exception:  # no compiler for this device here: the same code, uncompiled
+        _compiled_fused = _fused
+        return _fused(*args)
+
+
+class _ChannelsLastCrossEntropyFused(torch.autograd.Function):
+    """The fast path: the gradients are computed during forward and saved for backward."""
+
+    @staticmethod
+    def forward(ctx, input, target, reduction):
+        needs_grad = ctx.needs_input_grad[:2]
+        loss, *grads = _run_fused(input, target, reduction, needs_grad)
+        ctx.save_for_backward(input, target, *grads)
+        ctx.reduction = reduction
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        if ctx.needs_input_grad[1]:
+            raise RuntimeError(
+                "ChannelsLastCrossEntropy: target is declared with differentiable=False; "
+                "detach it or declare it differentiable in the spec"
+            )
+        # Double backward is being recorded: the symbolic, differentiable path.
+        if torch.is_grad_enabled():
+            reference = _SavedForBackward(
+                saved[:2], ctx.needs_input_grad, ctx.reduction
+            )
+            return ChannelsLastCrossEntropyFunction.backward(reference, grad_output)
+        (grad_input,) = _rescaled(saved[2:], grad_output)
+        return (
+            grad_input,
+            None,
+            None,
+        )
+
+
 class ChannelsLastCrossEntropy(nn.Module):
     r"""ChannelsLastCrossEntropy as an ``nn.Module``; see the module docstring for the formula.
 
@@ -201,5 +336,10 @@ class ChannelsLastCrossEntropy(nn.Module):
 
 
 def channels_last_cross_entropy(input, target, reduction="mean"):
-    r"""ChannelsLastCrossEntropy as a function; see the module docstring for the formula."""
+    r"""ChannelsLastCrossEntropy as a function; see the module docstring for the formula.
+
+    Takes the fused fast path where it applies, else ChannelsLastCrossEntropyFunction.
+    """
+    if _use_fused([input], [], reduction):
+        return _ChannelsLastCrossEntropyFused.apply(input, target, reduction)
     return ChannelsLastCrossEntropyFunction.apply(input, target, reduction)

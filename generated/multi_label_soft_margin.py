@@ -257,6 +257,7 @@ class MultiLabelSoftMarginFunction(torch.autograd.Function):
 
 def _fused(input, target, weight, reduction, needs_grad):
     """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
+    weight = _lay_along(weight, 1, input.dim())
     shape = torch.broadcast_shapes(input.shape, target.shape, weight.shape)
     upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
     tmp0 = -input * target + torch.nn.functional.softplus(input)

@@ -124,9 +124,7 @@ def render_loss(derived: DerivedLoss) -> str:
         )
 
     fused_lines, fused_loss, fused_gradients = _fused_code(derived)
-    fusable = derived.mean_weight is None and all(
-        a.index_of is None for a in model.tensors
-    )
+    fusable = True  # every loss has the fused fast path (class indices and weighted means too)
 
     formulas = []
     if (
@@ -198,6 +196,11 @@ def render_loss(derived: DerivedLoss) -> str:
         "param_signature": _signature(model.params, model.reduction),
         "call_arguments": ", ".join(a.name for a in model.arguments),
         "tensor_arguments": ", ".join(a.name for a in model.tensors),
+        # what the fast path checks: class indices need not match the values' shape
+        "value_tensor_arguments": ", ".join(
+            a.name for a in model.tensors if a.index_of is None
+        ),
+        "saved_count": len(saved),
         "saved_names": ", ".join(saved) + ("," if len(saved) == 1 else ""),
         "argument_shapes": ", ".join(f"{a.name}.shape" for a in model.arguments),
     }

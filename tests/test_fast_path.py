@@ -18,7 +18,7 @@ import torch
 from conftest import repository_derived, repository_files
 from lossgen.api import generate
 from lossgen.model import LossModel
-from lossgen.verify import LossCase, draw, load_generated, param_value
+from lossgen.verify import LossCase, class_indices, draw, load_generated, param_value
 
 
 @functools.cache
@@ -56,7 +56,9 @@ def arguments(
     )
     values = []
     for argument in model.arguments:
-        if argument.is_tensor:
+        if argument.index_of is not None:
+            value = class_indices(torch.Size(shape), argument.index_of, generator)
+        elif argument.is_tensor:
             value = draw(case.domains[argument.name], shape, generator, dtype, False)
         else:
             value = torch.tensor(param_value(argument, generator), dtype=dtype)
