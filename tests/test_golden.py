@@ -20,21 +20,30 @@ def test_generated_directory_matches_specs_byte_for_byte() -> None:
         )
 
 
+# Specs that exercise both derivations (elementwise with kinks and branches, reductions over
+# dims with class indices): the whole zoo would take ~45 s here for no other code path.
+HASH_SEED_SPECS = ["specs/classification.py", "specs/robust.py", "specs/reductions.py"]
+
+
 def test_build_is_identical_under_another_hash_seed(tmp_path: Path) -> None:
     # This process runs under a random hash seed and its build equals generated/ (test above);
     # a build under a fixed other seed must equal generated/ too, byte for byte.
+    assert set(HASH_SEED_SPECS) <= set(SPEC_ARGS)
     out = tmp_path / "seeded"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run(
-        [sys.executable, "-m", "lossgen", "build", *SPEC_ARGS, "-o", str(out)],
+        [sys.executable, "-m", "lossgen", "build", *HASH_SEED_SPECS, "-o", str(out)],
         cwd=ROOT,
         env=env,
         check=True,
         capture_output=True,
     )
-    seeded = {p.name: p.read_bytes() for p in out.glob("*.py")}
-    committed = {p.name: p.read_bytes() for p in (ROOT / "generated").glob("*.py")}
-    assert seeded == committed
+    seeded = {
+        p.name: p.read_bytes() for p in out.glob("*.py") if p.name != "__init__.py"
+    }
+    assert len(seeded) > 30
+    for name, content in seeded.items():
+        assert content == (ROOT / "generated" / name).read_bytes(), name
 
 
 def test_generated_code_is_black_and_ruff_clean() -> None:
