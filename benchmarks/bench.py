@@ -70,9 +70,9 @@ from lossgen.model import LossModel  # noqa: E402
 from lossgen.printer import print_torch  # noqa: E402
 from lossgen.verify import (  # noqa: E402
     LossCase,
-    all_dims_of,
     class_indices,
     draw,
+    needed_ndim,
     param_value,
 )
 
@@ -262,7 +262,7 @@ def input_shapes(model: LossModel, n: int) -> dict[str, tuple[int, ...]]:
     if model.name in REDUCTION_SHAPES:
         rest = REDUCTION_SHAPES[model.name]
     else:  # a loss over dims not listed: 32 along every dim it names but the first
-        ndim = max(d + 1 if d >= 0 else -d for d in all_dims_of(model))
+        ndim = needed_ndim(model)
         rest = (32,) * (ndim - 1)
     full = (max(1, n // math.prod(rest)), *rest)
     shapes = {}

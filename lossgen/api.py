@@ -14,7 +14,7 @@ from lossgen.emit import GeneratedFile, header, write_if_changed
 from lossgen.errors import SpecError
 from lossgen.format import format_source
 from lossgen.model import LossModel, build_model
-from lossgen.reductions import ALL
+from lossgen.reductions import dims_text
 from lossgen.render import render_loss, render_package
 from lossgen.spec import load_spec
 
@@ -122,19 +122,13 @@ def show(spec_paths: Sequence[PathLike]) -> str:
             lines.append("  mean weighted by =")
             lines.append(_indent(sp.pretty(loss.mean_weight, use_unicode=True), 4))
         if model.reduces:
-            dropped = _dims_text(model.dropped)
+            dropped = dims_text(model.dropped)
             lines.append(f'  reduction="none" drops dims: {dropped}')
         for gradient in loss.gradients:
             lines.append(f"  d loss / d {gradient.argument.name} =")
             lines.append(_indent(sp.pretty(gradient.derivative, use_unicode=True), 4))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
-
-
-def _dims_text(dims: object) -> str:
-    if dims == ALL:
-        return "all"
-    return ", ".join(map(str, sorted(dims))) or "none"  # type: ignore[call-overload]
 
 
 def _indent(text: str, width: int) -> str:

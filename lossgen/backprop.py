@@ -147,8 +147,12 @@ def sum_over(dims: Dims, expr: sp.Expr, known: dict[sp.Symbol, Dims]) -> sp.Expr
         (outside if covers(constant, dims) else inside).append(factor)
     if not inside:
         return sp.Mul(*outside) * size(dims)
-    dim = None if dims == ALL else tuple(sorted(dims))  # type: ignore[arg-type]
-    return sp.Mul(*outside) * Sum(sp.Mul(*inside), dim)
+    return sp.Mul(*outside) * Sum(sp.Mul(*inside), _dim_argument(dims))
+
+
+def _dim_argument(dims: Dims) -> tuple[int, ...] | None:
+    """`dims` as the `dim` argument of a reduction node (None: every dim)."""
+    return None if dims == ALL else tuple(sorted(dims))  # type: ignore[arg-type]
 
 
 def _local_factor(node: Reduction, body: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
@@ -162,6 +166,5 @@ def _local_factor(node: Reduction, body: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
     if isinstance(node, (Amax, Amin)):
         # torch.amax's convention: tied maxima share the gradient evenly.
         tied = sp.Piecewise((1, sp.Eq(body, symbol)), (0, True))
-        dim = None if node.dims == ALL else tuple(sorted(node.dims))
-        return tied / Sum(tied, dim)
+        return tied / Sum(tied, _dim_argument(node.dims))
     raise NotImplementedError(type(node).__name__)

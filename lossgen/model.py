@@ -14,13 +14,13 @@ from sympy.core.function import AppliedUndef
 from lossgen.errors import SourceLocation, SpecError
 from lossgen.printer import SUPPORTED_NODES, unsupported_nodes
 from lossgen.reductions import (
-    ALL,
     NO_DIMS,
     Dims,
     OneHot,
     Reduction,
     all_dims,
     covers,
+    dims_text,
     has_reductions,
     reduced_dims,
 )
@@ -41,7 +41,7 @@ GENERATED_CODE_NAMES = frozenset(
         "FUSED_MIN_NUMEL",
     }
     # reductions over dims
-    | {"upstream_weight", "weight_total", "keepdim_shape", "loss_shape"}
+    | {"upstream_weight", "weight_total", "keepdim_shape"}
     # the fast path's Triton kernel (its pointers are `<argument>_ptr`, reserved below)
     | {"triton", "tl", "libdevice", "TRITON", "TRITON_BLOCK"}
     | {"reduce_mean", "compute_dtype", "block_size"}
@@ -219,23 +219,12 @@ def _check_dims(expr: sp.Expr, mean_weight: sp.Expr | None) -> Dims:
             "all dims from the front or all from the back"
         )
     dropped = reduced_dims(expr)
-    if mean_weight is not None:
-        weight_dropped = (
-            reduced_dims(mean_weight) if has_reductions(mean_weight) else None
+    if mean_weight is not None and not covers(reduced_dims(mean_weight), dropped):
+        raise SpecError(
+            "mean_weight must give one weight per element of the loss: reduce it over "
+            f"the dims the loss reduces ({dims_text(dropped)})"
         )
-        free_of_dims = not has_reductions(mean_weight) and dropped == NO_DIMS
-        if not free_of_dims and not (
-            weight_dropped is not None and covers(weight_dropped, dropped)
-        ):
-            raise SpecError(
-                "mean_weight must give one weight per element of the loss: reduce it over "
-                f"the dims the loss reduces ({_dims_text(dropped)})"
-            )
     return dropped
-
-
-def _dims_text(dims: Dims) -> str:
-    return "all" if dims == ALL else ", ".join(map(str, sorted(dims))) or "none"
 
 
 def is_ascii_identifier(name: object) -> bool:

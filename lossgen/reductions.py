@@ -246,14 +246,20 @@ def intersection(a: Dims, b: Dims) -> Dims:
 
 
 def difference(a: Dims, b: Dims) -> Dims:
-    """a without b; ALL without some dims stays ALL-minus, which only arises as `ALL - ALL`."""
+    """a without b. ALL minus named dims cannot be named: callers never ask for it."""
     if b == ALL:
         return NO_DIMS
     if a == ALL:
-        return (
-            ALL if not b else a
-        )  # ALL minus named dims cannot be named; callers avoid it
+        assert not b, "ALL minus named dims"
+        return ALL
     return a - b  # type: ignore[operator]
+
+
+def dims_text(dims: Dims) -> str:
+    """ "all", "none", or the dims separated by commas: for messages."""
+    if dims == ALL:
+        return "all"
+    return ", ".join(map(str, sorted(dims))) or "none"  # type: ignore[arg-type]
 
 
 def covers(a: Dims, b: Dims) -> bool:
@@ -308,6 +314,8 @@ def reduced_dims(expr: sp.Basic) -> Dims:
     Like `constant_dims`, but params count as constant (a float like a temperature must not
     keep a class dim alive), and only reduced (or class-index) dims qualify.
     """
+    if not has_reductions(expr):
+        return NO_DIMS
     params: dict[sp.Symbol, Dims] = {
         s: ALL if s.along is None else NO_DIMS
         for s in expr.free_symbols
@@ -320,8 +328,6 @@ def reduced_dims(expr: sp.Basic) -> Dims:
             mentioned = union(mentioned, node.dims)
         elif isinstance(node, TensorSymbol) and node.index_of is not None:
             mentioned = union(mentioned, frozenset({node.index_of}))
-    if not has_reductions(expr):
-        return NO_DIMS
     return intersection(constant, mentioned) if constant != ALL else mentioned
 
 

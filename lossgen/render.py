@@ -124,7 +124,6 @@ def render_loss(derived: DerivedLoss) -> str:
         )
 
     fused_lines, fused_loss, fused_gradients = _fused_code(derived)
-    fusable = True  # every loss has the fused fast path (class indices and weighted means too)
 
     formulas = []
     if (
@@ -172,8 +171,7 @@ def render_loss(derived: DerivedLoss) -> str:
         "saves_output": derived.uses_upstream_weight,
         "uses_one_hot": any("_one_hot(" in code for code in code_so_far),
         "along_params": along,
-        "fusable": fusable,
-        "triton": _triton_code(derived) if fusable else None,
+        "triton": _triton_code(derived),
         "forward_ops": forward_ops,
         "backward_ops": backward_ops,
         "like": like,

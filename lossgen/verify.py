@@ -704,14 +704,18 @@ def all_dims_of(model: LossModel) -> list[int]:
     return all_dims(sp.Tuple(*exprs))
 
 
+def needed_ndim(model: LossModel) -> int:
+    """The fewest dims the inputs need for every dim the loss names (-3 needs 3, 3 needs 4)."""
+    return max([d + 1 if d >= 0 else -d for d in all_dims_of(model)] or [0])
+
+
 def shape_cases(model: LossModel) -> tuple:
     """SHAPE_CASES, with as many dims as the loss names, and 0-dim (or per-class) tensor
     params where the loss reduces: a param varying along a reduced dim of the loss's top
     level would not be one value per element of the reduced loss."""
     if not model.reduces:
         return SHAPE_CASES
-    named = all_dims_of(model)
-    ndim = max([d + 1 if d >= 0 else -d for d in named] or [0])
+    ndim = needed_ndim(model)
     cases = []
     for tensor_shapes, param_shape in SHAPE_CASES:
         padded = tuple(

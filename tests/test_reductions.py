@@ -303,8 +303,8 @@ def test_mean_weight_must_match_the_loss_shape() -> None:
     assert _model(Sum(x * w, 1), mean_weight=Sum(w, 1)).mean_weight is not None
 
 
-def test_derivation_of_cross_entropy_is_fast_and_deterministic() -> None:
-    # derive twice: byte-identical programs (and no minutes-long simplify)
+def test_derivation_of_cross_entropy_is_deterministic() -> None:
+    # derive twice: identical programs
     t = Tensor("t", index_of=1)
     x = Tensor("x")
     model = _model(-Pick(x - LogSumExp(x, 1), t))

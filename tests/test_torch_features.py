@@ -25,11 +25,11 @@ from lossgen.model import LossModel
 from lossgen.reference import reduced_loss
 from lossgen.verify import (
     LossCase,
-    all_dims_of,
     class_indices,
     draw,
     environment,
     load_generated,
+    needed_ndim,
 )
 
 MODELS = {model.name: model for model in load_models(SPEC_ARGS)}
@@ -51,8 +51,7 @@ def reference(
 
 def sized(model: LossModel, shape: Sequence[int]) -> tuple[int, ...]:
     """`shape`, with trailing dims of 3 where the loss reduces over more dims than it has."""
-    named = all_dims_of(model)
-    needed = max([d + 1 if d >= 0 else -d for d in named] or [0])
+    needed = needed_ndim(model)
     return tuple(shape) + (3,) * max(0, needed - len(shape))
 
 
