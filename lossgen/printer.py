@@ -126,7 +126,33 @@ def _nodes(expr: sp.Basic) -> list[sp.Basic]:
     return found
 
 
-class TorchCodePrinter(StrPrinter):
+class ConditionPrinter(StrPrinter):
+    """Comparisons and &, |, ~ as Python operators: the same in torch and in Triton code."""
+
+    def _print_Relational(self, expr: sp.core.relational.Relational) -> str:
+        operator = RELATIONAL_OPERATORS[expr.rel_op]
+        left = self.parenthesize(expr.lhs, PRECEDENCE["Relational"] + 1)
+        right = self.parenthesize(expr.rhs, PRECEDENCE["Relational"] + 1)
+        return f"{left} {operator} {right}"
+
+    def _print_And(self, expr: sp.And) -> str:
+        return " & ".join(self._print_operand(arg) for arg in expr.args)
+
+    def _print_Or(self, expr: sp.Or) -> str:
+        return " | ".join(self._print_operand(arg) for arg in expr.args)
+
+    def _print_Not(self, expr: sp.Not) -> str:
+        return f"~{self._print_operand(expr.args[0])}"
+
+    def _print_operand(self, expr: sp.Basic) -> str:
+        # & | ~ bind tighter than comparisons in Python: parenthesize anything compound.
+        code = self._print(expr)
+        if isinstance(expr, sp.Symbol) or precedence(expr) >= PRECEDENCE["Atom"]:
+            return code
+        return f"({code})"
+
+
+class TorchCodePrinter(ConditionPrinter):
     """Prints elementwise SymPy expressions as torch code."""
 
     printmethod = "_lossgen_torch"
@@ -344,28 +370,6 @@ class TorchCodePrinter(StrPrinter):
         """A number as a 0-dim tensor of the compute dtype and device."""
         like = self._like
         return f"torch.full((), {code}, dtype={like}.dtype, device={like}.device)"
-
-    def _print_Relational(self, expr: sp.core.relational.Relational) -> str:
-        operator = RELATIONAL_OPERATORS[expr.rel_op]
-        left = self.parenthesize(expr.lhs, PRECEDENCE["Relational"] + 1)
-        right = self.parenthesize(expr.rhs, PRECEDENCE["Relational"] + 1)
-        return f"{left} {operator} {right}"
-
-    def _print_And(self, expr: sp.And) -> str:
-        return " & ".join(self._print_operand(arg) for arg in expr.args)
-
-    def _print_Or(self, expr: sp.Or) -> str:
-        return " | ".join(self._print_operand(arg) for arg in expr.args)
-
-    def _print_Not(self, expr: sp.Not) -> str:
-        return f"~{self._print_operand(expr.args[0])}"
-
-    def _print_operand(self, expr: sp.Basic) -> str:
-        # & | ~ bind tighter than comparisons in Python: parenthesize anything compound.
-        code = self._print(expr)
-        if isinstance(expr, sp.Symbol) or precedence(expr) >= PRECEDENCE["Atom"]:
-            return code
-        return f"({code})"
 
 
 def print_torch(expr: sp.Basic, names: Mapping[sp.Symbol, str], like: str) -> str:

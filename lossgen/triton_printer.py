@@ -28,11 +28,10 @@ from collections.abc import Mapping
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 from sympy.logic.boolalg import BooleanFalse, BooleanTrue
-from sympy.printing.precedence import PRECEDENCE, precedence
-from sympy.printing.str import StrPrinter
+from sympy.printing.precedence import PRECEDENCE
 
 from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
-from lossgen.printer import RELATIONAL_OPERATORS, UnsupportedExpressionError
+from lossgen.printer import ConditionPrinter, UnsupportedExpressionError
 from lossgen.reductions import DimSize
 from lossgen.vocabulary import clamp, guarded, relu
 
@@ -115,7 +114,7 @@ def triton_unsupported_nodes(expr: sp.Basic) -> list[str]:
     return sorted(found)
 
 
-class TritonCodePrinter(StrPrinter):
+class TritonCodePrinter(ConditionPrinter):
     """Prints elementwise SymPy expressions as Triton code (see the module docstring)."""
 
     printmethod = "_lossgen_triton"
@@ -326,28 +325,6 @@ class TritonCodePrinter(StrPrinter):
     def _constant_block(self, code: str) -> str:
         """A number as a block of the compute dtype."""
         return f"tl.full([{self._block}], {code}, {self._dtype})"
-
-    def _print_Relational(self, expr: sp.core.relational.Relational) -> str:
-        operator = RELATIONAL_OPERATORS[expr.rel_op]
-        left = self.parenthesize(expr.lhs, PRECEDENCE["Relational"] + 1)
-        right = self.parenthesize(expr.rhs, PRECEDENCE["Relational"] + 1)
-        return f"{left} {operator} {right}"
-
-    def _print_And(self, expr: sp.And) -> str:
-        return " & ".join(self._print_operand(arg) for arg in expr.args)
-
-    def _print_Or(self, expr: sp.Or) -> str:
-        return " | ".join(self._print_operand(arg) for arg in expr.args)
-
-    def _print_Not(self, expr: sp.Not) -> str:
-        return f"~{self._print_operand(expr.args[0])}"
-
-    def _print_operand(self, expr: sp.Basic) -> str:
-        # & | ~ bind tighter than comparisons in Python: parenthesize anything compound.
-        code = self._print(expr)
-        if isinstance(expr, sp.Symbol) or precedence(expr) >= PRECEDENCE["Atom"]:
-            return code
-        return f"({code})"
 
 
 def _closing_paren(code: str, opening: int) -> int:
