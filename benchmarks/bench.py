@@ -15,6 +15,8 @@ differentiable tensor require grad) it times one step, `loss = f(...); loss.back
   `TRITON = False`),
 - fused-compile (CUDA only): the fast path through torch.compile instead of the Triton kernel
   (`TRITON = False`): what the Triton kernel gains over Inductor's fusion of the same body,
+- generated-multiply (CUDA only): the generated code with the saved gradient multiplied by
+  grad_output = 1 in backward instead of the host sync that skips it (RESCALE_SYNC_MIN_NUMEL),
 - reference: the generated readable Function alone (what `FUSED = False` gives; it is the
   whole generated code of lossgen v0),
 - eager: the loss expression exactly as written in the spec, printed by `lossgen.printer`
@@ -29,6 +31,9 @@ distances, ...), class indices drawn in range, params at their defaults; their e
 is the expression as written printed over the generated module's helpers and reduced by its
 `_reduce` (see `eager_function`). Before timing, each built-in's value is compared with the
 generated loss's on the same inputs; one that differs is dropped (and listed under the table).
+
+On CUDA, "bound" is the time one fused pass needs at the copy bandwidth measured at the start
+(a device-to-device copy of 2**28 floats): each tensor read once, one gradient written once.
 
 Rounds are interleaved (every variant once per round, in a rotated order) and the median over
 rounds is reported; ratios are taken between medians of the same run. Peak extra memory is the
@@ -64,8 +69,8 @@ import torch.nn.functional as F  # noqa: N812 - the usual spelling
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lossgen.api import derive_all, generate  # noqa: E402
-from lossgen.emit import GeneratedFile  # noqa: E402
+from lossgen.api import generate_derived, load_models  # noqa: E402
+from lossgen.derive import derive  # noqa: E402
 from lossgen.model import LossModel  # noqa: E402
 from lossgen.printer import print_torch  # noqa: E402
 from lossgen.verify import (  # noqa: E402
@@ -78,16 +83,6 @@ from lossgen.verify import (  # noqa: E402
 
 Step = Callable[[], None]
 Steps = tuple[Step, Step]
-
-
-def load_from_disk(file: GeneratedFile, directory: Path) -> types.ModuleType:
-    """A generated file written to `directory` and imported from there."""
-    path = directory / file.name
-    path.write_text(file.content, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location(f"bench_{file.name[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _per_class(weight: float, input: torch.Tensor) -> torch.Tensor:
@@ -200,6 +195,57 @@ class Row:
     loss: str
     variants: dict[str, Variant]
     elements: int  # of the first tensor: the unit of the peak columns
+    bound_ms: float | None = None  # one pass's bytes at the measured copy bandwidth
+
+
+def generated_modules(
+    models: Sequence[LossModel], directory: str | None
+) -> dict[str, types.ModuleType]:
+    """Each loss's generated module, imported from a file on disk (triton reads a kernel's
+    source from its file): from `directory` where given, else generated into a temporary one.
+    Each is importable by its name, as torch.compile needs (it imports the module of every
+    global it traces: the eager function of a loss over dims calls the module's helpers).
+    """
+    if directory is None:
+        files = {
+            f.name: f for f in generate_derived([derive(model) for model in models])
+        }
+        target = Path(tempfile.mkdtemp(prefix="lossgen_bench_"))
+        for file in files.values():
+            (target / file.name).write_text(file.content, encoding="utf-8")
+    else:
+        target = Path(directory)
+    modules = {}
+    for model in models:
+        path = target / f"{model.snake_name}.py"
+        spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules.setdefault(module.__name__, module)
+        modules[model.name] = module
+    return modules
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a large device-to-device copy (bytes read plus bytes written)."""
+    source = torch.randn(1 << 28, device="cuda")
+    target = torch.empty_like(source)
+    times = []
+    for _ in range(20):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        target.copy_(source)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 2 * source.numel() * source.element_size() / statistics.median(times[5:])
+
+
+def bound_ms(model: LossModel, n: int, bandwidth: float | None) -> float | None:
+    """The fewest milliseconds one fused pass can take for an elementwise loss: each tensor
+    read once and the first one's gradient written once (float32), at `bandwidth`."""
+    if bandwidth is None or model.reduces:
+        return None
+    return 1e3 * 4 * n * (len(model.tensors) + 1) / bandwidth
 
 
 # --- building the contenders ------------------------------------------------------------------
@@ -323,8 +369,12 @@ def stepper(
     tensors: list[torch.Tensor],
     args: list[object],
     grad_positions: Sequence[int],
+    module: types.ModuleType | None = None,
+    **switches: object,
 ) -> Steps:
-    """Dropping the last gradients, and one forward+backward of `call(*leaves, *args)`."""
+    """Dropping the last gradients, and one forward+backward of `call(*leaves, *args)`, with
+    some of the generated `module`'s switches (COMPILE, TRITON, ...) set during the step.
+    """
     leaves = [
         t.detach().requires_grad_(i in grad_positions) for i, t in enumerate(tensors)
     ]
@@ -334,27 +384,22 @@ def stepper(
             leaf.grad = None
 
     def step() -> None:
-        call(*leaves, *args).backward()
+        with switched(module, switches):
+            call(*leaves, *args).backward()
 
     return reset, step
 
 
-def _configured(
-    module: types.ModuleType, functional: Callable[..., torch.Tensor], **switches: bool
-) -> Callable[..., torch.Tensor]:
-    """The generated functional with some of its module's switches (COMPILE, TRITON) set."""
-
-    def call(*args: object) -> torch.Tensor:
-        saved = {name: getattr(module, name) for name in switches}
-        for name, value in switches.items():
+@contextlib.contextmanager
+def switched(module: types.ModuleType | None, switches: dict[str, object]):
+    saved = {name: getattr(module, name) for name in switches}
+    for name, value in switches.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
             setattr(module, name, value)
-        try:
-            return functional(*args)
-        finally:
-            for name, value in saved.items():
-                setattr(module, name, value)
-
-    return call
 
 
 def builtin_matches(
@@ -404,16 +449,26 @@ def contenders(
         variants["fused-eager"] = Variant(
             "fused-eager",
             stepper(
-                _configured(module, functional, COMPILE=False, **triton),
-                tensors,
-                params,
-                grads,
+                functional, tensors, params, grads, module, COMPILE=False, **triton
             ),
         )
     if triton and device.startswith("cuda") and use_compile:
         variants["fused-compile"] = Variant(
             "fused-compile",
-            stepper(_configured(module, functional, **triton), tensors, params, grads),
+            stepper(functional, tensors, params, grads, module, **triton),
+        )
+    if device.startswith("cuda") and hasattr(module, "RESCALE_SYNC_MIN_NUMEL"):
+        # the saved gradient multiplied by grad_output = 1 instead of the sync that skips it
+        variants["generated-multiply"] = Variant(
+            "generated-multiply",
+            stepper(
+                functional,
+                tensors,
+                params,
+                grads,
+                module,
+                RESCALE_SYNC_MIN_NUMEL=math.inf,
+            ),
         )
     # Params become tensors for the printed expression (the printer's convention).
     param_tensors = [torch.tensor(p, dtype=dtype, device=device) for p in params]
@@ -437,9 +492,16 @@ def contenders(
 
 
 def cross_entropy_contenders(
-    rows: int, classes: int, device: str, dtype: torch.dtype, use_compile: bool
+    rows: int,
+    classes: int,
+    device: str,
+    dtype: torch.dtype,
+    use_compile: bool,
+    module: types.ModuleType,
 ) -> dict[str, Variant]:
-    """Softmax cross-entropy over `classes` logits per row (CUDA mode only)."""
+    """Softmax cross-entropy over `classes` logits per row; `module` is the generated
+    CrossEntropy of specs/reductions.py (its defaults compute F.cross_entropy's value).
+    """
     generator = torch.Generator(device=device).manual_seed(0)
     logits = torch.randn(rows, classes, generator=generator, device=device, dtype=dtype)
     labels = torch.randint(
@@ -451,6 +513,9 @@ def cross_entropy_contenders(
         return (torch.logsumexp(x, dim=1) - picked).mean()
 
     variants = {
+        "generated": Variant(
+            "generated", stepper(module.cross_entropy, [logits, labels], [], [0])
+        ),
         "builtin": Variant(
             "builtin", stepper(F.cross_entropy, [logits, labels], [], [0])
         ),
@@ -540,6 +605,7 @@ def median_ms(variant: Variant) -> float:
 
 COLUMNS = (
     "generated",
+    "generated-multiply",
     "fused-eager",
     "fused-compile",
     "reference",
@@ -549,10 +615,17 @@ COLUMNS = (
 )
 
 
+def _ms(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:.2f}"
+
+
 def table(rows: list[Row], itemsize: int, columns: Sequence[str]) -> str:
     header = ["loss"] + [f"{c} ms" for c in columns]
     header += ["eager / generated", "compile / generated", "builtin / generated"]
     header += ["eager / reference"]
+    bounded = any(row.bound_ms is not None for row in rows)
+    if bounded:
+        header += ["bound ms", "bound / generated"]
     header += [f"{c} peak" for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ratios: dict[str, list[float]] = {
@@ -564,9 +637,7 @@ def table(rows: list[Row], itemsize: int, columns: Sequence[str]) -> str:
     for row in rows:
         cells = [row.loss]
         for c in columns:
-            cells.append(
-                f"{median_ms(row.variants[c]):.2f}" if c in row.variants else ""
-            )
+            cells.append(_ms(median_ms(row.variants[c])) if c in row.variants else "")
         base = row.variants.get("generated")
         for c in ("eager", "compile", "builtin"):
             if base is not None and c in row.variants:
@@ -585,6 +656,12 @@ def table(rows: list[Row], itemsize: int, columns: Sequence[str]) -> str:
             cells.append(f"{ratio:.2f}x")
         else:
             cells.append("")
+        if bounded:
+            if row.bound_ms is not None and base is not None:
+                fraction = row.bound_ms / median_ms(base)
+                cells += [_ms(row.bound_ms), f"{100 * fraction:.0f}%"]
+            else:
+                cells += ["", ""]
         for c in columns:
             v = row.variants.get(c)
             cells.append(
@@ -599,7 +676,7 @@ def table(rows: list[Row], itemsize: int, columns: Sequence[str]) -> str:
             cells.append(
                 f"**{statistics.median(ratios[c]):.2f}x**" if ratios[c] else ""
             )
-        cells += [""] * len(columns)
+        cells += [""] * (len(columns) + (2 if bounded else 0))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -646,6 +723,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="ROWSxCLASSES softmax cross-entropy (default 8192x128256 on CUDA, none on CPU)",
     )
     parser.add_argument("--markdown", help="write the report to this file too")
+    parser.add_argument(
+        "--generated",
+        help="import the generated files from this directory (e.g. the committed generated/) "
+        "instead of generating them (no black needed)",
+    )
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -658,24 +740,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = set(args.losses.split(",")) if args.losses else None
     use_compile = not args.no_compile
 
-    files = {f.name: f for f in generate(specs)}
-    # Imported from files on disk: triton reads a kernel's source from its file.
-    directory = Path(tempfile.mkdtemp(prefix="lossgen_bench_"))
+    models = [m for m in load_models(specs) if wanted is None or m.name in wanted]
+    modules = generated_modules(models, args.generated)
+    bandwidth = copy_bandwidth() if cuda else None
     rows: list[Row] = []
     notes: list[str] = []
-    for derived in derive_all(specs):
-        model = derived.model
-        if wanted is not None and model.name not in wanted:
-            continue
-        module = load_from_disk(files[f"{model.snake_name}.py"], directory)
-        # torch.compile imports the module of every global it traces (the eager function of
-        # a loss over dims calls the module's helpers): make it importable by its name.
-        sys.modules.setdefault(module.__name__, module)
+    for model in models:
+        module = modules[model.name]
         variants, elements = contenders(
             model, module, n, device, dtype, args.grad_all, use_compile, notes
         )
         measure(variants, device, args.repeats, args.warmup)
-        rows.append(Row(model.name, variants, elements))
+        rows.append(Row(model.name, variants, elements, bound_ms(model, n, bandwidth)))
         print(
             f"{model.name}: "
             + ", ".join(f"{k} {median_ms(v):.2f} ms" for k, v in variants.items()),
@@ -708,19 +784,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ce_shape = args.cross_entropy or ("8192x128256" if cuda else None)
     if ce_shape:
         ce_rows, classes = (int(v) for v in ce_shape.lower().split("x"))
+        (cross_entropy,) = [
+            m for m in load_models(["specs/reductions.py"]) if m.name == "CrossEntropy"
+        ]
+        module = generated_modules([cross_entropy], args.generated)["CrossEntropy"]
         variants = cross_entropy_contenders(
-            ce_rows, classes, device, dtype, use_compile
+            ce_rows, classes, device, dtype, use_compile, module
         )
         measure(variants, device, args.repeats, args.warmup)
         lines = [
-            f"Softmax cross-entropy {ce_rows} x {classes} {args.dtype} "
-            "(lossgen has no row-wise reductions, so no generated column):\n",
+            f"Softmax cross-entropy {ce_rows} x {classes} {args.dtype}, class indices "
+            "(generated: CrossEntropy of specs/reductions.py at its defaults):\n",
             "| variant | ms | peak extra GB |",
             "|---|---|---|",
         ]
         for name, variant in variants.items():
             peak = (variant.peak_bytes or 0) / 1e9
-            lines.append(f"| {name} | {median_ms(variant):.2f} | {peak:.2f} |")
+            lines.append(f"| {name} | {_ms(median_ms(variant))} | {peak:.2f} |")
         report.append("\n".join(lines) + "\n")
 
     text = "\n".join(report)

@@ -80,6 +80,7 @@ def _sum_to(grad, shape, argument_shape):
 FUSED = True
 COMPILE = True
 FUSED_MIN_NUMEL = 1 << 16  # below this the first-call compile is not worth it
+RESCALE_SYNC_MIN_NUMEL = 1 << 22  # see _is_one
 # Feature checks that older torch versions lack: there the fast path stays off.
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
@@ -119,11 +120,23 @@ def _use_fused(tensors, params, reduction):
 
 
 def _rescaled(grads, grad_output):
-    """The saved gradients times grad_output, skipped where grad_output is a CPU 1 (no sync)."""
-    if grad_output.device.type == "cpu" and grad_output.numel() == 1:
-        if grad_output.item() == 1:
-            return grads
+    """The saved gradients times grad_output, skipped where grad_output is 1."""
+    if grad_output.numel() == 1 and _is_one(grad_output, grads):
+        return grads
     return tuple(None if grad is None else grad * grad_output for grad in grads)
+
+
+def _is_one(grad_output, grads):
+    """Whether grad_output is 1, asked only where the answer is cheaper than the multiply: on
+    CPU always (no sync); on CUDA, where reading it back syncs with the GPU, from
+    RESCALE_SYNC_MIN_NUMEL gradient elements on, and never while a CUDA graph is captured.
+    """
+    if grad_output.device.type == "cpu":
+        return grad_output.item() == 1
+    if grad_output.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return False
+    numel = sum(grad.numel() for grad in grads if grad is not None)
+    return numel >= RESCALE_SYNC_MIN_NUMEL and grad_output.item() == 1
 
 
 class _SavedForBackward:

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One prepared GPU session (see README, "Benchmarks"): the Triton kernels checked against the
+# reference on the GPU, then the CUDA benchmarks. Run from the repository root on a CUDA
+# machine; results go to $OUT (default ./cuda-results). Wheels for packages the machine lacks
+# (black and its needs, liger-kernel) may wait in .whl/.
+set -uo pipefail
+OUT=${OUT:-cuda-results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+LOSSES=${LOSSES:-Huber,MSE,BCEWithLogits,LogCosh,SigmoidFocal,GaussianNLL}
+STEPS=${STEPS:-check,bench,blocks}
+if [[ $STEPS == *check* ]]; then
+    timeout 240 python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_triton_cuda.py ${CHECK_TESTS:-} 2>&1 \
+        | tee "$OUT/check.log" | tail -25
+fi
+if [[ $STEPS == *bench* ]]; then
+    timeout 360 python3 benchmarks/bench.py --device cuda --generated generated --losses "$LOSSES" \
+        --repeats 20 --warmup 3 --markdown "$OUT/bench.md" specs/*.py 2>"$OUT/bench.log" | tail -30
+fi
+if [[ $STEPS == *blocks* ]]; then
+    timeout 120 python3 benchmarks/triton_block.py huber mse bce_with_logits 2>&1 | tee "$OUT/blocks.md"
+fi
