@@ -724,6 +724,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--markdown", help="write the report to this file too")
     parser.add_argument(
+        "--variants",
+        help="comma-separated columns to measure (default: all that apply)",
+    )
+    parser.add_argument(
         "--generated",
         help="import the generated files from this directory (e.g. the committed generated/) "
         "instead of generating them (no black needed)",
@@ -750,6 +754,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants, elements = contenders(
             model, module, n, device, dtype, args.grad_all, use_compile, notes
         )
+        if args.variants:  # "generated" stays: the ratios are taken against it
+            keep = {"generated", *args.variants.split(",")}
+            variants = {k: v for k, v in variants.items() if k in keep}
         measure(variants, device, args.repeats, args.warmup)
         rows.append(Row(model.name, variants, elements, bound_ms(model, n, bandwidth)))
         print(

@@ -1,10 +1,15 @@
-"""Forward+backward time of generated elementwise losses' Triton kernels for several
-TRITON_BLOCK sizes, on CUDA (not a test):
+"""The generated elementwise losses' Triton kernels on CUDA for several TRITON_BLOCK sizes
+(not a test):
 
     python benchmarks/triton_block.py huber mse bce_with_logits -n 134217728
 
-Each loss is imported from the committed generated/ file; `input` (the first tensor) requires
-grad; times are triton.testing.do_bench medians of one step, gradients dropped between steps.
+For each loss (imported from the committed generated/ file, params at their defaults, the first
+tensor requiring grad) and block size: "kernel", the generated `_run_triton` alone (the kernel
+and the sum of its partial losses, launched back to back, so launch overhead hides behind the
+GPU work) with its bandwidth, counting each tensor read once and the gradient written once;
+and "step", one forward+backward through the functional form (what a training step pays, the
+Python around the kernel included). Times are triton.testing.do_bench medians, ms.
+`--profile` prints torch.profiler's table of one loss's step at the default block.
 """
 
 from __future__ import annotations
@@ -25,39 +30,58 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="+", help="generated module names")
     parser.add_argument("-n", type=int, default=1 << 27)
-    parser.add_argument(
-        "--blocks", default="512,1024,2048,4096,8192", help="comma-separated sizes"
-    )
+    parser.add_argument("--blocks", default="512,1024,2048,4096", help="sizes")
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     blocks = [int(b) for b in args.blocks.split(",")]
-    print("| loss | " + " | ".join(f"block {b} ms" for b in blocks) + " |")
-    print("|---|" + "---|" * len(blocks))
+    header = [f"{kind} {b}" for b in blocks for kind in ("kernel", "step")]
+    print("| loss | " + " | ".join(header) + " | best kernel TB/s |")
+    print("|---|" + "---|" * (len(header) + 1))
     for name in args.modules:
         module = importlib.import_module(f"generated.{name}")
         functional = getattr(module, name)
-        count = sum(
-            1
-            for p in inspect.signature(functional).parameters.values()
-            if p.default is p.empty
-        )
+        parameters = list(inspect.signature(functional).parameters.values())
+        count = sum(1 for p in parameters if p.default is p.empty)
         generator = torch.Generator(device="cuda").manual_seed(0)
         tensors = [
             torch.rand(args.n, device="cuda", generator=generator) + 0.1
             for _ in range(count)
         ]
+        params = [
+            module._as_tensor(p.default, tensors[0])
+            for p in parameters[count:]
+            if p.name != "reduction"
+        ]
+        needs_grad = (True,) + (False,) * (count + len(params) - 1)
         tensors[0].requires_grad_()
 
         def step(functional=functional, tensors=tensors) -> None:
             tensors[0].grad = None
             functional(*tensors).backward()
 
-        cells = []
+        def kernel(module=module, tensors=tensors, params=params, needs=needs_grad):
+            module._run_triton(*tensors, *params, "mean", needs)
+
+        assert module._run_triton(*tensors, *params, "mean", needs_grad) is not None
+        cells, best = [], float("inf")
         for block in blocks:
             module.TRITON_BLOCK = block
-            cells.append(
-                f"{do_bench(step, warmup=50, rep=300, return_mode='median'):.3f}"
-            )
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+            kernel_ms = do_bench(kernel, warmup=50, rep=300, return_mode="median")
+            step_ms = do_bench(step, warmup=50, rep=300, return_mode="median")
+            best = min(best, kernel_ms)
+            cells += [f"{kernel_ms:.3f}", f"{step_ms:.3f}"]
+        moved = 4 * args.n * (count + 1)
+        print(f"| {name} | " + " | ".join(cells) + f" | {moved / best / 1e9:.2f} |")
+        if args.profile and name == args.modules[0]:
+            module.TRITON_BLOCK = 1024
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+                for _ in range(5):
+                    step()
+                torch.cuda.synchronize()
+            table = p.key_averages().table(sort_by="cuda_time_total", row_limit=12)
+            print(table, file=sys.stderr)
     return 0
 
 

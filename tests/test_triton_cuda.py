@@ -29,8 +29,9 @@ pytestmark = pytest.mark.skipif(
 RANDOM_NUMEL = (1 << 20) + 37
 # Largest norm-relative error of the kernel's loss and gradients against the reference
 # Function: both compute the same expressions, but libdevice and torch's CUDA math functions
-# round differently, and the loss is summed in another order.
-TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
+# round differently, and the loss is summed in another order; at huge magnitudes float64 results
+# of exp and log differ by more than rounding, relatively.
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 def _generated_names() -> dict[str, str]:
@@ -116,10 +117,10 @@ def assert_agree(
     assert bool(
         torch.isfinite(got[finite]).all()
     ), f"{where}: not finite where the reference is"
-    difference = torch.linalg.vector_norm((got - want)[finite].double())
-    scale = torch.linalg.vector_norm(want[finite].double())
+    difference = torch.linalg.vector_norm((got - want).detach()[finite].double())
+    scale = torch.linalg.vector_norm(want.detach()[finite].double())
     assert (
-        difference <= tolerance * scale + 1e-300
+        difference <= tolerance * scale
     ), f"{where}: relative error {float(difference / scale):.3g} > {tolerance:g}"
 
 
