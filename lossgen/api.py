@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,40 +58,80 @@ def derive_all(spec_paths: Sequence[PathLike]) -> list[DerivedLoss]:
     return [derive(model) for model in load_models(spec_paths)]
 
 
-def generate(spec_paths: Sequence[PathLike]) -> tuple[GeneratedFile, ...]:
-    """Every output file for these specs, in memory: one module per loss and __init__.py."""
+def generate(
+    spec_paths: Sequence[PathLike], jobs: int | None = None
+) -> tuple[GeneratedFile, ...]:
+    """Every output file for these specs, in memory: one module per loss and __init__.py.
+
+    Losses are derived, rendered and formatted in `jobs` processes (default: one per CPU
+    this process may use); each file is the same as a serial build's, in the same order.
+    """
     if not spec_paths:
         raise SpecError("no spec files given")
-    return generate_derived(derive_all(spec_paths))
+    models = load_models(spec_paths)
+    files = _map_losses(_model_file, models, jobs)
+    return (*files, _package_file(models))
 
 
 def generate_derived(derived: Sequence[DerivedLoss]) -> tuple[GeneratedFile, ...]:
     """generate() for losses already derived (lossgen check derives once for both uses)."""
-    files = []
-    for loss in derived:
-        model = loss.model
-        source = header([model.spec_path]) + render_loss(loss)
-        origin = f"{model.location}: loss {model.name!r}"
-        files.append(
-            GeneratedFile(
-                f"{model.snake_name}.py", format_source(source, origin=origin)
-            )
-        )
-    spec_names = list(dict.fromkeys(loss.model.spec_path for loss in derived))
+    files = [_loss_file(loss) for loss in derived]
+    return (*files, _package_file([loss.model for loss in derived]))
+
+
+def _loss_file(loss: DerivedLoss) -> GeneratedFile:
+    model = loss.model
+    source = header([model.spec_path]) + render_loss(loss)
+    origin = f"{model.location}: loss {model.name!r}"
+    return GeneratedFile(f"{model.snake_name}.py", format_source(source, origin=origin))
+
+
+def _model_file(model: LossModel) -> GeneratedFile:
+    return _loss_file(derive(model))
+
+
+def _package_file(models: Sequence[LossModel]) -> GeneratedFile:
+    spec_names = list(dict.fromkeys(model.spec_path for model in models))
     package = header(spec_names) + render_package(
-        [(loss.model.snake_name, loss.model.name) for loss in derived]
+        [(model.snake_name, model.name) for model in models]
     )
-    files.append(
-        GeneratedFile("__init__.py", format_source(package, origin="__init__.py"))
-    )
-    return tuple(files)
+    return GeneratedFile("__init__.py", format_source(package, origin="__init__.py"))
+
+
+# What forked workers of _map_losses read: the parent's models, inherited by fork, so that
+# SymPy expressions never cross a process boundary (only the files' text comes back).
+_worker_models: Sequence[LossModel] = ()
+_worker_task = None
+
+
+def _in_worker(index: int) -> GeneratedFile:
+    return _worker_task(_worker_models[index])
+
+
+def _map_losses(task, models: Sequence[LossModel], jobs: int | None) -> list:
+    """[task(model) for model in models], in forked processes where that can help."""
+    global _worker_models, _worker_task
+    if jobs is None:
+        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    jobs = min(jobs, len(models))
+    if jobs < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [task(model) for model in models]
+    _worker_models, _worker_task = models, task
+    try:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            return list(pool.map(_in_worker, range(len(models))))
+    finally:
+        _worker_models, _worker_task = (), None
 
 
 def build(
-    spec_paths: Sequence[PathLike], out_dir: PathLike = "generated"
+    spec_paths: Sequence[PathLike],
+    out_dir: PathLike = "generated",
+    jobs: int | None = None,
 ) -> BuildResult:
     """Generate and write the files that changed. Nothing is written unless everything built."""
-    files = generate(spec_paths)
+    files = generate(spec_paths, jobs)
     target = Path(out_dir)
     written = write_if_changed(target, files)
     return BuildResult(target, files, tuple(written))

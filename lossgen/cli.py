@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (Python)")
     build.add_argument("-o", "--out", default="generated", help="output directory")
+    build.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        help="processes deriving losses in parallel (default: one per CPU)",
+    )
 
     show = commands.add_parser(
         "show", help="print each loss, its arguments and derivatives"
@@ -102,7 +108,7 @@ def _error(message: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "build":
-        result = api.build(args.specs, args.out)
+        result = api.build(args.specs, args.out, args.jobs)
         for name in result.written:
             print(f"wrote {(result.out_dir / name).as_posix()}")
         print(

@@ -230,3 +230,36 @@ def test_python_dash_m_lossgen(tmp_path: Path) -> None:
     assert (out / "custom_loss.py").read_text() == (
         ROOT / "generated" / "custom_loss.py"
     ).read_text()
+
+
+def test_parallel_build_gives_the_serial_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    specs = ["specs/ranking.py", "specs/tutorial.py"]
+    parallel = lossgen.generate(specs, jobs=2)
+    assert len(parallel) > 3  # several losses, so two processes shared them
+    assert parallel == lossgen.generate(specs, jobs=1)
+
+
+def test_an_error_in_a_worker_process_is_reported_as_in_a_serial_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lossgen import api
+    from lossgen.errors import SpecError
+
+    derive = api.derive
+
+    def failing(model):  # the forked workers inherit this patch
+        if model.name == "HingeEmbedding":
+            raise SpecError("no such math", location=model.location, loss=model.name)
+        return derive(model)
+
+    monkeypatch.setattr(api, "derive", failing)
+    errors = []
+    for jobs in (1, 2):
+        with pytest.raises(SpecError) as raised:
+            lossgen.generate(["specs/ranking.py"], jobs=jobs)
+        errors.append((str(raised.value), raised.value.location, raised.value.loss))
+    assert errors[0] == errors[1]
+    assert (
+        errors[0][0].startswith("specs/ranking.py:")
+        and "'HingeEmbedding'" in errors[0][0]
+    )
