@@ -10,6 +10,10 @@ GPU work) with its bandwidth, counting each tensor read once and the gradient wr
 and "step", one forward+backward through the functional form (what a training step pays, the
 Python around the kernel included). Times are triton.testing.do_bench medians, ms.
 `--profile` prints torch.profiler's table of one loss's step at the default block.
+
+`--row ROWSxCLASSES` times the generated CrossEntropy's row kernel instead, for each
+`--row-configs` ROW_BLOCK/ROW_WARPS pair, counting the logits read twice (its two passes) and
+the gradient written once.
 """
 
 from __future__ import annotations
@@ -28,11 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("modules", nargs="+", help="generated module names")
+    parser.add_argument("modules", nargs="*", help="generated module names")
     parser.add_argument("-n", type=int, default=1 << 27)
     parser.add_argument("--blocks", default="512,1024,2048,4096", help="sizes")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--row", help="ROWSxCLASSES: time CrossEntropy's row kernel")
+    parser.add_argument("--row-configs", default="4096/16,4096/8,2048/8,8192/16")
     args = parser.parse_args()
+    if args.row:
+        rows, classes = (int(v) for v in args.row.lower().split("x"))
+        configs = [tuple(map(int, c.split("/"))) for c in args.row_configs.split(",")]
+        row_sweep(rows, classes, configs)
     blocks = [int(b) for b in args.blocks.split(",")]
     header = [f"{kind} {b}" for b in blocks for kind in ("kernel", "step")]
     print("| loss | " + " | ".join(header) + " | best kernel TB/s |")
@@ -83,6 +93,37 @@ def main() -> int:
             table = p.key_averages().table(sort_by="cuda_time_total", row_limit=12)
             print(table, file=sys.stderr)
     return 0
+
+
+def row_sweep(rows: int, classes: int, configs: list[tuple[int, int]]) -> None:
+    module = importlib.import_module("generated.cross_entropy")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(rows, classes, device="cuda", generator=generator)
+    labels = torch.randint(0, classes, (rows,), device="cuda", generator=generator)
+    params = [module._as_tensor(v, logits) for v in (1.0, 0.0, -100.0)]
+    needs = (True, False, False, False, False)
+    logits.requires_grad_()
+
+    def step() -> None:
+        logits.grad = None
+        module.cross_entropy(logits, labels).backward()
+
+    def kernel() -> None:
+        module._run_triton(logits, labels, *params, "mean", needs)
+
+    assert module._run_triton(logits, labels, *params, "mean", needs) is not None
+    moved = 3 * logits.numel() * logits.element_size()
+    print("| ROW_BLOCK/ROW_WARPS | kernel ms | step ms | kernel TB/s |")
+    print("|---|---|---|---|")
+    for block, warps in configs:
+        module.ROW_BLOCK, module.ROW_WARPS = block, warps
+        kernel_ms = do_bench(kernel, warmup=25, rep=200, return_mode="median")
+        step_ms = do_bench(step, warmup=25, rep=200, return_mode="median")
+        print(
+            f"| {block}/{warps} | {kernel_ms:.3f} | {step_ms:.3f} "
+            f"| {moved / kernel_ms / 1e9:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
