@@ -405,10 +405,11 @@ def _load_triton():
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         margin = tl.load(margin_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1, tmp2, tmp3
-        tmp0 = tl.full([], 0.0, compute_dtype)
-        tmp1 = tl.full([], 0.0, compute_dtype)
-        tmp2 = tl.full([], 0.0, compute_dtype)
-        tmp3 = tl.full([], 0.0, compute_dtype)
+        # (sums kept per lane, summed across lanes once, after the loop)
+        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp2_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp3_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
@@ -421,11 +422,14 @@ def _load_triton():
             y = tl.load(y_ptr + row_offset + columns, mask=in_row, other=0.0).to(
                 compute_dtype
             )
-            tmp0 += tl.sum(tl.where(in_row, (input1 * input1), 0.0))
-            tmp1 += tl.sum(tl.where(in_row, (input2 * input2), 0.0))
-            tmp2 += tl.sum(tl.where(in_row, input1 * input2, 0.0))
-            tmp3 += tl.sum(tl.where(in_row, y, 0.0))
-        tmp3 = tmp3 / row_size
+            _tmp0_sum += tl.where(in_row, (input1 * input1), 0.0)
+            _tmp1_sum += tl.where(in_row, (input2 * input2), 0.0)
+            _tmp2_sum += tl.where(in_row, input1 * input2, 0.0)
+            _tmp3_sum += tl.where(in_row, y, 0.0)
+        tmp0 = tl.sum(_tmp0_sum)
+        tmp1 = tl.sum(_tmp1_sum)
+        tmp2 = tl.sum(_tmp2_sum)
+        tmp3 = tl.sum(_tmp3_sum) / row_size
         # the row's loss; the last pass writes the gradients
         tmp4 = tmp3 / 2
         tmp5 = tmp0 + 1e-12
@@ -439,8 +443,8 @@ def _load_triton():
         tmp13 = tmp7 * upstream / 2
         tl.store(
             loss_ptr + row,
-            (1 / 2 - tmp4) * tl.maximum(tmp9, 0)
-            + (1 - tmp8) * (tmp4 + 1 / 2) * upstream,
+            ((1 / 2 - tmp4) * tl.maximum(tmp9, 0) + (1 - tmp8) * (tmp4 + 1 / 2))
+            * upstream,
         )
         if last_pass:
             for start in range(0, row_size, row_block):

@@ -602,12 +602,13 @@ def _load_triton():
         label_smoothing = tl.load(label_smoothing_ptr).to(compute_dtype)
         ignore_index = tl.load(ignore_index_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1, tmp2, tmp3, tmp4
+        # (sums kept per lane, summed across lanes once, after the loop)
         _tmp0_max = tl.full([], float("-inf"), compute_dtype)
-        _tmp0_sum = tl.full([], 0.0, compute_dtype)
-        tmp1 = tl.full([], 0.0, compute_dtype)
-        tmp2 = tl.full([], 0.0, compute_dtype)
-        tmp3 = tl.full([], 0.0, compute_dtype)
-        tmp4 = tl.full([], 0.0, compute_dtype)
+        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp2_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp3_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp4_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
@@ -616,33 +617,32 @@ def _load_triton():
             ).to(compute_dtype)
             tmp5 = (target == columns).to(compute_dtype)
             tmp6 = weight * tmp5
-            # online: the sum of exp(body - max), rescaled where the max grows
-            _tmp0_body = input
-            _tmp0_new = tl.maximum(
-                _tmp0_max, tl.max(tl.where(in_row, _tmp0_body, float("-inf")), axis=0)
-            )
-            _tmp0_sum = _tmp0_sum * libdevice.exp(_tmp0_max - _tmp0_new) + tl.sum(
-                tl.where(in_row, libdevice.exp(_tmp0_body - _tmp0_new), 0.0)
-            )
+            # online: per lane, the sum of exp(body - max), rescaled where the max grows
+            _tmp0_body = tl.where(in_row, input, float("-inf"))
+            _tmp0_new = tl.maximum(_tmp0_max, tl.max(_tmp0_body, axis=0))
+            _tmp0_sum = _tmp0_sum * libdevice.exp(
+                _tmp0_max - _tmp0_new
+            ) + libdevice.exp(_tmp0_body - _tmp0_new)
             _tmp0_max = _tmp0_new
-            tmp1 += tl.sum(tl.where(in_row, -tmp6, 0.0))
-            tmp2 += tl.sum(tl.where(in_row, tmp6 * input, 0.0))
-            tmp3 += tl.sum(tl.where(in_row, weight * input, 0.0))
-            tmp4 += tl.sum(
+            _tmp1_sum += tl.where(in_row, -tmp6, 0.0)
+            _tmp2_sum += tl.where(in_row, tmp6 * input, 0.0)
+            _tmp3_sum += tl.where(in_row, weight * input, 0.0)
+            _tmp4_sum += tl.where(
+                in_row,
                 tl.where(
-                    in_row,
-                    tl.where(
-                        ignore_index != target,
-                        weight
-                        * (row_length * tmp5 * (label_smoothing - 1) - label_smoothing)
-                        / row_length,
-                        0,
-                    ),
-                    0.0,
-                )
+                    ignore_index != target,
+                    weight
+                    * (row_length * tmp5 * (label_smoothing - 1) - label_smoothing)
+                    / row_length,
+                    0,
+                ),
+                0.0,
             )
-        tmp0 = _tmp0_max + libdevice.log(_tmp0_sum)
-        tmp3 = tmp3 / row_size
+        tmp0 = _tmp0_max + libdevice.log(tl.sum(_tmp0_sum))
+        tmp1 = tl.sum(_tmp1_sum)
+        tmp2 = tl.sum(_tmp2_sum)
+        tmp3 = tl.sum(_tmp3_sum) / row_size
+        tmp4 = tl.sum(_tmp4_sum)
         # the row's loss; the last pass writes the gradients
         tmp7 = ignore_index != target
         tmp9 = weight * upstream

@@ -375,6 +375,7 @@ def _load_triton():
         row_offset = row * row_size
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0
+        # (sums kept per lane, summed across lanes once, after the loop)
         tmp0 = tl.full([], float("inf"), compute_dtype)
         tmp1 = tl.full([], 0.0, compute_dtype)  # ties of tmp0
         for start in range(0, row_size, row_block):

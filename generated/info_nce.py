@@ -390,33 +390,31 @@ def _load_triton():
         positive = tl.load(positive_ptr + row)
         temperature = tl.load(temperature_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1
-        tmp0 = tl.full([], 0.0, compute_dtype)
+        # (sums kept per lane, summed across lanes once, after the loop)
+        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
         _tmp1_max = tl.full([], float("-inf"), compute_dtype)
-        _tmp1_sum = tl.full([], 0.0, compute_dtype)
+        _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
             similarity = tl.load(
                 similarity_ptr + row_offset + columns, mask=in_row, other=0.0
             ).to(compute_dtype)
-            tmp0 += tl.sum(
-                tl.where(
-                    in_row, similarity * (positive == columns).to(compute_dtype), 0.0
-                )
+            _tmp0_sum += tl.where(
+                in_row, similarity * (positive == columns).to(compute_dtype), 0.0
             )
-            # online: the sum of exp(body - max), rescaled where the max grows
-            _tmp1_body = similarity / temperature
-            _tmp1_new = tl.maximum(
-                _tmp1_max, tl.max(tl.where(in_row, _tmp1_body, float("-inf")), axis=0)
-            )
-            _tmp1_sum = _tmp1_sum * libdevice.exp(_tmp1_max - _tmp1_new) + tl.sum(
-                tl.where(in_row, libdevice.exp(_tmp1_body - _tmp1_new), 0.0)
-            )
+            # online: per lane, the sum of exp(body - max), rescaled where the max grows
+            _tmp1_body = tl.where(in_row, similarity / temperature, float("-inf"))
+            _tmp1_new = tl.maximum(_tmp1_max, tl.max(_tmp1_body, axis=0))
+            _tmp1_sum = _tmp1_sum * libdevice.exp(
+                _tmp1_max - _tmp1_new
+            ) + libdevice.exp(_tmp1_body - _tmp1_new)
             _tmp1_max = _tmp1_new
-        tmp1 = _tmp1_max + libdevice.log(_tmp1_sum)
+        tmp0 = tl.sum(_tmp0_sum)
+        tmp1 = _tmp1_max + libdevice.log(tl.sum(_tmp1_sum))
         # the row's loss; the last pass writes the gradients
         tmp2 = 1 / temperature
-        tl.store(loss_ptr + row, -tmp0 * tmp2 + tmp1 * upstream)
+        tl.store(loss_ptr + row, (-tmp0 * tmp2 + tmp1) * upstream)
         if last_pass:
             for start in range(0, row_size, row_block):
                 columns = start + tl.arange(0, row_block)

@@ -440,10 +440,11 @@ def _load_triton():
         row_offset = row * row_size
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1
+        # (sums kept per lane, summed across lanes once, after the loop)
         _tmp0_max = tl.full([], float("-inf"), compute_dtype)
-        _tmp0_sum = tl.full([], 0.0, compute_dtype)
+        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
         _tmp1_max = tl.full([], float("-inf"), compute_dtype)
-        _tmp1_sum = tl.full([], 0.0, compute_dtype)
+        _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
@@ -453,30 +454,27 @@ def _load_triton():
             logits_q = tl.load(
                 logits_q_ptr + row_offset + columns, mask=in_row, other=0.0
             ).to(compute_dtype)
-            # online: the sum of exp(body - max), rescaled where the max grows
-            _tmp0_body = logits_p
-            _tmp0_new = tl.maximum(
-                _tmp0_max, tl.max(tl.where(in_row, _tmp0_body, float("-inf")), axis=0)
-            )
-            _tmp0_sum = _tmp0_sum * libdevice.exp(_tmp0_max - _tmp0_new) + tl.sum(
-                tl.where(in_row, libdevice.exp(_tmp0_body - _tmp0_new), 0.0)
-            )
+            # online: per lane, the sum of exp(body - max), rescaled where the max grows
+            _tmp0_body = tl.where(in_row, logits_p, float("-inf"))
+            _tmp0_new = tl.maximum(_tmp0_max, tl.max(_tmp0_body, axis=0))
+            _tmp0_sum = _tmp0_sum * libdevice.exp(
+                _tmp0_max - _tmp0_new
+            ) + libdevice.exp(_tmp0_body - _tmp0_new)
             _tmp0_max = _tmp0_new
-            # online: the sum of exp(body - max), rescaled where the max grows
-            _tmp1_body = logits_q
-            _tmp1_new = tl.maximum(
-                _tmp1_max, tl.max(tl.where(in_row, _tmp1_body, float("-inf")), axis=0)
-            )
-            _tmp1_sum = _tmp1_sum * libdevice.exp(_tmp1_max - _tmp1_new) + tl.sum(
-                tl.where(in_row, libdevice.exp(_tmp1_body - _tmp1_new), 0.0)
-            )
+            # online: per lane, the sum of exp(body - max), rescaled where the max grows
+            _tmp1_body = tl.where(in_row, logits_q, float("-inf"))
+            _tmp1_new = tl.maximum(_tmp1_max, tl.max(_tmp1_body, axis=0))
+            _tmp1_sum = _tmp1_sum * libdevice.exp(
+                _tmp1_max - _tmp1_new
+            ) + libdevice.exp(_tmp1_body - _tmp1_new)
             _tmp1_max = _tmp1_new
-        tmp0 = _tmp0_max + libdevice.log(_tmp0_sum)
-        tmp1 = _tmp1_max + libdevice.log(_tmp1_sum)
+        tmp0 = _tmp0_max + libdevice.log(tl.sum(_tmp0_sum))
+        tmp1 = _tmp1_max + libdevice.log(tl.sum(_tmp1_sum))
         # pass 2 over the row: tmp2, tmp3, tmp4
-        tmp2 = tl.full([], 0.0, compute_dtype)
-        tmp3 = tl.full([], 0.0, compute_dtype)
-        tmp4 = tl.full([], 0.0, compute_dtype)
+        # (sums kept per lane, summed across lanes once, after the loop)
+        _tmp2_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp3_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp4_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
@@ -501,25 +499,20 @@ def _load_triton():
             tmp15 = tmp13 * (-tmp14 + 0.6931471805599453)
             tmp16 = -tmp11
             tmp17 = -tmp14
-            tmp2 += tl.sum(tl.where(in_row, tmp15 + tmp12, 0.0))
-            tmp3 += tl.sum(
-                tl.where(
-                    in_row,
-                    tmp7 * libdevice.expm1(tmp16)
-                    - tmp12
-                    + tmp13 * libdevice.exp(tmp16),
-                    0.0,
-                )
+            _tmp2_sum += tl.where(in_row, tmp15 + tmp12, 0.0)
+            _tmp3_sum += tl.where(
+                in_row,
+                tmp7 * libdevice.expm1(tmp16) - tmp12 + tmp13 * libdevice.exp(tmp16),
+                0.0,
             )
-            tmp4 += tl.sum(
-                tl.where(
-                    in_row,
-                    -tmp15
-                    + tmp7 * libdevice.exp(tmp17)
-                    + tmp13 * libdevice.expm1(tmp17),
-                    0.0,
-                )
+            _tmp4_sum += tl.where(
+                in_row,
+                -tmp15 + tmp7 * libdevice.exp(tmp17) + tmp13 * libdevice.expm1(tmp17),
+                0.0,
             )
+        tmp2 = tl.sum(_tmp2_sum)
+        tmp3 = tl.sum(_tmp3_sum)
+        tmp4 = tl.sum(_tmp4_sum)
         # the row's loss; the last pass writes the gradients
         tmp27 = upstream / 2
         tl.store(loss_ptr + row, tmp2 / 2 * upstream)

@@ -381,7 +381,8 @@ def _load_triton():
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         weight = tl.load(weight_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0
-        tmp0 = tl.full([], 0.0, compute_dtype)
+        # (sums kept per lane, summed across lanes once, after the loop)
+        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
@@ -391,21 +392,19 @@ def _load_triton():
             target = tl.load(
                 target_ptr + row_offset + columns, mask=in_row, other=0.0
             ).to(compute_dtype)
-            tmp0 += tl.sum(
-                tl.where(
-                    in_row,
-                    weight
-                    * (
-                        -input * target
-                        + (
-                            tl.maximum(input, 0.0)
-                            + libdevice.log1p(libdevice.exp(-tl.abs(input)))
-                        )
-                    ),
-                    0.0,
-                )
+            _tmp0_sum += tl.where(
+                in_row,
+                weight
+                * (
+                    -input * target
+                    + (
+                        tl.maximum(input, 0.0)
+                        + libdevice.log1p(libdevice.exp(-tl.abs(input)))
+                    )
+                ),
+                0.0,
             )
-        tmp0 = tmp0 / row_size
+        tmp0 = tl.sum(_tmp0_sum) / row_size
         # the row's loss; the last pass writes the gradients
         tmp1 = weight * upstream / row_length
         tl.store(loss_ptr + row, tmp0 * upstream)

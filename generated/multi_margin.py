@@ -448,8 +448,9 @@ def _load_triton():
         weight = tl.load(weight_ptr).to(compute_dtype)
         margin = tl.load(margin_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1
-        tmp0 = tl.full([], 0.0, compute_dtype)
-        tmp1 = tl.full([], 0.0, compute_dtype)
+        # (sums kept per lane, summed across lanes once, after the loop)
+        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
@@ -457,11 +458,14 @@ def _load_triton():
                 input_ptr + row_offset + columns, mask=in_row, other=0.0
             ).to(compute_dtype)
             tmp4 = (target == columns).to(compute_dtype)
-            tmp0 += tl.sum(tl.where(in_row, tmp4 * input, 0.0))
-            tmp1 += tl.sum(tl.where(in_row, weight * tmp4, 0.0))
+            _tmp0_sum += tl.where(in_row, tmp4 * input, 0.0)
+            _tmp1_sum += tl.where(in_row, weight * tmp4, 0.0)
+        tmp0 = tl.sum(_tmp0_sum)
+        tmp1 = tl.sum(_tmp1_sum)
         # pass 2 over the row: tmp2, tmp3
-        tmp2 = tl.full([], 0.0, compute_dtype)
-        tmp3 = tl.full([], 0.0, compute_dtype)
+        # (sums kept per lane, summed across lanes once, after the loop)
+        _tmp2_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp3_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
@@ -470,9 +474,10 @@ def _load_triton():
             ).to(compute_dtype)
             tmp5 = 1 - (target == columns).to(compute_dtype)
             tmp6 = margin - tmp0 + input
-            tmp2 += tl.sum(tl.where(in_row, tmp5 * tl.maximum(tmp6, 0.0), 0.0))
-            tmp3 += tl.sum(tl.where(in_row, tmp5 * (tmp6 > 0).to(compute_dtype), 0.0))
-        tmp2 = tmp2 / row_size
+            _tmp2_sum += tl.where(in_row, tmp5 * tl.maximum(tmp6, 0.0), 0.0)
+            _tmp3_sum += tl.where(in_row, tmp5 * (tmp6 > 0).to(compute_dtype), 0.0)
+        tmp2 = tl.sum(_tmp2_sum) / row_size
+        tmp3 = tl.sum(_tmp3_sum)
         # the row's loss; the last pass writes the gradients
         tl.store(loss_ptr + row, tmp2 * tmp1 * upstream)
         if last_pass:

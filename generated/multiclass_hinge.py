@@ -384,7 +384,8 @@ def _load_triton():
         target = tl.load(target_ptr + row)
         margin = tl.load(margin_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1
-        tmp0 = tl.full([], 0.0, compute_dtype)
+        # (sums kept per lane, summed across lanes once, after the loop)
+        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
         tmp1 = tl.full([], float("-inf"), compute_dtype)
         tmp2 = tl.full([], 0.0, compute_dtype)  # ties of tmp1
         for start in range(0, row_size, row_block):
@@ -394,7 +395,7 @@ def _load_triton():
                 input_ptr + row_offset + columns, mask=in_row, other=0.0
             ).to(compute_dtype)
             tmp3 = (target == columns).to(compute_dtype)
-            tmp0 += tl.sum(tl.where(in_row, tmp3 * input, 0.0))
+            _tmp0_sum += tl.where(in_row, tmp3 * input, 0.0)
             _tmp1_body = margin * (1 - tmp3) + input
             _tmp1_new = tl.maximum(
                 tmp1, tl.max(tl.where(in_row, _tmp1_body, float("-inf")), axis=0)
@@ -404,8 +405,9 @@ def _load_triton():
                 (in_row & (_tmp1_body == _tmp1_new)).to(compute_dtype)
             )
             tmp1 = _tmp1_new
+        tmp0 = tl.sum(_tmp0_sum)
         # the row's loss; the last pass writes the gradients
-        tl.store(loss_ptr + row, -tmp0 + tmp1 * upstream)
+        tl.store(loss_ptr + row, (-tmp0 + tmp1) * upstream)
         if last_pass:
             for start in range(0, row_size, row_block):
                 columns = start + tl.arange(0, row_block)

@@ -478,18 +478,18 @@ def _load_triton():
         weight = tl.load(weight_ptr).to(compute_dtype)
         ignore_index = tl.load(ignore_index_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0
-        tmp0 = tl.full([], 0.0, compute_dtype)
+        # (sums kept per lane, summed across lanes once, after the loop)
+        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
             input = tl.load(
                 input_ptr + row_offset + columns, mask=in_row, other=0.0
             ).to(compute_dtype)
-            tmp0 += tl.sum(
-                tl.where(
-                    in_row, weight * input * (target == columns).to(compute_dtype), 0.0
-                )
+            _tmp0_sum += tl.where(
+                in_row, weight * input * (target == columns).to(compute_dtype), 0.0
             )
+        tmp0 = tl.sum(_tmp0_sum)
         # the row's loss; the last pass writes the gradients
         tmp1 = ignore_index != target
         tl.store(loss_ptr + row, tl.where(tmp1, -tmp0, 0) * upstream)

@@ -364,11 +364,12 @@ def _load_triton():
         row_offset = row * row_size
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1, tmp2, tmp3
+        # (sums kept per lane, summed across lanes once, after the loop)
         _tmp0_max = tl.full([], float("-inf"), compute_dtype)
-        _tmp0_sum = tl.full([], 0.0, compute_dtype)
-        tmp1 = tl.full([], 0.0, compute_dtype)
-        tmp2 = tl.full([], 0.0, compute_dtype)
-        tmp3 = tl.full([], 0.0, compute_dtype)
+        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp2_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp3_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
@@ -378,21 +379,22 @@ def _load_triton():
             target = tl.load(
                 target_ptr + row_offset + columns, mask=in_row, other=0.0
             ).to(compute_dtype)
-            # online: the sum of exp(body - max), rescaled where the max grows
-            _tmp0_body = input
-            _tmp0_new = tl.maximum(
-                _tmp0_max, tl.max(tl.where(in_row, _tmp0_body, float("-inf")), axis=0)
-            )
-            _tmp0_sum = _tmp0_sum * libdevice.exp(_tmp0_max - _tmp0_new) + tl.sum(
-                tl.where(in_row, libdevice.exp(_tmp0_body - _tmp0_new), 0.0)
-            )
+            # online: per lane, the sum of exp(body - max), rescaled where the max grows
+            _tmp0_body = tl.where(in_row, input, float("-inf"))
+            _tmp0_new = tl.maximum(_tmp0_max, tl.max(_tmp0_body, axis=0))
+            _tmp0_sum = _tmp0_sum * libdevice.exp(
+                _tmp0_max - _tmp0_new
+            ) + libdevice.exp(_tmp0_body - _tmp0_new)
             _tmp0_max = _tmp0_new
-            tmp1 += tl.sum(tl.where(in_row, -target, 0.0))
-            tmp2 += tl.sum(tl.where(in_row, input * target, 0.0))
-            tmp3 += tl.sum(tl.where(in_row, target, 0.0))
-        tmp0 = _tmp0_max + libdevice.log(_tmp0_sum)
+            _tmp1_sum += tl.where(in_row, -target, 0.0)
+            _tmp2_sum += tl.where(in_row, input * target, 0.0)
+            _tmp3_sum += tl.where(in_row, target, 0.0)
+        tmp0 = _tmp0_max + libdevice.log(tl.sum(_tmp0_sum))
+        tmp1 = tl.sum(_tmp1_sum)
+        tmp2 = tl.sum(_tmp2_sum)
+        tmp3 = tl.sum(_tmp3_sum)
         # the row's loss; the last pass writes the gradients
-        tl.store(loss_ptr + row, -tmp0 * tmp1 - tmp2 * upstream)
+        tl.store(loss_ptr + row, (-tmp0 * tmp1 - tmp2) * upstream)
         if last_pass:
             for start in range(0, row_size, row_block):
                 columns = start + tl.arange(0, row_block)

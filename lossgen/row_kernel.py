@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.printing.precedence import PRECEDENCE, precedence
 
 from lossgen.backprop import UPSTREAM, UPSTREAM_WEIGHT
 from lossgen.derive import DerivedLoss, Step, common_subexpressions
@@ -105,7 +106,7 @@ class RowKernelCode:
     uses_row_length: bool
     passes: tuple[RowPass, ...]  # the accumulating passes
     last: RowPass  # the gradients' pass (no accumulators)
-    loss: str  # the row's loss: a row scalar (loss_varies False) or a block summed in `last`
+    loss: str  # the row's loss, ready to be multiplied: a row scalar, or a block (loss_varies)
     loss_varies: bool
     gradients: tuple[RowGradient, ...]
     declined: tuple[
@@ -357,6 +358,8 @@ class _Builder:
             steps, (loss_expr, *gradient_exprs), row, names, numbers
         )
         loss_code = print_row(loss_expr, names, loss_varies)
+        if precedence(loss_expr) < PRECEDENCE["Mul"]:  # the template multiplies it
+            loss_code = f"({loss_code})"
         row_gradients = tuple(
             RowGradient(index, name, print_row(expr, names, True))
             for (index, name, _), expr in zip(gradients, gradient_exprs)
