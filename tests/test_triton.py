@@ -55,8 +55,9 @@ def modules() -> dict[str, tuple[LossModel, types.ModuleType]]:
     }
 
 
+# the elementwise kernels (the row kernels of losses over a dim: tests/test_row_triton.py)
 TRITON_LOSSES = sorted(
-    name for name, (_, module) in modules().items() if hasattr(module, "_run_triton")
+    name for name, (_, module) in modules().items() if hasattr(module, "TRITON_BLOCK")
 )
 
 
