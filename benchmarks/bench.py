@@ -460,6 +460,12 @@ def cross_entropy_contenders(
         variants["compile"] = Variant(
             "compile", stepper(torch.compile(eager), [logits, labels], [], [0])
         )
+    # specs/reductions.py's CrossEntropy, params at their defaults (F.cross_entropy's value):
+    # on CUDA its fast path is the generated Triton row kernel
+    generated = importlib.import_module("generated.cross_entropy")
+    variants["generated"] = Variant(
+        "generated", stepper(generated.cross_entropy, [logits, labels], [], [0])
+    )
     with contextlib.suppress(ImportError):
         from liger_kernel.transformers.functional import liger_cross_entropy
 
