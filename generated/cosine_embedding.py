@@ -479,7 +479,7 @@ def _run_triton(input1, input2, y, margin, reduction, needs_grad):
         return None  # a param's gradient (a sum over rows): the torch fast path
     if not _triton_applies([input1, input2, y]):
         return None
-    if 1 % input1.dim() != input1.dim() - 1:
+    if input1.dim() != 2:
         return None  # rows are not contiguous: the reduced dim is not the last
     if _triton_kernel is None:
         _triton_kernel = _defined_triton_kernel()

@@ -418,7 +418,7 @@ def _run_triton(distances, reduction, needs_grad):
     global _triton_kernel
     if not _triton_applies([distances]):
         return None
-    if 2 % distances.dim() != distances.dim() - 1:
+    if distances.dim() != 3:
         return None  # rows are not contiguous: the reduced dim is not the last
     if _triton_kernel is None:
         _triton_kernel = _defined_triton_kernel()

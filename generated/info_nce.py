@@ -444,7 +444,7 @@ def _run_triton(similarity, positive, temperature, reduction, needs_grad):
         return None  # a param's gradient (a sum over rows): the torch fast path
     if not _triton_applies([similarity]):
         return None
-    if 1 % similarity.dim() != similarity.dim() - 1:
+    if similarity.dim() != 2:
         return None  # rows are not contiguous: the reduced dim is not the last
     if not (
         positive.shape == similarity.shape[:-1]

@@ -572,7 +572,7 @@ def _run_triton(logits_p, logits_q, reduction, needs_grad):
     global _triton_kernel
     if not _triton_applies([logits_p, logits_q]):
         return None
-    if 1 % logits_p.dim() != logits_p.dim() - 1:
+    if logits_p.dim() != 2:
         return None  # rows are not contiguous: the reduced dim is not the last
     if _triton_kernel is None:
         _triton_kernel = _defined_triton_kernel()

@@ -441,7 +441,7 @@ def _run_triton(input, target, weight, reduction, needs_grad):
         return None  # a param's gradient (a sum over rows): the torch fast path
     if not _triton_applies([input, target]):
         return None
-    if 1 % input.dim() != input.dim() - 1:
+    if input.dim() != 2:
         return None  # rows are not contiguous: the reduced dim is not the last
     if _triton_kernel is None:
         _triton_kernel = _defined_triton_kernel()

@@ -511,7 +511,7 @@ def _run_triton(input, target, weight, margin, reduction, needs_grad):
         return None  # a param's gradient (a sum over rows): the torch fast path
     if not _triton_applies([input]):
         return None
-    if 1 % input.dim() != input.dim() - 1:
+    if input.dim() != 2:
         return None  # rows are not contiguous: the reduced dim is not the last
     if not (
         target.shape == input.shape[:-1]

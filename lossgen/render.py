@@ -368,6 +368,10 @@ def _row_triton_context(derived: DerivedLoss) -> dict[str, object]:
             for a in model.differentiable
         ],
         "row_in_place": in_place,
+        # rows are contiguous where the dim is the last one
+        "row_not_last": (
+            f"{like}.dim() == 0" if row.dim == -1 else f"{like}.dim() != {row.dim + 1}"
+        ),
         "row_class_indices": [a.name for a in model.tensors if a.index_of is not None],
     }
 

@@ -215,7 +215,10 @@ class _Builder:
             dims |= model.dropped
         if len(dims) != 1:
             raise _NoRowKernelError("reductions over different dims")
-        return next(iter(dims))
+        (dim,) = dims
+        if dim < -1:
+            raise _NoRowKernelError("a dim counted from the end is last only as -1")
+        return dim
 
     # --- reductions as row values -------------------------------------------------------
 

@@ -302,12 +302,34 @@ def test_the_row_kernel_applies_only_where_it_can(interpreted, monkeypatch) -> N
     x = rows.clone().requires_grad_()
     module.cross_entropy(x, classes, label_smoothing=smoothing).backward()
     assert launches == [] and smoothing.grad is not None
+    # one row of a 1-D input has no dim 1: the reference's error, not a value
+    with pytest.raises((IndexError, RuntimeError)):
+        module.cross_entropy(rows[0], classes[0])
+    assert launches == []
     monkeypatch.setattr(module, "TRITON", False)
     run(rows, classes)
     assert launches == []
     monkeypatch.setattr(module, "TRITON", True)
     run(rows, classes)
     assert launches == [6]
+
+
+def test_half_precision_is_computed_in_float32(interpreted) -> None:
+    # float16, not bfloat16: the interpreter rounds float32 to bfloat16 by truncating
+    model = MODELS["SoftCrossEntropy"]
+    module = module_of(model)
+    launches = interpreted(module)
+    half = [a.to(torch.float16) for a in arguments(model, torch.float32, seed=28)]
+    value, grads = value_and_grads(module.soft_cross_entropy, half, [0, 1], "mean", 1.0)
+    assert launches == [5]
+    assert value.dtype == grads[0].dtype == grads[1].dtype == torch.float16
+    exact = [a.to(torch.float32) for a in half]
+    expected, expected_grads = value_and_grads(
+        module.SoftCrossEntropyFunction.apply, exact, [0, 1], "mean", 1.0, keyword=False
+    )
+    torch.testing.assert_close(value, expected.to(torch.float16))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want.to(torch.float16))
 
 
 def test_channels_last_rows_are_the_last_dim(interpreted) -> None:
