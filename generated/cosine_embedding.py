@@ -489,8 +489,12 @@ def _run_triton(input1, input2, y, margin, reduction, needs_grad):
     rows = input1.numel() // row_size
     # The loss is summed over rows in float32 at least.
     partial_dtype = torch.float64 if input1.dtype == torch.float64 else torch.float32
-    scale = 1 / _keepdim_shape(input1.shape).numel() if reduction == "mean" else 1
-    upstream = torch.full((), scale, dtype=partial_dtype, device=input1.device)
+    upstream = torch.full(
+        (),
+        1 / _keepdim_shape(input1.shape).numel() if reduction == "mean" else 1,
+        dtype=partial_dtype,
+        device=input1.device,
+    )
     loss_rows = input1.new_empty(rows, dtype=partial_dtype)
     # GRAD_IN_PLACE: see there
     in_place = (

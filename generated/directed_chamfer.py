@@ -375,7 +375,6 @@ def _load_triton():
         row_offset = row * row_size
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0
-        # (sums kept per lane, summed across lanes once, after the loop)
         tmp0 = tl.full([], float("inf"), compute_dtype)
         tmp1 = tl.full([], 0.0, compute_dtype)  # ties of tmp0
         for start in range(0, row_size, row_block):
@@ -428,8 +427,12 @@ def _run_triton(distances, reduction, needs_grad):
     rows = distances.numel() // row_size
     # The loss is summed over rows in float32 at least.
     partial_dtype = torch.float64 if distances.dtype == torch.float64 else torch.float32
-    scale = 1 / _keepdim_shape(distances.shape).numel() if reduction == "mean" else 1
-    upstream = torch.full((), scale, dtype=partial_dtype, device=distances.device)
+    upstream = torch.full(
+        (),
+        1 / _keepdim_shape(distances.shape).numel() if reduction == "mean" else 1,
+        dtype=partial_dtype,
+        device=distances.device,
+    )
     loss_rows = distances.new_empty(rows, dtype=partial_dtype)
     # GRAD_IN_PLACE: see there
     in_place = (

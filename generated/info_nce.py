@@ -463,8 +463,12 @@ def _run_triton(similarity, positive, temperature, reduction, needs_grad):
     partial_dtype = (
         torch.float64 if similarity.dtype == torch.float64 else torch.float32
     )
-    scale = 1 / _keepdim_shape(similarity.shape).numel() if reduction == "mean" else 1
-    upstream = torch.full((), scale, dtype=partial_dtype, device=similarity.device)
+    upstream = torch.full(
+        (),
+        1 / _keepdim_shape(similarity.shape).numel() if reduction == "mean" else 1,
+        dtype=partial_dtype,
+        device=similarity.device,
+    )
     loss_rows = similarity.new_empty(rows, dtype=partial_dtype)
     # GRAD_IN_PLACE: see there
     in_place = (

@@ -582,8 +582,12 @@ def _run_triton(logits_p, logits_q, reduction, needs_grad):
     rows = logits_p.numel() // row_size
     # The loss is summed over rows in float32 at least.
     partial_dtype = torch.float64 if logits_p.dtype == torch.float64 else torch.float32
-    scale = 1 / _keepdim_shape(logits_p.shape).numel() if reduction == "mean" else 1
-    upstream = torch.full((), scale, dtype=partial_dtype, device=logits_p.device)
+    upstream = torch.full(
+        (),
+        1 / _keepdim_shape(logits_p.shape).numel() if reduction == "mean" else 1,
+        dtype=partial_dtype,
+        device=logits_p.device,
+    )
     loss_rows = logits_p.new_empty(rows, dtype=partial_dtype)
     # GRAD_IN_PLACE: see there
     in_place = (

@@ -437,8 +437,12 @@ def _run_triton(input, target, reduction, needs_grad):
     rows = input.numel() // row_size
     # The loss is summed over rows in float32 at least.
     partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    scale = 1 / _keepdim_shape(input.shape).numel() if reduction == "mean" else 1
-    upstream = torch.full((), scale, dtype=partial_dtype, device=input.device)
+    upstream = torch.full(
+        (),
+        1 / _keepdim_shape(input.shape).numel() if reduction == "mean" else 1,
+        dtype=partial_dtype,
+        device=input.device,
+    )
     loss_rows = input.new_empty(rows, dtype=partial_dtype)
     # GRAD_IN_PLACE: see there
     in_place = (

@@ -58,7 +58,7 @@ GENERATED_CODE_NAMES = frozenset(
         "row_block",
     }
     | {"row_offset", "row_length", "start", "columns", "in_row", "last_pass"}
-    | {"loss_rows", "in_place", "scale", "upstream_ptr", "loss_ptr", "overwritten"}
+    | {"loss_rows", "in_place", "upstream_ptr", "loss_ptr", "overwritten"}
 )
 RESERVED_MODULE_NAMES = frozenset({"torch", "math", "nn", "lossgen", "typing"})
 # Builtins an argument may still be called: torch's own losses name their first argument `input`,

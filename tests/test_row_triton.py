@@ -14,6 +14,7 @@ import inspect
 import types
 
 import pytest
+import sympy as sp
 import torch
 import triton
 import triton.language as tl
@@ -24,6 +25,7 @@ from triton.runtime import JITFunction
 from conftest import ROOT
 from lossgen.api import load_models
 from lossgen.model import LossModel
+from lossgen.row_kernel import polynomial_terms
 
 pytestmark = [
     # A kernel that fails falls back to torch with a RuntimeWarning: fail the test instead.
@@ -67,6 +69,34 @@ def test_the_losses_over_one_dim_get_a_row_kernel() -> None:
     for name in ROW_LOSSES:  # the elementwise kernel's helpers, shared
         module = module_of(MODELS[name])
         assert hasattr(module, "_triton_applies") and hasattr(module, "_triton_failed")
+
+
+def test_cross_entropy_reads_the_logits_twice() -> None:
+    # Its loss's Mean(weight*(input - lse)) and Pick(weight*(input - lse)) are split into
+    # reductions of the logits (Mean(weight*input) - lse*weight, ...): one pass accumulates
+    # them with the LogSumExp, the other writes the gradient. JensenShannon's sums of
+    # exp(x - lse)*(...) cannot be split: a pass more.
+    for name, passes in (("CrossEntropy", 2), ("InfoNCE", 2), ("JensenShannon", 3)):
+        source = inspect.getsource(module_of(MODELS[name])._load_triton)
+        assert (
+            source.count("for start in range(0, row_size, row_block)") == passes
+        ), name
+
+
+def test_polynomial_terms_split_sums_of_row_values() -> None:
+    x, w, r, s = sp.symbols("x w r s", real=True)
+    c = sp.Symbol("c", positive=True)
+    assert polynomial_terms(w * (x - r), {r}) == {1: w * x, r: -w}
+    assert polynomial_terms((x - r) ** 2 * s, {r, s}) == {
+        s: x**2,
+        r * s: -2 * x,
+        r**2 * s: 1,
+    }
+    piecewise = sp.Piecewise((x - r, c > 1), (0, True))
+    terms = polynomial_terms(piecewise, {r})
+    assert sp.simplify(sum(m * k for m, k in terms.items()) - piecewise) == 0
+    assert polynomial_terms(sp.exp(x - r), {r}) is None  # exp(x)*exp(-r) could overflow
+    assert polynomial_terms(sp.Piecewise((x, r > 1), (0, True)), {r}) is None
 
 
 def _dims(model: LossModel) -> set[int]:
@@ -443,6 +473,33 @@ def test_row_kernels_compile_for_cuda(name, monkeypatch, tmp_path) -> None:
     assert (
         stores[0] > stores[2] > 0
     )  # the loss only: no gradient stores without last_pass
+
+
+def test_a_failing_row_kernel_falls_back_to_torch_with_a_warning(monkeypatch) -> None:
+    model = MODELS["CrossEntropy"]
+    module = module_of(model)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(module, "COMPILE", False)
+    load = module._load_triton
+
+    def broken():
+        load()  # imports triton into the module, as on a GPU triton does not support
+
+        @triton.jit
+        def kernel(input_ptr):
+            raise ValueError("no such GPU")
+
+        return kernel
+
+    monkeypatch.setattr(module, "_triton_kernel", None)
+    monkeypatch.setattr(module, "_load_triton", broken)
+    input, target = torch.randn(4, ROW, dtype=torch.float64), torch.arange(4)
+    with pytest.warns(RuntimeWarning, match="the Triton kernel failed, using torch"):
+        value = module.cross_entropy(input, target)
+    torch.testing.assert_close(value, torch.nn.functional.cross_entropy(input, target))
+    assert module._triton_kernel is False  # not tried again
+    assert not module._triton_applies([input])
 
 
 def test_the_generated_files_say_which_kernel_they_have() -> None:
