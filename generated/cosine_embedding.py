@@ -334,7 +334,8 @@ def _run_fused(*args):
 # gradient once (the same CSE'd expressions as _fused), and the loss is one value per row;
 # "mean" scaling is done inside. It runs where dim 1 is the last dim of contiguous CUDA
 # tensors (and on CPU ones under Triton's interpreter, TRITON_INTERPRET=1, for tests), with
-# scalar params and without a param's gradient; elsewhere the fast path stays in torch.
+# scalar params (a param's gradient summed from one partial per row); elsewhere the fast
+# path stays in torch.
 # triton is imported on first use only, into the module globals below (the kernel finds `tl`
 # and `libdevice` there); without triton, the fast path stays in torch.
 # Set TRITON = False to keep the fast path in torch on CUDA too.
@@ -392,6 +393,7 @@ def _load_triton():
         loss_ptr,
         grad_input1_ptr,
         grad_input2_ptr,
+        grad_margin_ptr,
         row_size,
         last_pass: tl.constexpr,
         compute_dtype: tl.constexpr,
@@ -437,15 +439,20 @@ def _load_triton():
         tmp7 = 1 / libdevice.sqrt(tmp5 * tmp6)
         tmp8 = tmp2 * tmp7
         tmp9 = -margin + tmp8
-        tmp10 = tmp3 - (1 - tmp3) * (tmp9 >= 0).to(compute_dtype) + 1
-        tmp11 = -tmp10
-        tmp12 = tmp2 * tmp10
-        tmp13 = tmp7 * upstream / 2
+        tmp10 = 1 - tmp3
+        tmp11 = (tmp9 >= 0).to(compute_dtype)
+        tmp12 = tmp3 - tmp10 * tmp11 + 1
+        tmp13 = -tmp12
+        tmp14 = tmp2 * tmp12
+        tmp15 = upstream / 2
+        tmp16 = tmp15 * tmp7
         tl.store(
             loss_ptr + row,
             ((1 / 2 - tmp4) * tl.maximum(tmp9, 0) + (1 - tmp8) * (tmp4 + 1 / 2))
             * upstream,
         )
+        if grad_margin_ptr is not None:  # the row's part of a sum over all
+            tl.store(grad_margin_ptr + row, -tmp15 * tmp10 * tmp11)
         if last_pass:
             for start in range(0, row_size, row_block):
                 columns = start + tl.arange(0, row_block)
@@ -459,13 +466,13 @@ def _load_triton():
                 if grad_input1_ptr is not None:
                     tl.store(
                         grad_input1_ptr + row_offset + columns,
-                        tmp13 * (tmp11 * input2 + tmp12 * input1 / tmp5),
+                        tmp16 * (tmp13 * input2 + tmp14 * input1 / tmp5),
                         mask=in_row,
                     )
                 if grad_input2_ptr is not None:
                     tl.store(
                         grad_input2_ptr + row_offset + columns,
-                        tmp13 * (tmp11 * input1 + tmp12 * input2 / tmp6),
+                        tmp16 * (tmp14 * input2 / tmp6 + tmp13 * input1),
                         mask=in_row,
                     )
 
@@ -475,8 +482,6 @@ def _load_triton():
 def _run_triton(input1, input2, y, margin, reduction, needs_grad):
     """Loss and gradients from the Triton row kernel; None where it does not apply or cannot run."""
     global _triton_kernel
-    if needs_grad[3]:
-        return None  # a param's gradient (a sum over rows): the torch fast path
     if not _triton_applies([input1, input2, y]):
         return None
     if input1.dim() != 2:
@@ -509,6 +514,9 @@ def _run_triton(input1, input2, y, margin, reduction, needs_grad):
     grad_input2 = None
     if needs_grad[1]:
         grad_input2 = torch.empty_like(input2)
+    grad_margin = None
+    if needs_grad[3]:
+        grad_margin = input1.new_empty(rows, dtype=partial_dtype)
     launched = _launch_triton(
         rows,
         input1.device,
@@ -521,19 +529,24 @@ def _run_triton(input1, input2, y, margin, reduction, needs_grad):
             loss_rows,
             grad_input1,
             grad_input2,
+            grad_margin,
             row_size,
         ),
-        last_pass=grad_input1 is not None or grad_input2 is not None,
+        last_pass=grad_input1 is not None
+        or grad_input2 is not None
+        or grad_margin is not None,
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
         row_block=min(ROW_BLOCK, triton.next_power_of_2(row_size)),
         num_warps=ROW_WARPS,
     )
     if not launched:
         return None
+    if grad_margin is not None:  # one partial sum per row
+        grad_margin = grad_margin.sum().to(margin.dtype)
     if in_place:
         # autograd's version counter: a backward that saved input1 raises, not misreads
         torch.autograd.graph.increment_version(input1)
-    return loss_rows.sum().to(input1.dtype), grad_input1, grad_input2, None
+    return loss_rows.sum().to(input1.dtype), grad_input1, grad_input2, grad_margin
 
 
 def _defined_triton_kernel():

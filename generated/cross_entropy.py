@@ -527,7 +527,8 @@ def _run_fused(*args):
 # gradient once (the same CSE'd expressions as _fused), and the loss is one value per row;
 # "mean" scaling is done inside. It runs where dim 1 is the last dim of contiguous CUDA
 # tensors (and on CPU ones under Triton's interpreter, TRITON_INTERPRET=1, for tests), with
-# scalar params and without a param's gradient; elsewhere the fast path stays in torch.
+# scalar params (a param's gradient summed from one partial per row); elsewhere the fast
+# path stays in torch.
 # triton is imported on first use only, into the module globals below (the kernel finds `tl`
 # and `libdevice` there); without triton, the fast path stays in torch.
 # Set TRITON = False to keep the fast path in torch on CUDA too.
@@ -585,6 +586,8 @@ def _load_triton():
         upstream_ptr,
         loss_ptr,
         grad_input_ptr,
+        grad_label_smoothing_ptr,
+        grad_ignore_index_ptr,
         row_size,
         last_pass: tl.constexpr,
         compute_dtype: tl.constexpr,
@@ -644,18 +647,22 @@ def _load_triton():
         tmp3 = tl.sum(_tmp3_sum) / row_size
         tmp4 = tl.sum(_tmp4_sum)
         # the row's loss; the last pass writes the gradients
-        tmp7 = ignore_index != target
-        tmp9 = weight * upstream
+        tmp7 = weight * tmp0 - tmp3
+        tmp8 = tmp0 * tmp1 + tmp2
+        tmp9 = ignore_index != target
+        tmp11 = weight * upstream
         tl.store(
             loss_ptr + row,
-            tl.where(
-                tmp7,
-                -label_smoothing * (-weight * tmp0 + tmp3)
-                + (label_smoothing - 1) * (tmp0 * tmp1 + tmp2),
-                0,
-            )
+            tl.where(tmp9, label_smoothing * tmp7 + tmp8 * (label_smoothing - 1), 0)
             * upstream,
         )
+        if grad_label_smoothing_ptr is not None:  # the row's part of a sum over all
+            tl.store(
+                grad_label_smoothing_ptr + row,
+                upstream * tl.where(tmp9, tmp7 + tmp8, 0),
+            )
+        if grad_ignore_index_ptr is not None:  # the row's part of a sum over all
+            tl.store(grad_ignore_index_ptr + row, 0)
         if last_pass:
             for start in range(0, row_size, row_block):
                 columns = start + tl.arange(0, row_block)
@@ -663,16 +670,16 @@ def _load_triton():
                 input = tl.load(
                     input_ptr + row_offset + columns, mask=in_row, other=0.0
                 ).to(compute_dtype)
-                tmp8 = (target == columns).to(compute_dtype)
+                tmp10 = (target == columns).to(compute_dtype)
                 if grad_input_ptr is not None:
                     tl.store(
                         grad_input_ptr + row_offset + columns,
                         -tmp4 * upstream * libdevice.exp(-tmp0 + input)
                         + tl.where(
-                            tmp7,
-                            label_smoothing * weight * tmp8 * upstream
-                            - tmp8 * tmp9
-                            - label_smoothing * tmp9 / row_length,
+                            tmp9,
+                            label_smoothing * weight * tmp10 * upstream
+                            - tmp10 * tmp11
+                            - label_smoothing * tmp11 / row_length,
                             0,
                         ),
                         mask=in_row,
@@ -714,8 +721,8 @@ def _run_triton(
 ):
     """Loss and gradients from the Triton row kernel; None where it does not apply or cannot run."""
     global _triton_kernel
-    if needs_grad[2] or needs_grad[3] or needs_grad[4]:
-        return None  # a param's gradient (a sum over rows): the torch fast path
+    if needs_grad[2]:
+        return None  # it needs the weighted mean's total loss: the torch fast path
     if not _triton_applies([input]):
         return None
     if input.dim() != 2:
@@ -751,6 +758,12 @@ def _run_triton(
     grad_input = None
     if needs_grad[0]:
         grad_input = input.detach() if in_place else torch.empty_like(input)
+    grad_label_smoothing = None
+    if needs_grad[3]:
+        grad_label_smoothing = input.new_empty(rows, dtype=partial_dtype)
+    grad_ignore_index = None
+    if needs_grad[4]:
+        grad_ignore_index = input.new_empty(rows, dtype=partial_dtype)
     launched = _launch_triton(
         rows,
         input.device,
@@ -763,19 +776,33 @@ def _run_triton(
             upstream,
             loss_rows,
             grad_input,
+            grad_label_smoothing,
+            grad_ignore_index,
             row_size,
         ),
-        last_pass=grad_input is not None,
+        last_pass=grad_input is not None
+        or grad_label_smoothing is not None
+        or grad_ignore_index is not None,
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
         row_block=min(ROW_BLOCK, triton.next_power_of_2(row_size)),
         num_warps=ROW_WARPS,
     )
     if not launched:
         return None
+    if grad_label_smoothing is not None:  # one partial sum per row
+        grad_label_smoothing = grad_label_smoothing.sum().to(label_smoothing.dtype)
+    if grad_ignore_index is not None:  # one partial sum per row
+        grad_ignore_index = grad_ignore_index.sum().to(ignore_index.dtype)
     if in_place:
         # autograd's version counter: a backward that saved input raises, not misreads
         torch.autograd.graph.increment_version(input)
-    return loss_rows.sum().to(input.dtype), grad_input, None, None, None
+    return (
+        loss_rows.sum().to(input.dtype),
+        grad_input,
+        None,
+        grad_label_smoothing,
+        grad_ignore_index,
+    )
 
 
 def _defined_triton_kernel():

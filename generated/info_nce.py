@@ -320,7 +320,8 @@ def _run_fused(*args):
 # gradient once (the same CSE'd expressions as _fused), and the loss is one value per row;
 # "mean" scaling is done inside. It runs where dim 1 is the last dim of contiguous CUDA
 # tensors (and on CPU ones under Triton's interpreter, TRITON_INTERPRET=1, for tests), with
-# scalar params and without a param's gradient; elsewhere the fast path stays in torch.
+# scalar params (a param's gradient summed from one partial per row); elsewhere the fast
+# path stays in torch.
 # triton is imported on first use only, into the module globals below (the kernel finds `tl`
 # and `libdevice` there); without triton, the fast path stays in torch.
 # Set TRITON = False to keep the fast path in torch on CUDA too.
@@ -376,6 +377,7 @@ def _load_triton():
         upstream_ptr,
         loss_ptr,
         grad_similarity_ptr,
+        grad_temperature_ptr,
         row_size,
         last_pass: tl.constexpr,
         compute_dtype: tl.constexpr,
@@ -386,6 +388,7 @@ def _load_triton():
         # it. Row values (reductions, class indices, params) are scalars, the rest blocks.
         row = tl.program_id(0).to(tl.int64)
         row_offset = row * row_size
+        row_length = tl.full([], row_size, compute_dtype)
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         positive = tl.load(positive_ptr + row)
         temperature = tl.load(temperature_ptr).to(compute_dtype)
@@ -416,23 +419,32 @@ def _load_triton():
         tmp2 = 1 / temperature
         tl.store(loss_ptr + row, (-tmp0 * tmp2 + tmp1) * upstream)
         if last_pass:
+            _grad_temperature = tl.full([row_block], 0.0, compute_dtype)
             for start in range(0, row_size, row_block):
                 columns = start + tl.arange(0, row_block)
                 in_row = columns < row_size
                 similarity = tl.load(
                     similarity_ptr + row_offset + columns, mask=in_row, other=0.0
                 ).to(compute_dtype)
+                tmp3 = libdevice.exp(-tmp1 + tmp2 * similarity)
                 if grad_similarity_ptr is not None:
                     tl.store(
                         grad_similarity_ptr + row_offset + columns,
                         tmp2
                         * upstream
-                        * (
-                            libdevice.exp(-tmp1 + tmp2 * similarity)
-                            - (positive == columns).to(compute_dtype)
-                        ),
+                        * (tmp3 - (positive == columns).to(compute_dtype)),
                         mask=in_row,
                     )
+                if grad_temperature_ptr is not None:
+                    _grad_temperature += tl.where(
+                        in_row,
+                        upstream
+                        * (-tmp3 * similarity + tmp0 / row_length)
+                        / (temperature * temperature),
+                        0.0,
+                    )
+            if grad_temperature_ptr is not None:  # the row's part of a sum over all
+                tl.store(grad_temperature_ptr + row, tl.sum(_grad_temperature))
 
     return _info_nce_row_kernel
 
@@ -440,8 +452,6 @@ def _load_triton():
 def _run_triton(similarity, positive, temperature, reduction, needs_grad):
     """Loss and gradients from the Triton row kernel; None where it does not apply or cannot run."""
     global _triton_kernel
-    if needs_grad[2]:
-        return None  # a param's gradient (a sum over rows): the torch fast path
     if not _triton_applies([similarity]):
         return None
     if similarity.dim() != 2:
@@ -482,6 +492,9 @@ def _run_triton(similarity, positive, temperature, reduction, needs_grad):
         grad_similarity = (
             similarity.detach() if in_place else torch.empty_like(similarity)
         )
+    grad_temperature = None
+    if needs_grad[2]:
+        grad_temperature = similarity.new_empty(rows, dtype=partial_dtype)
     launched = _launch_triton(
         rows,
         similarity.device,
@@ -492,19 +505,22 @@ def _run_triton(similarity, positive, temperature, reduction, needs_grad):
             upstream,
             loss_rows,
             grad_similarity,
+            grad_temperature,
             row_size,
         ),
-        last_pass=grad_similarity is not None,
+        last_pass=grad_similarity is not None or grad_temperature is not None,
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
         row_block=min(ROW_BLOCK, triton.next_power_of_2(row_size)),
         num_warps=ROW_WARPS,
     )
     if not launched:
         return None
+    if grad_temperature is not None:  # one partial sum per row
+        grad_temperature = grad_temperature.sum().to(temperature.dtype)
     if in_place:
         # autograd's version counter: a backward that saved similarity raises, not misreads
         torch.autograd.graph.increment_version(similarity)
-    return loss_rows.sum().to(similarity.dtype), grad_similarity, None
+    return loss_rows.sum().to(similarity.dtype), grad_similarity, grad_temperature
 
 
 def _defined_triton_kernel():

@@ -310,7 +310,8 @@ def _run_fused(*args):
 # gradient once (the same CSE'd expressions as _fused), and the loss is one value per row;
 # "mean" scaling is done inside. It runs where dim 1 is the last dim of contiguous CUDA
 # tensors (and on CPU ones under Triton's interpreter, TRITON_INTERPRET=1, for tests), with
-# scalar params and without a param's gradient; elsewhere the fast path stays in torch.
+# scalar params (a param's gradient summed from one partial per row); elsewhere the fast
+# path stays in torch.
 # triton is imported on first use only, into the module globals below (the kernel finds `tl`
 # and `libdevice` there); without triton, the fast path stays in torch.
 # Set TRITON = False to keep the fast path in torch on CUDA too.
@@ -367,6 +368,7 @@ def _load_triton():
         loss_ptr,
         grad_input_ptr,
         grad_target_ptr,
+        grad_weight_ptr,
         row_size,
         last_pass: tl.constexpr,
         compute_dtype: tl.constexpr,
@@ -406,9 +408,11 @@ def _load_triton():
             )
         tmp0 = tl.sum(_tmp0_sum) / row_size
         # the row's loss; the last pass writes the gradients
-        tmp1 = weight * upstream / row_length
+        tmp1 = upstream / row_length
+        tmp2 = weight * tmp1
         tl.store(loss_ptr + row, tmp0 * upstream)
         if last_pass:
+            _grad_weight = tl.full([row_block], 0.0, compute_dtype)
             for start in range(0, row_size, row_block):
                 columns = start + tl.arange(0, row_block)
                 in_row = columns < row_size
@@ -421,15 +425,30 @@ def _load_triton():
                 if grad_input_ptr is not None:
                     tl.store(
                         grad_input_ptr + row_offset + columns,
-                        tmp1 * (-target + (1 / (1 + libdevice.exp(-input)))),
+                        tmp2 * (-target + (1 / (1 + libdevice.exp(-input)))),
                         mask=in_row,
                     )
                 if grad_target_ptr is not None:
                     tl.store(
                         grad_target_ptr + row_offset + columns,
-                        -tmp1 * input,
+                        -tmp2 * input,
                         mask=in_row,
                     )
+                if grad_weight_ptr is not None:
+                    _grad_weight += tl.where(
+                        in_row,
+                        tmp1
+                        * (
+                            -input * target
+                            + (
+                                tl.maximum(input, 0.0)
+                                + libdevice.log1p(libdevice.exp(-tl.abs(input)))
+                            )
+                        ),
+                        0.0,
+                    )
+            if grad_weight_ptr is not None:  # the row's part of a sum over all
+                tl.store(grad_weight_ptr + row, tl.sum(_grad_weight))
 
     return _multi_label_soft_margin_row_kernel
 
@@ -437,8 +456,6 @@ def _load_triton():
 def _run_triton(input, target, weight, reduction, needs_grad):
     """Loss and gradients from the Triton row kernel; None where it does not apply or cannot run."""
     global _triton_kernel
-    if needs_grad[2]:
-        return None  # a param's gradient (a sum over rows): the torch fast path
     if not _triton_applies([input, target]):
         return None
     if input.dim() != 2:
@@ -471,6 +488,9 @@ def _run_triton(input, target, weight, reduction, needs_grad):
     grad_target = None
     if needs_grad[1]:
         grad_target = torch.empty_like(target)
+    grad_weight = None
+    if needs_grad[2]:
+        grad_weight = input.new_empty(rows, dtype=partial_dtype)
     launched = _launch_triton(
         rows,
         input.device,
@@ -482,19 +502,24 @@ def _run_triton(input, target, weight, reduction, needs_grad):
             loss_rows,
             grad_input,
             grad_target,
+            grad_weight,
             row_size,
         ),
-        last_pass=grad_input is not None or grad_target is not None,
+        last_pass=grad_input is not None
+        or grad_target is not None
+        or grad_weight is not None,
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
         row_block=min(ROW_BLOCK, triton.next_power_of_2(row_size)),
         num_warps=ROW_WARPS,
     )
     if not launched:
         return None
+    if grad_weight is not None:  # one partial sum per row
+        grad_weight = grad_weight.sum().to(weight.dtype)
     if in_place:
         # autograd's version counter: a backward that saved input raises, not misreads
         torch.autograd.graph.increment_version(input)
-    return loss_rows.sum().to(input.dtype), grad_input, grad_target, None
+    return loss_rows.sum().to(input.dtype), grad_input, grad_target, grad_weight
 
 
 def _defined_triton_kernel():

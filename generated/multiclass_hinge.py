@@ -314,7 +314,8 @@ def _run_fused(*args):
 # gradient once (the same CSE'd expressions as _fused), and the loss is one value per row;
 # "mean" scaling is done inside. It runs where dim 1 is the last dim of contiguous CUDA
 # tensors (and on CPU ones under Triton's interpreter, TRITON_INTERPRET=1, for tests), with
-# scalar params and without a param's gradient; elsewhere the fast path stays in torch.
+# scalar params (a param's gradient summed from one partial per row); elsewhere the fast
+# path stays in torch.
 # triton is imported on first use only, into the module globals below (the kernel finds `tl`
 # and `libdevice` there); without triton, the fast path stays in torch.
 # Set TRITON = False to keep the fast path in torch on CUDA too.
@@ -370,6 +371,7 @@ def _load_triton():
         upstream_ptr,
         loss_ptr,
         grad_input_ptr,
+        grad_margin_ptr,
         row_size,
         last_pass: tl.constexpr,
         compute_dtype: tl.constexpr,
@@ -409,6 +411,7 @@ def _load_triton():
         # the row's loss; the last pass writes the gradients
         tl.store(loss_ptr + row, (-tmp0 + tmp1) * upstream)
         if last_pass:
+            _grad_margin = tl.full([row_block], 0.0, compute_dtype)
             for start in range(0, row_size, row_block):
                 columns = start + tl.arange(0, row_block)
                 in_row = columns < row_size
@@ -416,6 +419,8 @@ def _load_triton():
                     input_ptr + row_offset + columns, mask=in_row, other=0.0
                 ).to(compute_dtype)
                 tmp4 = (target == columns).to(compute_dtype)
+                tmp5 = 1 - tmp4
+                tmp6 = tmp1 == -margin * tmp4 + margin + input
                 if grad_input_ptr is not None:
                     tl.store(
                         grad_input_ptr + row_offset + columns,
@@ -423,7 +428,7 @@ def _load_triton():
                         * (
                             -tmp4
                             + tl.where(
-                                tmp1 == margin * (1 - tmp4) + input,
+                                tmp1 == margin * tmp5 + input,
                                 1,
                                 tl.full([row_block], 0, compute_dtype),
                             )
@@ -431,6 +436,14 @@ def _load_triton():
                         ),
                         mask=in_row,
                     )
+                if grad_margin_ptr is not None:
+                    _grad_margin += tl.where(
+                        in_row,
+                        tl.where(tmp6, tmp5 * upstream / tl.where(tmp6, tmp2, 1.0), 0),
+                        0.0,
+                    )
+            if grad_margin_ptr is not None:  # the row's part of a sum over all
+                tl.store(grad_margin_ptr + row, tl.sum(_grad_margin))
 
     return _multiclass_hinge_row_kernel
 
@@ -438,8 +451,6 @@ def _load_triton():
 def _run_triton(input, target, margin, reduction, needs_grad):
     """Loss and gradients from the Triton row kernel; None where it does not apply or cannot run."""
     global _triton_kernel
-    if needs_grad[2]:
-        return None  # a param's gradient (a sum over rows): the torch fast path
     if not _triton_applies([input]):
         return None
     if input.dim() != 2:
@@ -476,6 +487,9 @@ def _run_triton(input, target, margin, reduction, needs_grad):
     grad_input = None
     if needs_grad[0]:
         grad_input = input.detach() if in_place else torch.empty_like(input)
+    grad_margin = None
+    if needs_grad[2]:
+        grad_margin = input.new_empty(rows, dtype=partial_dtype)
     launched = _launch_triton(
         rows,
         input.device,
@@ -486,19 +500,22 @@ def _run_triton(input, target, margin, reduction, needs_grad):
             upstream,
             loss_rows,
             grad_input,
+            grad_margin,
             row_size,
         ),
-        last_pass=grad_input is not None,
+        last_pass=grad_input is not None or grad_margin is not None,
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
         row_block=min(ROW_BLOCK, triton.next_power_of_2(row_size)),
         num_warps=ROW_WARPS,
     )
     if not launched:
         return None
+    if grad_margin is not None:  # one partial sum per row
+        grad_margin = grad_margin.sum().to(margin.dtype)
     if in_place:
         # autograd's version counter: a backward that saved input raises, not misreads
         torch.autograd.graph.increment_version(input)
-    return loss_rows.sum().to(input.dtype), grad_input, None
+    return loss_rows.sum().to(input.dtype), grad_input, grad_margin
 
 
 def _defined_triton_kernel():

@@ -406,7 +406,8 @@ def _run_fused(*args):
 # gradient once (the same CSE'd expressions as _fused), and the loss is one value per row;
 # "mean" scaling is done inside. It runs where dim 1 is the last dim of contiguous CUDA
 # tensors (and on CPU ones under Triton's interpreter, TRITON_INTERPRET=1, for tests), with
-# scalar params and without a param's gradient; elsewhere the fast path stays in torch.
+# scalar params (a param's gradient summed from one partial per row); elsewhere the fast
+# path stays in torch.
 # triton is imported on first use only, into the module globals below (the kernel finds `tl`
 # and `libdevice` there); without triton, the fast path stays in torch.
 # Set TRITON = False to keep the fast path in torch on CUDA too.
@@ -463,6 +464,7 @@ def _load_triton():
         upstream_ptr,
         loss_ptr,
         grad_input_ptr,
+        grad_ignore_index_ptr,
         row_size,
         last_pass: tl.constexpr,
         compute_dtype: tl.constexpr,
@@ -493,6 +495,8 @@ def _load_triton():
         # the row's loss; the last pass writes the gradients
         tmp1 = ignore_index != target
         tl.store(loss_ptr + row, tl.where(tmp1, -tmp0, 0) * upstream)
+        if grad_ignore_index_ptr is not None:  # the row's part of a sum over all
+            tl.store(grad_ignore_index_ptr + row, 0)
         if last_pass:
             for start in range(0, row_size, row_block):
                 columns = start + tl.arange(0, row_block)
@@ -538,8 +542,8 @@ def _weight_total(input, target, weight, ignore_index):
 def _run_triton(input, target, weight, ignore_index, reduction, needs_grad):
     """Loss and gradients from the Triton row kernel; None where it does not apply or cannot run."""
     global _triton_kernel
-    if needs_grad[2] or needs_grad[3]:
-        return None  # a param's gradient (a sum over rows): the torch fast path
+    if needs_grad[2]:
+        return None  # it needs the weighted mean's total loss: the torch fast path
     if not _triton_applies([input]):
         return None
     if input.dim() != 2:
@@ -575,6 +579,9 @@ def _run_triton(input, target, weight, ignore_index, reduction, needs_grad):
     grad_input = None
     if needs_grad[0]:
         grad_input = input.detach() if in_place else torch.empty_like(input)
+    grad_ignore_index = None
+    if needs_grad[3]:
+        grad_ignore_index = input.new_empty(rows, dtype=partial_dtype)
     launched = _launch_triton(
         rows,
         input.device,
@@ -586,19 +593,22 @@ def _run_triton(input, target, weight, ignore_index, reduction, needs_grad):
             upstream,
             loss_rows,
             grad_input,
+            grad_ignore_index,
             row_size,
         ),
-        last_pass=grad_input is not None,
+        last_pass=grad_input is not None or grad_ignore_index is not None,
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
         row_block=min(ROW_BLOCK, triton.next_power_of_2(row_size)),
         num_warps=ROW_WARPS,
     )
     if not launched:
         return None
+    if grad_ignore_index is not None:  # one partial sum per row
+        grad_ignore_index = grad_ignore_index.sum().to(ignore_index.dtype)
     if in_place:
         # autograd's version counter: a backward that saved input raises, not misreads
         torch.autograd.graph.increment_version(input)
-    return loss_rows.sum().to(input.dtype), grad_input, None, None
+    return loss_rows.sum().to(input.dtype), grad_input, None, grad_ignore_index
 
 
 def _defined_triton_kernel():

@@ -19,8 +19,10 @@ the row block by block.
 - A last pass computes every gradient elementwise and writes each once; the loss of a row is
   one row value where the loss drops the row's dim, else it is summed in that last pass.
 
-Gradients of params (a sum over rows) and those using the weighted mean's second term (the
-final loss) are left to the torch fast path: `RowKernelCode.declined` lists them, and the
+The gradient of a (scalar) param is a sum over every element: the kernel writes one partial
+sum per row (one row value times the row's length where it is constant along the row), which
+the launcher sums. Gradients using the weighted mean's second term (the final loss, known only
+after every row) are left to the torch fast path: `RowKernelCode.declined` lists them, and the
 generated code takes the torch path where one of them is asked for.
 """
 
@@ -35,6 +37,7 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 
 from lossgen.backprop import UPSTREAM, UPSTREAM_WEIGHT
 from lossgen.derive import DerivedLoss, Step, common_subexpressions
+from lossgen.model import Argument
 from lossgen.printer import UnsupportedExpressionError
 from lossgen.reductions import (
     NO_DIMS,
@@ -93,6 +96,8 @@ class RowGradient:
     index: int  # position in Function.apply's arguments
     name: str
     code: str  # a block (or a row scalar, broadcast by the store)
+    is_param: bool = False  # one partial sum per row: its row scalar, or `code` summed
+    varies: bool = True  # a param's: whether `code` is a block summed in the last pass
 
 
 @dataclass(frozen=True)
@@ -309,15 +314,18 @@ class _Builder:
         for step in fused.steps:
             inline[step.symbol] = step.expr.xreplace(inline)
         loss = self.row_value(fused.loss.xreplace(inline))
-        gradients: list[tuple[int, str, sp.Expr]] = []
+        gradients: list[tuple[int, Argument, sp.Expr]] = []
         declined = []
         for gradient, result in zip(self.derived.gradients, fused.gradients):
             index = model.arguments.index(gradient.argument)
             expr = result.xreplace(inline)
-            if gradient.argument.is_param or UPSTREAM_WEIGHT in expr.free_symbols:
+            if UPSTREAM_WEIGHT in expr.free_symbols:
                 declined.append(index)
                 continue
-            gradients.append((index, gradient.argument.name, self.row_value(expr)))
+            value = self.row_value(expr)
+            if gradient.argument.is_param and self.is_row_constant(value):
+                value = value * self.size  # the row's sum of a value constant along it
+            gradients.append((index, gradient.argument, value))
         loss_varies = not self.is_row_constant(loss)
         if loss_varies and self.dim in model.dropped:
             raise _NoRowKernelError("the loss varies along the dim it drops")
@@ -363,10 +371,13 @@ class _Builder:
         loss_code = print_row(loss_expr, names, loss_varies)
         if precedence(loss_expr) < PRECEDENCE["Mul"]:  # the template multiplies it
             loss_code = f"({loss_code})"
-        row_gradients = tuple(
-            RowGradient(index, name, print_row(expr, names, True))
-            for (index, name, _), expr in zip(gradients, gradient_exprs)
-        )
+        row_gradients = []
+        for (index, argument, _), expr in zip(gradients, gradient_exprs):
+            varies = not expr.free_symbols <= row or bool(expr.atoms(OneHot))
+            code = print_row(expr, names, varies or not argument.is_param)
+            row_gradients.append(
+                RowGradient(index, argument.name, code, argument.is_param, varies)
+            )
         last = RowPass(row_lines, loads, lines, ())
 
         code = [loss_code, *(g.code for g in row_gradients)]
@@ -388,7 +399,7 @@ class _Builder:
             last=last,
             loss=loss_code,
             loss_varies=loss_varies,
-            gradients=row_gradients,
+            gradients=tuple(row_gradients),
             declined=tuple(declined),
         )
 

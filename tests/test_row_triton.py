@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import types
 
 import pytest
@@ -178,9 +179,20 @@ def interpreted(monkeypatch: pytest.MonkeyPatch, libdevice_on_cpu):
 
 
 def kernel_gradients(model: LossModel) -> list[int]:
-    """The arguments whose gradient the row kernel computes: differentiable tensors."""
+    """The arguments whose gradient the row kernel computes: every differentiable one but
+    those its launcher declines (a weighted mean's total loss; read from the generated code).
+    """
+    source = inspect.getsource(module_of(model)._run_triton)
+    declined = re.search(
+        r"if ([^:]*):\n\s*return None  # it needs the weighted", source
+    )
+    refused = (
+        set(map(int, re.findall(r"\d+", declined.group(1)))) if declined else set()
+    )
     return [
-        i for i, a in enumerate(model.arguments) if a.differentiable and a.is_tensor
+        i
+        for i, a in enumerate(model.arguments)
+        if a.differentiable and i not in refused
     ]
 
 
@@ -224,6 +236,21 @@ def test_row_kernel_matches_reference(
         compare(model, module, args, wanted, reduction, grad_scale, **tolerance)
     rows = args[0].numel() // ROW
     assert launches == [rows, rows]  # the kernel ran, one program per row, each time
+
+
+def test_param_gradients_are_summed_from_one_partial_per_row(interpreted) -> None:
+    # a learned temperature; label smoothing; the class weight's gradient (it needs the
+    # weighted mean's total loss, which no row knows) is left to torch
+    assert kernel_gradients(MODELS["InfoNCE"]) == [0, 2]
+    assert kernel_gradients(MODELS["CrossEntropy"]) == [0, 3, 4]
+    model = MODELS["CrossEntropy"]
+    module = module_of(model)
+    launches = interpreted(module)
+    args = arguments(model, torch.float64, seed=29)
+    compare(model, module, args, [0, 2, 3], "mean", 1.0)
+    assert launches == []
+    compare(model, module, args, [0, 3], "sum", 1.5)
+    assert launches == [5]
 
 
 def test_cross_entropy_with_ignored_targets_and_label_smoothing(interpreted) -> None:
@@ -327,11 +354,11 @@ def test_the_row_kernel_applies_only_where_it_can(interpreted, monkeypatch) -> N
     # a class weight tensor (the fused path wants scalar params)
     run(rows, classes, weight=torch.rand(ROW, dtype=torch.float64))
     assert launches == []
-    # a param's gradient: a sum over rows, left to torch
-    smoothing = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    # the class weight's gradient needs the weighted mean's total loss: left to torch
+    weight = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
     x = rows.clone().requires_grad_()
-    module.cross_entropy(x, classes, label_smoothing=smoothing).backward()
-    assert launches == [] and smoothing.grad is not None
+    module.cross_entropy(x, classes, weight=weight).backward()
+    assert launches == [] and weight.grad is not None
     # one row of a 1-D input has no dim 1: the reference's error, not a value
     with pytest.raises((IndexError, RuntimeError)):
         module.cross_entropy(rows[0], classes[0])
