@@ -462,6 +462,9 @@ def _run_triton(input, target, reduction, needs_grad):
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
         row_block=min(ROW_BLOCK, triton.next_power_of_2(row_size)),
         num_warps=ROW_WARPS,
+        # No fused multiply-adds: a Max's ties are found by comparing the body recomputed in
+        # the last pass with the max of pass 1, which must round alike.
+        enable_fp_fusion=False,
     )
     if not launched:
         return None
