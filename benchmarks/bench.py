@@ -528,8 +528,10 @@ def cross_entropy_contenders(
     with contextlib.suppress(ImportError):
         from liger_kernel.transformers.functional import liger_cross_entropy
 
+        # Liger writes the gradient over its input: logits of its own, so the others' stay
+        mine = logits.clone()
         variants["liger"] = Variant(
-            "liger", stepper(liger_cross_entropy, [logits, labels], [], [0])
+            "liger", stepper(liger_cross_entropy, [mine, labels], [], [0])
         )
     return variants
 

@@ -363,6 +363,9 @@ _compiled_fused = None
 def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
+        return computed
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -374,6 +377,313 @@ def _run_fused(*args):
         return _fused(*args)
 
 
+# The fast path on CUDA: this loss reduces over dim 1 only, so it runs as one
+# Triton program per row (the elements along that dim, every other coordinate fixed), looping
+# over the row in blocks of ROW_BLOCK elements: 2 passes accumulate the row's
+# reductions (a LogSumExp online: a running max and a sum of exponentials rescaled when the max
+# grows; a Max or Min with the count of its ties), then a last pass writes every requested
+# gradient once (the same CSE'd expressions as _fused), and the loss is one value per row;
+# "mean" scaling is done inside. It runs where dim 1 is the last dim of contiguous CUDA
+# tensors (and on CPU ones under Triton's interpreter, TRITON_INTERPRET=1, for tests), with
+# scalar params (a param's gradient summed from one partial per row); elsewhere the fast
+# path stays in torch.
+# triton is imported on first use only, into the module globals below (the kernel finds `tl`
+# and `libdevice` there); without triton, the fast path stays in torch.
+# Set TRITON = False to keep the fast path in torch on CUDA too.
+TRITON = True
+# Elements of a row per loop step (a power of two; rows shorter than it take the next power
+# of two above their length) and warps per program. Larger blocks keep more loads in flight
+# per program, but each sum is kept per lane: ptxas (sm_90) fits cross-entropy's five in 113
+# registers at 4096 elements and 16 warps, and spills at 8192. Not yet timed on a GPU.
+ROW_BLOCK = 4096
+ROW_WARPS = 16
+# Set GRAD_IN_PLACE = True to write the gradient of logits_p over logits_p itself (as Liger
+# Kernel's cross-entropy does), where it is the only gradient asked for and logits_p was
+# computed by an op autograd recorded (not a leaf, whose .grad would share its memory, nor a
+# view of one, whose data it would overwrite): no
+# memory beyond logits_p for its gradient. Only where nothing reads logits_p after the loss:
+# it holds the gradient then. Autograd's version counter is bumped, so a backward that saved
+# logits_p (e.g. tanh's, or this loss's double backward) raises instead of using the
+# gradient as logits, but code that reads logits_p itself cannot be warned.
+GRAD_IN_PLACE = False
+triton = tl = libdevice = None
+_triton_kernel = None  # made by _load_triton on first use; False where it cannot run
+
+
+def _triton_applies(tensors):
+    """Whether the Triton kernel runs for these (same-shaped, same-dtype) tensors."""
+    import os
+
+    first = tensors[0]
+    if not TRITON or _triton_kernel is False or first.numel() == 0:
+        return False
+    if first.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return False
+    if not all(tensor.is_contiguous() for tensor in tensors):
+        return False
+    if first.device.type == "cuda":
+        return True
+    return first.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _load_triton():
+    """Import triton and define the kernel; False where triton is missing."""
+    global triton, tl, libdevice
+    try:
+        import triton
+        import triton.language as tl
+        from triton.language.extra import libdevice
+    except ImportError:
+        return False
+
+    @triton.jit
+    def _jensen_shannon_row_kernel(
+        logits_p_ptr,
+        logits_q_ptr,
+        upstream_ptr,
+        loss_ptr,
+        grad_logits_p_ptr,
+        grad_logits_q_ptr,
+        row_size,
+        last_pass: tl.constexpr,
+        compute_dtype: tl.constexpr,
+        row_block: tl.constexpr,
+    ):
+        # One program per row, at an int64 offset (rows * row_size may pass 2**31). A gradient
+        # pointer is None where that gradient is not wanted: Triton compiles the kernel without
+        # it. Row values (reductions, class indices, params) are scalars, the rest blocks.
+        row = tl.program_id(0).to(tl.int64)
+        row_offset = row * row_size
+        upstream = tl.load(upstream_ptr).to(compute_dtype)
+        # pass 1 over the row: tmp0, tmp1
+        # (sums kept per lane, summed across lanes once, after the loop)
+        _tmp0_max = tl.full([], float("-inf"), compute_dtype)
+        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp1_max = tl.full([], float("-inf"), compute_dtype)
+        _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
+        for start in range(0, row_size, row_block):
+            columns = start + tl.arange(0, row_block)
+            in_row = columns < row_size
+            logits_p = tl.load(
+                logits_p_ptr + row_offset + columns, mask=in_row, other=0.0
+            ).to(compute_dtype)
+            logits_q = tl.load(
+                logits_q_ptr + row_offset + columns, mask=in_row, other=0.0
+            ).to(compute_dtype)
+            # online: per lane, the sum of exp(body - max), rescaled where the max grows
+            _tmp0_body = tl.where(in_row, logits_p, float("-inf"))
+            _tmp0_new = tl.maximum(_tmp0_max, tl.max(_tmp0_body, axis=0))
+            _tmp0_sum = _tmp0_sum * libdevice.exp(
+                _tmp0_max - _tmp0_new
+            ) + libdevice.exp(_tmp0_body - _tmp0_new)
+            _tmp0_max = _tmp0_new
+            # online: per lane, the sum of exp(body - max), rescaled where the max grows
+            _tmp1_body = tl.where(in_row, logits_q, float("-inf"))
+            _tmp1_new = tl.maximum(_tmp1_max, tl.max(_tmp1_body, axis=0))
+            _tmp1_sum = _tmp1_sum * libdevice.exp(
+                _tmp1_max - _tmp1_new
+            ) + libdevice.exp(_tmp1_body - _tmp1_new)
+            _tmp1_max = _tmp1_new
+        tmp0 = _tmp0_max + libdevice.log(tl.sum(_tmp0_sum))
+        tmp1 = _tmp1_max + libdevice.log(tl.sum(_tmp1_sum))
+        # pass 2 over the row: tmp2, tmp3, tmp4
+        # (sums kept per lane, summed across lanes once, after the loop)
+        _tmp2_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp3_sum = tl.full([row_block], 0.0, compute_dtype)
+        _tmp4_sum = tl.full([row_block], 0.0, compute_dtype)
+        for start in range(0, row_size, row_block):
+            columns = start + tl.arange(0, row_block)
+            in_row = columns < row_size
+            logits_p = tl.load(
+                logits_p_ptr + row_offset + columns, mask=in_row, other=0.0
+            ).to(compute_dtype)
+            logits_q = tl.load(
+                logits_q_ptr + row_offset + columns, mask=in_row, other=0.0
+            ).to(compute_dtype)
+            tmp5 = tmp0 - logits_p
+            tmp6 = -tmp5
+            tmp7 = libdevice.exp(tmp6)
+            tmp8 = tmp1 - logits_q
+            tmp9 = -tmp8
+            tmp10 = tl.maximum(tmp6, tmp9) + libdevice.log1p(
+                libdevice.exp(-tl.abs(tmp6 - tmp9))
+            )
+            tmp11 = tmp5 + tmp10
+            tmp12 = tmp7 * (-tmp11 + 0.6931471805599453)
+            tmp13 = libdevice.exp(tmp9)
+            tmp14 = tmp8 + tmp10
+            tmp15 = tmp13 * (-tmp14 + 0.6931471805599453)
+            tmp16 = -tmp11
+            tmp17 = -tmp14
+            _tmp2_sum += tl.where(in_row, tmp15 + tmp12, 0.0)
+            _tmp3_sum += tl.where(
+                in_row,
+                tmp7 * libdevice.expm1(tmp16) - tmp12 + tmp13 * libdevice.exp(tmp16),
+                0.0,
+            )
+            _tmp4_sum += tl.where(
+                in_row,
+                -tmp15 + tmp7 * libdevice.exp(tmp17) + tmp13 * libdevice.expm1(tmp17),
+                0.0,
+            )
+        tmp2 = tl.sum(_tmp2_sum)
+        tmp3 = tl.sum(_tmp3_sum)
+        tmp4 = tl.sum(_tmp4_sum)
+        # the row's loss; the last pass writes the gradients
+        tmp27 = upstream / 2
+        tl.store(loss_ptr + row, tmp2 / 2 * upstream)
+        if last_pass:
+            for start in range(0, row_size, row_block):
+                columns = start + tl.arange(0, row_block)
+                in_row = columns < row_size
+                logits_p = tl.load(
+                    logits_p_ptr + row_offset + columns, mask=in_row, other=0.0
+                ).to(compute_dtype)
+                logits_q = tl.load(
+                    logits_q_ptr + row_offset + columns, mask=in_row, other=0.0
+                ).to(compute_dtype)
+                tmp18 = tmp0 - logits_p
+                tmp19 = -tmp18
+                tmp20 = libdevice.exp(tmp19)
+                tmp21 = tmp1 - logits_q
+                tmp22 = -tmp21
+                tmp23 = tl.maximum(tmp19, tmp22) + libdevice.log1p(
+                    libdevice.exp(-tl.abs(tmp19 - tmp22))
+                )
+                tmp24 = tmp18 + tmp23
+                tmp25 = -tmp24
+                tmp26 = libdevice.exp(tmp22)
+                tmp28 = tmp21 + tmp23
+                tmp29 = -tmp28
+                if grad_logits_p_ptr is not None:
+                    tl.store(
+                        grad_logits_p_ptr + row_offset + columns,
+                        tmp27
+                        * (
+                            tmp3 * tmp20
+                            + tmp20 * (-tmp24 + 0.6931471805599453)
+                            - tmp20 * libdevice.expm1(tmp25)
+                            - tmp26 * libdevice.exp(tmp25)
+                        ),
+                        mask=in_row,
+                    )
+                if grad_logits_q_ptr is not None:
+                    tl.store(
+                        grad_logits_q_ptr + row_offset + columns,
+                        tmp27
+                        * (
+                            tmp4 * tmp26
+                            - tmp20 * libdevice.exp(tmp29)
+                            + tmp26 * (-tmp28 + 0.6931471805599453)
+                            - tmp26 * libdevice.expm1(tmp29)
+                        ),
+                        mask=in_row,
+                    )
+
+    return _jensen_shannon_row_kernel
+
+
+def _run_triton(logits_p, logits_q, reduction, needs_grad):
+    """Loss and gradients from the Triton row kernel; None where it does not apply or cannot run."""
+    global _triton_kernel
+    if not _triton_applies([logits_p, logits_q]):
+        return None
+    if logits_p.dim() != 2:
+        return None  # rows are not contiguous: the reduced dim is not the last
+    if _triton_kernel is None:
+        _triton_kernel = _defined_triton_kernel()
+        if _triton_kernel is False:
+            return None
+    row_size = logits_p.shape[-1]
+    rows = logits_p.numel() // row_size
+    # The loss is summed over rows in float32 at least.
+    partial_dtype = torch.float64 if logits_p.dtype == torch.float64 else torch.float32
+    upstream = torch.full(
+        (),
+        1 / _keepdim_shape(logits_p.shape).numel() if reduction == "mean" else 1,
+        dtype=partial_dtype,
+        device=logits_p.device,
+    )
+    loss_rows = logits_p.new_empty(rows, dtype=partial_dtype)
+    # GRAD_IN_PLACE: see there
+    in_place = (
+        GRAD_IN_PLACE
+        and sum(map(bool, needs_grad)) == 1
+        and needs_grad[0]
+        and (logits_p._base if logits_p._is_view() else logits_p).grad_fn is not None
+    )
+    grad_logits_p = None
+    if needs_grad[0]:
+        grad_logits_p = logits_p.detach() if in_place else torch.empty_like(logits_p)
+    grad_logits_q = None
+    if needs_grad[1]:
+        grad_logits_q = torch.empty_like(logits_q)
+    launched = _launch_triton(
+        rows,
+        logits_p.device,
+        (
+            logits_p.detach(),
+            logits_q.detach(),
+            upstream,
+            loss_rows,
+            grad_logits_p,
+            grad_logits_q,
+            row_size,
+        ),
+        last_pass=grad_logits_p is not None or grad_logits_q is not None,
+        compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
+        row_block=min(ROW_BLOCK, triton.next_power_of_2(row_size)),
+        num_warps=ROW_WARPS,
+    )
+    if not launched:
+        return None
+    if in_place:
+        # autograd's version counter: a backward that saved logits_p raises, not misreads
+        torch.autograd.graph.increment_version(logits_p)
+    return loss_rows.sum().to(logits_p.dtype), grad_logits_p, grad_logits_q
+
+
+def _defined_triton_kernel():
+    """_load_triton(), or False where defining the kernel fails (see _triton_failed)."""
+    try:
+        return _load_triton()
+    except Exception as error:  # e.g. no source file for triton.jit to read
+        _triton_failed(error)
+        return False
+
+
+def _launch_triton(blocks, device, arguments, **constants):
+    """Run the kernel over `blocks` programs; False where it fails (see _triton_failed)."""
+    # No fused multiply-adds: each product is rounded as torch rounds it, so the kernel takes
+    # the reference's branch at a kink (an FMA's exact `1 - x*y` can be 1e-17 where torch's
+    # is 0), and values recomputed in another pass compare equal (a Max's ties).
+    constants["enable_fp_fusion"] = False
+    try:
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                _triton_kernel[(blocks,)](*arguments, **constants)
+        else:
+            _triton_kernel[(blocks,)](*arguments, **constants)
+    except Exception as error:  # any failure: fall back to torch, and say why
+        _triton_failed(error)
+        return False
+    return True
+
+
+def _triton_failed(error):
+    """Turn the Triton kernel off for this module, with a warning (once), e.g. on a GPU that
+    this triton does not support: the fast path stays in torch then."""
+    global _triton_kernel
+    import warnings
+
+    warnings.warn(
+        f"JensenShannon: the Triton kernel failed, using torch instead: {error}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    _triton_kernel = False
+
+
 class _JensenShannonFused(torch.autograd.Function):
     """The fast path: the gradients are computed during forward and saved for backward."""
 
@@ -383,11 +693,21 @@ class _JensenShannonFused(torch.autograd.Function):
         loss, *grads = _run_fused(logits_p, logits_q, reduction, needs_grad)
         ctx.save_for_backward(logits_p, logits_q, *grads)
         ctx.reduction = reduction
+        # GRAD_IN_PLACE wrote the gradient over logits_p: double backward cannot read it
+        overwritten = grads[0]
+        ctx.overwritten = (
+            overwritten is not None and overwritten.data_ptr() == logits_p.data_ptr()
+        )
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
         saved = ctx.saved_tensors
+        if torch.is_grad_enabled() and ctx.overwritten:
+            raise RuntimeError(
+                "JensenShannon: double backward needs logits_p, which GRAD_IN_PLACE "
+                "overwrote with its gradient; set GRAD_IN_PLACE = False"
+            )
         # Double backward is being recorded: the symbolic, differentiable path.
         if torch.is_grad_enabled():
             reference = _SavedForBackward(

@@ -447,14 +447,16 @@ def _launch_triton(blocks, device, arguments, **constants):
     """Run the kernel over `blocks` programs; False where it fails (see _triton_failed)."""
     # No fused multiply-adds: each product is rounded as torch rounds it, so the kernel takes
     # the reference's branch at a kink (an FMA's exact `1 - x*y` can be 1e-17 where torch's
-    # is 0).
-    options = dict(block_size=TRITON_BLOCK, enable_fp_fusion=False)
+    # is 0), and values recomputed in another pass compare equal (a Max's ties).
+    constants["enable_fp_fusion"] = False
     try:
         if device.type == "cuda":
             with torch.cuda.device(device):
-                _triton_kernel[(blocks,)](*arguments, **constants, **options)
+                _triton_kernel[(blocks,)](
+                    *arguments, **constants, block_size=TRITON_BLOCK
+                )
         else:
-            _triton_kernel[(blocks,)](*arguments, **constants, **options)
+            _triton_kernel[(blocks,)](*arguments, **constants, block_size=TRITON_BLOCK)
     except Exception as error:  # any failure: fall back to torch, and say why
         _triton_failed(error)
         return False

@@ -47,6 +47,18 @@ GENERATED_CODE_NAMES = frozenset(
     | {"reduce_mean", "compute_dtype", "block_size"}
     | {"program", "offsets", "in_bounds", "numel", "blocks", "partial_dtype"}
     | {"loss_partials", "launched", "computed"}
+    # the row kernel (lossgen.row_kernel): its locals, switches and launcher's names
+    | {
+        "ROW_BLOCK",
+        "ROW_WARPS",
+        "GRAD_IN_PLACE",
+        "row",
+        "rows",
+        "row_size",
+        "row_block",
+    }
+    | {"row_offset", "row_length", "start", "columns", "in_row", "last_pass"}
+    | {"loss_rows", "in_place", "upstream_ptr", "loss_ptr", "overwritten"}
 )
 RESERVED_MODULE_NAMES = frozenset({"torch", "math", "nn", "lossgen", "typing"})
 # Builtins an argument may still be called: torch's own losses name their first argument `input`,

@@ -19,6 +19,7 @@ from lossgen.derive import DerivedLoss, Program, Step
 from lossgen.model import Argument, LossModel
 from lossgen.printer import UnsupportedExpressionError, print_torch
 from lossgen.reductions import ALL
+from lossgen.row_kernel import RowKernelCode, row_kernel_code
 from lossgen.triton_printer import print_triton
 
 
@@ -172,6 +173,7 @@ def render_loss(derived: DerivedLoss) -> str:
         "uses_one_hot": any("_one_hot(" in code for code in code_so_far),
         "along_params": along,
         "triton": _triton_code(derived),
+        **_row_triton_context(derived),
         "forward_ops": forward_ops,
         "backward_ops": backward_ops,
         "like": like,
@@ -337,6 +339,41 @@ def _triton_code(derived: DerivedLoss) -> TritonCode | None:
     return TritonCode(
         f"_{model.snake_name}_kernel", tuple(lines), loss, tuple(gradients)
     )
+
+
+def _row_triton_context(derived: DerivedLoss) -> dict[str, object]:
+    """The row kernel (lossgen.row_kernel) and what its template needs besides."""
+    model = derived.model
+    row: RowKernelCode | None = row_kernel_code(derived)
+    if row is None:
+        return {
+            "row_triton": None,
+            "row_in_place": None,
+            "launch_constants": ", block_size=TRITON_BLOCK",
+        }
+    computed = {gradient.name for gradient in row.gradients}
+    like = _like(model)
+    in_place = next((g for g in row.gradients if g.name == like), None)
+    # where one of these gradients is asked for, the torch fast path takes the loss
+    declined = " or ".join(f"needs_grad[{index}]" for index in row.declined)
+    return {
+        "row_triton": row,
+        "launch_constants": "",
+        "row_declined": declined,
+        "row_in_place_position": next(
+            (i for i, a in enumerate(model.differentiable) if a.name == like), None
+        ),
+        "row_returns": [
+            f"grad_{a.name}" if a.name in computed else "None"
+            for a in model.differentiable
+        ],
+        "row_in_place": in_place,
+        # rows are contiguous where the dim is the last one
+        "row_not_last": (
+            f"{like}.dim() == 0" if row.dim == -1 else f"{like}.dim() != {row.dim + 1}"
+        ),
+        "row_class_indices": [a.name for a in model.tensors if a.index_of is not None],
+    }
 
 
 def _names(model: LossModel) -> dict[sp.Symbol, str]:

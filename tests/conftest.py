@@ -50,3 +50,59 @@ def repository_files() -> tuple:
 def _at_repository_root(monkeypatch: pytest.MonkeyPatch) -> None:
     # Spec paths in generated headers are relative to the current directory.
     monkeypatch.chdir(ROOT)
+
+
+# Triton 3.9's interpreter cannot call libdevice: its builder raises NotImplementedError for
+# extern_elementwise. Here the interpreter runs CUDA's libdevice module as the compiler does
+# (the same table of argument dtypes, the same broadcasting), and evaluates each libdevice
+# function it selects (`__nv_log1pf`, `__nv_pow`, ...) with the torch function of that name.
+# Shared by the elementwise (test_triton.py) and row (test_row_triton.py) kernels' tests;
+# triton is imported inside, so tests that do not use it do not import it.
+LIBDEVICE_FUNCTIONS = (
+    "exp", "log", "log1p", "expm1", "pow", "sqrt", "erf", "erfc",
+    "sin", "cos", "tan", "asin", "acos", "atan",
+    "sinh", "cosh", "tanh", "asinh", "acosh", "atanh",
+)  # fmt: skip
+LIBDEVICE_SYMBOLS = {
+    **{f"__nv_{name}": name for name in LIBDEVICE_FUNCTIONS},  # float64
+    **{f"__nv_{name}f": name for name in LIBDEVICE_FUNCTIONS},  # float32
+    "__nv_powi": "pow",  # a float64 to an int32 power
+    "__nv_powif": "pow",
+}
+
+
+def _libdevice_by_torch(library, path, symbol, arguments, result_type, is_pure):
+    import torch
+    from triton.runtime import interpreter
+
+    function = getattr(torch, LIBDEVICE_SYMBOLS[symbol])
+    result = function(*(torch.from_numpy(argument.data) for argument in arguments))
+    return interpreter.TensorHandle(result.numpy(), result_type.scalar)
+
+
+@pytest.fixture
+def libdevice_on_cpu():
+    """CUDA's libdevice, callable by the interpreter (see LIBDEVICE_SYMBOLS).
+
+    Also the interpreter's own versions of triton.language's functions written in Triton
+    (tl.sum): triton makes those when it is imported, interpreted only if TRITON_INTERPRET=1
+    was set by then, and other tests (torch.compile) may import it first.
+    """
+    import triton.language as tl
+    from triton.language.extra.cuda import libdevice as cuda_libdevice
+    from triton.runtime import JITFunction, interpreter
+
+    scope = interpreter._LangPatchScope()
+    for name, member in vars(tl).items():
+        if isinstance(member, JITFunction):
+            # the plain function: it runs in the kernel's interpreted scope (an
+            # InterpretedFunction would leave the interpreter's patches in triton.language)
+            scope.set_attr(tl, name, member.fn)
+    interpreter._patch_builtin(cuda_libdevice, interpreter.interpreter_builder, scope)
+    scope.set_attr(
+        interpreter.interpreter_builder,
+        "create_extern_elementwise",
+        _libdevice_by_torch,
+    )
+    yield cuda_libdevice
+    scope.restore()

@@ -1,7 +1,8 @@
 """The fast path's Triton kernels on a real CUDA GPU, against the readable reference Function on
-the same GPU: at random points (over a million elements, the last block partial), on kinks,
-and at extreme magnitudes, in float32 and float64, with "mean" and with "sum" and a
-grad_output that is not 1.
+the same GPU, in float32 and float64, with "mean" and with "sum" and a grad_output that is not 1:
+the elementwise kernels at random points (over a million elements, the last block partial), on
+kinks, and at extreme magnitudes; the row kernels of losses over one dim (tests/test_row_triton.py
+runs them interpreted) on rows of several blocks, with ignored rows and logits of +-1e4.
 
 CI has no GPU: there these tests skip, and tests/test_triton.py runs the same kernels under
 Triton's interpreter. On a GPU machine run `python -m pytest tests/test_triton_cuda.py`
@@ -16,6 +17,8 @@ import types
 
 import pytest
 import torch
+from test_row_triton import MODELS as ROW_MODELS
+from test_row_triton import ROW_LOSSES, arguments, kernel_gradients, module_of
 
 from conftest import ROOT, SPEC_ARGS
 from lossgen.api import load_models
@@ -35,13 +38,13 @@ TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 def _generated_names() -> dict[str, str]:
-    """Loss name -> generated module name, for every loss with a Triton kernel."""
+    """Loss name -> generated module name, for every elementwise loss's Triton kernel."""
     names = {}
     for path in sorted((ROOT / "generated").glob("*.py")):
         if path.name == "__init__.py":
             continue
         module = importlib.import_module(f"generated.{path.stem}")
-        if hasattr(module, "_run_triton"):
+        if hasattr(module, "TRITON_BLOCK"):
             names[module.__all__[0]] = path.stem
     return names
 
@@ -177,3 +180,79 @@ def test_grad_output_of_one_is_checked_on_the_gpu_only_where_it_pays() -> None:
         rescaled = module._rescaled([large[0]], one)
     torch.cuda.synchronize()
     assert captured is False and rescaled[0] is not large[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", ROW_LOSSES)
+def test_row_kernel_matches_reference_on_gpu(
+    name: str, dtype: torch.dtype, monkeypatch
+) -> None:
+    model = ROW_MODELS[name]
+    module = module_of(model)
+    monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(
+        module, "ROW_BLOCK", 1024
+    )  # 3001 elements: 3 blocks, the last partial
+    launches = []
+    launch = module._launch_triton
+
+    def counted(rows, *args, **kwargs):
+        launches.append(rows)
+        return launch(rows, *args, **kwargs)
+
+    monkeypatch.setattr(module, "_launch_triton", counted)
+    row = 3001
+    shape = (64, row) if 1 in _row_dims(model) else (4, 16, row)
+    values = [a.to("cuda") for a in arguments(model, dtype, seed=31, shape=shape)]
+    for index, argument in enumerate(model.arguments):
+        if argument.name == "target" and argument.index_of is not None:
+            values[index].view(-1)[0] = -100  # ignored where ignore_index is a param
+            values[index].view(-1)[1] = row - 1  # the last class, in the partial block
+    extreme = [v.clone() for v in values]
+    first = model.arguments.index(model.tensors[0])
+    extreme[first].view(-1)[::7] = 1e4  # the online max moves between blocks
+    extreme[first].view(-1)[3::11] = -1e4
+    every = kernel_gradients(model)
+    functional = getattr(module, model.snake_name)
+    function = getattr(module, f"{model.name}Function")
+    calls = 0
+    for label, sample_values in (("random", values), ("+-1e4", extreme)):
+        sample = Sample(sample_values, every)
+        exact = Sample(
+            [v.double() if v.is_floating_point() else v for v in sample_values], every
+        )
+        for reduction, grad_output in (("mean", 1.0), ("sum", 2.5)):
+            where = f"{name}, {label}, {reduction}"
+            got = value_and_grads(functional, sample, reduction, grad_output, True)
+            assert type(got[0].grad_fn).__name__.startswith(
+                f"_{model.name}Fused"
+            ), where
+            calls += 1
+            want = value_and_grads(
+                function.apply, sample, reduction, grad_output, False
+            )
+            truth = value_and_grads(
+                function.apply, exact, reduction, grad_output, False
+            )
+            for index, (a, b, c) in enumerate(
+                zip([got[0], *got[1]], [want[0], *want[1]], [truth[0], *truth[1]])
+            ):
+                # As close to float64's result as the reference Function in this dtype is
+                # (+-1e4 logits cost float32 digits in both), or within TOLERANCE of it.
+                own = relative_error(b, c.to(b.dtype))
+                tolerance = max(TOLERANCE[dtype], 2 * own)
+                assert_agree(a, c.to(a.dtype), tolerance, f"{where}, output {index}")
+    assert len(launches) == calls  # every call ran the row kernel
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    finite = torch.isfinite(want)
+    difference = torch.linalg.vector_norm((got - want).detach()[finite].double())
+    scale = torch.linalg.vector_norm(want.detach()[finite].double())
+    return float(difference / scale) if scale > 0 else float(difference > 0)
+
+
+def _row_dims(model: LossModel) -> set[int]:
+    from lossgen.reductions import all_dims
+
+    return set(all_dims(model.expr))
