@@ -127,6 +127,49 @@ def test_fused_double_backward_matches_reference(fused_module) -> None:
             torch.testing.assert_close(got, want)
 
 
+# Tensors of different shapes that broadcast together (loss name -> each value tensor's shape):
+# (N, 1) pair labels against (N, D) embeddings, one soft label row shared by every row (its
+# gradient summed over the rows), both arguments of an elementwise loss broadcast.
+BROADCAST_CASES = {
+    "CosineEmbedding": {"input1": (40, 3), "input2": (40, 3), "y": (40, 1)},
+    "SoftCrossEntropy": {"input": (40, 3), "target": (1, 3)},
+    "MSE": {"input": (40, 1), "target": (1, 5)},
+    "Huber": {"input": (40,), "target": (1,)},
+}
+
+
+@pytest.mark.parametrize("fused_module", list(BROADCAST_CASES), indirect=True)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("grad_scale", [1.0, 2.5])
+def test_broadcast_tensors_take_the_fast_path(
+    fused_module, reduction: str, grad_scale: float
+) -> None:
+    model, module = fused_module
+    case = LossCase(model, module)
+    shapes = BROADCAST_CASES[model.name]
+    generator = torch.Generator().manual_seed(9)
+    args = []
+    for argument in model.arguments:
+        if argument.is_tensor:
+            domain = case.domains[argument.name]
+            value = draw(domain, shapes[argument.name], generator, torch.float64, False)
+        else:
+            value = torch.tensor(param_value(argument, generator), dtype=torch.float64)
+        args.append(value.requires_grad_(argument.differentiable))
+    assert len({a.shape for a in args if a.dim() > 0}) > 1  # the shapes do differ
+    value, grads, leaves = run(module, model, args, reduction, grad_scale=grad_scale)
+    assert type(value.grad_fn).__name__.startswith(f"_{model.name}Fused")
+    expected, expected_grads, _ = reference(
+        module, model, args, reduction, grad_scale=grad_scale
+    )
+    torch.testing.assert_close(value, expected)
+    wanted = [leaf for leaf in leaves if leaf.requires_grad]
+    assert len(grads) == len(expected_grads) > 0
+    for got, want, leaf in zip(grads, expected_grads, wanted):
+        assert got.shape == leaf.shape  # summed back to the broadcast tensor's shape
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("fused_module", ["Huber"], indirect=True)
 def test_reference_path_is_taken_where_fusing_does_not_apply(fused_module) -> None:
     model, module = fused_module
@@ -137,7 +180,9 @@ def test_reference_path_is_taken_where_fusing_does_not_apply(fused_module) -> No
 
     assert function_of(input, target).startswith("_HuberFused")
     assert function_of(input, target, reduction="none").startswith("HuberFunction")
-    assert function_of(input, target[:1]).startswith("HuberFunction")  # broadcast
+    assert function_of(input, target[:1]).startswith("_HuberFused")  # broadcast
+    with pytest.raises(RuntimeError, match="must match the size"):  # not broadcastable
+        module.huber(input, target[:3])
     assert function_of(input, target.float()).startswith("HuberFunction")  # mixed dtype
     assert function_of(input, target, delta.expand(16)).startswith("HuberFunction")
     module.FUSED = False
