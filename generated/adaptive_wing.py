@@ -79,6 +79,13 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
+def _xlogy(x, y):
+    """torch.xlogy(x, y) written out for the compiled fast path: NaN where y is NaN, else 0
+    where x is 0, else x * log(y). Inductor vectorizes `y != y` on CPU, not xlogy's isnan.
+    """
+    return torch.where(x == 0, torch.where(y != y, y, 0), x * torch.log(y))
+
+
 # The fast path. The Function below is the readable reference; for large inputs (of one dtype
 # and device, broadcasting together) with a "mean"/"sum" reduction, the functional form and the
 # Module instead call a fused Function that computes the loss and the gradients in one pass
@@ -527,19 +534,14 @@ def _fused(input, heatmap, omega, theta, epsilon, power, reduction, needs_grad):
                 0,
                 torch.where(
                     tmp6,
-                    torch.xlogy(tmp18, tmp16),
+                    _xlogy(tmp18, tmp16),
                     omega
                     * tmp22
                     * tmp42
                     * (
-                        tmp46
-                        * (
-                            -tmp43
-                            + torch.xlogy(tmp31, tmp24)
-                            - torch.xlogy(tmp38, tmp24)
-                        )
-                        + torch.xlogy(tmp45, tmp24)
-                        + torch.xlogy(tmp43 * tmp44, tmp24)
+                        tmp46 * (-tmp43 + _xlogy(tmp31, tmp24) - _xlogy(tmp38, tmp24))
+                        + _xlogy(tmp45, tmp24)
+                        + _xlogy(tmp43 * tmp44, tmp24)
                     ),
                 ),
             )

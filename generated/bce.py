@@ -70,6 +70,13 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
+def _xlogy(x, y):
+    """torch.xlogy(x, y) written out for the compiled fast path: NaN where y is NaN, else 0
+    where x is 0, else x * log(y). Inductor vectorizes `y != y` on CPU, not xlogy's isnan.
+    """
+    return torch.where(x == 0, torch.where(y != y, y, 0), x * torch.log(y))
+
+
 # The fast path. The Function below is the readable reference; for large inputs (of one dtype
 # and device, broadcasting together) with a "mean"/"sum" reduction, the functional form and the
 # Module instead call a fused Function that computes the loss and the gradients in one pass
@@ -200,7 +207,7 @@ def _fused(input, target, reduction, needs_grad):
     shape = torch.broadcast_shapes(input.shape, target.shape)
     upstream = 1 / shape.numel() if reduction == "mean" else 1
     tmp0 = torch.log1p(-input)
-    loss = _reduce(-tmp0 * (1 - target) - torch.xlogy(target, input), reduction)
+    loss = _reduce(-tmp0 * (1 - target) - _xlogy(target, input), reduction)
     grad_input = None
     if needs_grad[0]:
         grad_input = _sum_to(
@@ -211,7 +218,7 @@ def _fused(input, target, reduction, needs_grad):
         grad_target = _sum_to(
             (
                 tmp0
-                - torch.xlogy(
+                - _xlogy(
                     torch.maximum(torch.abs(torch.sign(target)), torch.sign(input)),
                     input,
                 )

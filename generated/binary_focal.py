@@ -76,6 +76,13 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
+def _xlogy(x, y):
+    """torch.xlogy(x, y) written out for the compiled fast path: NaN where y is NaN, else 0
+    where x is 0, else x * log(y). Inductor vectorizes `y != y` on CPU, not xlogy's isnan.
+    """
+    return torch.where(x == 0, torch.where(y != y, y, 0), x * torch.log(y))
+
+
 # The fast path. The Function below is the readable reference; for large inputs (of one dtype
 # and device, broadcasting together) with a "mean"/"sum" reduction, the functional form and the
 # Module instead call a fused Function that computes the loss and the gradients in one pass
@@ -254,11 +261,9 @@ def _fused(input, target, alpha, gamma, reduction, needs_grad):
     tmp9 = tmp4 * tmp5 * tmp8
     tmp10 = 1 / input
     tmp11 = 1 / tmp0
-    tmp12 = torch.xlogy(
-        torch.maximum(torch.abs(torch.sign(tmp3)), torch.sign(input)), input
-    )
+    tmp12 = _xlogy(torch.maximum(torch.abs(torch.sign(tmp3)), torch.sign(input)), input)
     tmp13 = tmp12 * tmp3
-    loss = _reduce(-tmp9 - torch.xlogy(tmp3, input), reduction)
+    loss = _reduce(-tmp9 - _xlogy(tmp3, input), reduction)
     grad_input = None
     if needs_grad[0]:
         grad_input = _sum_to(
@@ -285,7 +290,7 @@ def _fused(input, target, alpha, gamma, reduction, needs_grad):
     grad_gamma = None
     if needs_grad[3]:
         grad_gamma = _sum_to(
-            (-tmp13 * tmp7 - torch.xlogy(tmp9, input)) * upstream, shape, gamma.shape
+            (-tmp13 * tmp7 - _xlogy(tmp9, input)) * upstream, shape, gamma.shape
         )
     return loss, grad_input, grad_target, grad_alpha, grad_gamma
 

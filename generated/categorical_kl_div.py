@@ -105,6 +105,13 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
+def _xlogy(x, y):
+    """torch.xlogy(x, y) written out for the compiled fast path: NaN where y is NaN, else 0
+    where x is 0, else x * log(y). Inductor vectorizes `y != y` on CPU, not xlogy's isnan.
+    """
+    return torch.where(x == 0, torch.where(y != y, y, 0), x * torch.log(y))
+
+
 # The fast path. The Function below is the readable reference; for large inputs (of one dtype
 # and device, broadcasting together) with a "mean"/"sum" reduction, the functional form and the
 # Module instead call a fused Function that computes the loss and the gradients in one pass
@@ -233,7 +240,7 @@ def _fused(input, target, reduction, needs_grad):
     upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
     loss = _reduce(
         torch.sum(
-            _expand_along(-input * target + torch.xlogy(target, target), 1, shape),
+            _expand_along(-input * target + _xlogy(target, target), 1, shape),
             dim=1,
             keepdim=True,
         ),
@@ -246,8 +253,7 @@ def _fused(input, target, reduction, needs_grad):
     grad_target = None
     if needs_grad[1]:
         grad_target = _sum_to(
-            upstream
-            * (-input + torch.xlogy(torch.abs(torch.sign(target)), target) + 1),
+            upstream * (-input + _xlogy(torch.abs(torch.sign(target)), target) + 1),
             shape,
             target.shape,
         )

@@ -73,6 +73,13 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
+def _xlogy(x, y):
+    """torch.xlogy(x, y) written out for the compiled fast path: NaN where y is NaN, else 0
+    where x is 0, else x * log(y). Inductor vectorizes `y != y` on CPU, not xlogy's isnan.
+    """
+    return torch.where(x == 0, torch.where(y != y, y, 0), x * torch.log(y))
+
+
 # The fast path. The Function below is the readable reference; for large inputs (of one dtype
 # and device, broadcasting together) with a "mean"/"sum" reduction, the functional form and the
 # Module instead call a fused Function that computes the loss and the gradients in one pass
@@ -209,7 +216,7 @@ def _fused(input, target, rate_eps, reduction, needs_grad):
     upstream = 1 / shape.numel() if reduction == "mean" else 1
     tmp0 = rate_eps + input
     tmp1 = target / tmp0
-    loss = _reduce(input - torch.xlogy(target, tmp0), reduction)
+    loss = _reduce(input - _xlogy(target, tmp0), reduction)
     grad_input = None
     if needs_grad[0]:
         grad_input = _sum_to((1 - tmp1) * upstream, shape, input.shape)
@@ -217,7 +224,7 @@ def _fused(input, target, rate_eps, reduction, needs_grad):
     if needs_grad[1]:
         grad_target = _sum_to(
             (
-                -torch.xlogy(
+                -_xlogy(
                     torch.maximum(torch.abs(torch.sign(target)), torch.sign(tmp0)), tmp0
                 )
             )

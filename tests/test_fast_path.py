@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import shutil
 import types
 
@@ -264,6 +265,23 @@ def test_torch_compile_of_a_caller_traces_the_reference_function(monkeypatch) ->
     expected.backward()
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(x.grad, y.grad)
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str
+)
+def test_written_out_xlogy_is_torch_xlogy(dtype: torch.dtype) -> None:
+    # The fused body calls _xlogy (vectorized by Inductor) where the reference calls
+    # torch.xlogy: every special case must agree, NaNs included.
+    _, module = modules()["CategoricalKLDiv"]
+    special = [0.0, -0.0, 1.0, -1.0, 0.5, 2.0, math.inf, -math.inf, math.nan]
+    x, y = torch.tensor(special, dtype=dtype).reshape(-1, 1), torch.tensor(
+        special, dtype=dtype
+    )
+    got, want = module._xlogy(x, y), torch.xlogy(x, y)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
+    assert "_xlogy" in module._fused.__code__.co_names  # what the fused body calls
 
 
 LINEAR_SPEC = """
