@@ -243,6 +243,29 @@ def test_compiled_fast_path_matches_reference() -> None:
         assert compiled is module._fused  # no compiler: fell back to plain torch
 
 
+def test_compiled_fast_path_follows_changing_shapes(monkeypatch) -> None:
+    # Compiled for the first shape's sizes, recompiled when the batch and then the class
+    # count change: each call must still agree with the reference Function.
+    model, module = modules()["ChannelsLastCrossEntropy"]
+    monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(module, "_compiled_fused", None)
+    generator = torch.Generator().manual_seed(10)
+    for shape in [(6, 4, 9), (3, 4, 9), (3, 4, 5)]:
+        input = torch.randn(shape, generator=generator, dtype=torch.float64)
+        target = class_indices(torch.Size(shape), -1, generator)
+        x = input.clone().requires_grad_()
+        value = module.channels_last_cross_entropy(x, target, reduction="sum")
+        assert type(value.grad_fn).__name__.startswith("_ChannelsLastCrossEntropyFused")
+        value.backward()
+        y = input.clone().requires_grad_()
+        expected = module.ChannelsLastCrossEntropyFunction.apply(y, target, "sum")
+        expected.backward()
+        torch.testing.assert_close(value, expected)
+        torch.testing.assert_close(x.grad, y.grad)
+    if shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"):
+        assert module._compiled_fused is not module._fused  # compiled, not the fallback
+
+
 def test_torch_compile_of_a_caller_traces_the_reference_function(monkeypatch) -> None:
     # Dynamo imports the module it traces, so this uses the committed generated/huber.py.
     module = importlib.import_module("generated.huber")
