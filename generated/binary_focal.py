@@ -77,10 +77,12 @@ def _sum_to(grad, shape, argument_shape):
 
 
 def _xlogy(x, y):
-    """torch.xlogy(x, y) written out for the compiled fast path: NaN where y is NaN, else 0
-    where x is 0, else x * log(y). Inductor vectorizes `y != y` on CPU, not xlogy's isnan.
-    """
-    return torch.where(x == 0, torch.where(y != y, y, 0), x * torch.log(y))
+    """torch.xlogy(x, y), written out where torch.compile traces it (the fast path): NaN where
+    y is NaN, else 0 where x is 0, else x * log(y). Inductor vectorizes `y != y` on CPU, not
+    xlogy's isnan; run eagerly, the one torch.xlogy kernel is faster."""
+    if _is_compiling is not None and _is_compiling():
+        return torch.where(x == 0, torch.where(y != y, y, 0), x * torch.log(y))
+    return torch.xlogy(x, y)
 
 
 # The fast path. The Function below is the readable reference; for large inputs (of one dtype

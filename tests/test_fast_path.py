@@ -12,6 +12,7 @@ import importlib
 import math
 import shutil
 import types
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -293,18 +294,28 @@ def test_torch_compile_of_a_caller_traces_the_reference_function(monkeypatch) ->
 @pytest.mark.parametrize(
     "dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str
 )
-def test_written_out_xlogy_is_torch_xlogy(dtype: torch.dtype) -> None:
-    # The fused body calls _xlogy (vectorized by Inductor) where the reference calls
-    # torch.xlogy: every special case must agree, NaNs included.
+def test_written_out_xlogy_is_torch_xlogy(dtype: torch.dtype, monkeypatch) -> None:
+    # The fused body calls _xlogy, written out (vectorized by Inductor) where torch.compile
+    # traces it: every special case must agree with torch.xlogy, NaNs included.
     _, module = modules()["CategoricalKLDiv"]
-    special = [0.0, -0.0, 1.0, -1.0, 0.5, 2.0, math.inf, -math.inf, math.nan]
-    x, y = torch.tensor(special, dtype=dtype).reshape(-1, 1), torch.tensor(
-        special, dtype=dtype
-    )
-    got, want = module._xlogy(x, y), torch.xlogy(x, y)
-    assert got.dtype == want.dtype and got.shape == want.shape
-    torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
     assert "_xlogy" in module._fused.__code__.co_names  # what the fused body calls
+    special = torch.tensor(
+        [0.0, -0.0, 1.0, -1.0, 0.5, 2.0, math.inf, -math.inf, math.nan], dtype=dtype
+    )
+    x, y = special.reshape(-1, 1), special
+    want = torch.xlogy(x, y)
+    graphs = []
+
+    def backend(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        graphs.append(graph.code)
+        return graph.forward
+
+    traced = torch.compile(module._xlogy, backend=backend, fullgraph=True)(x, y)
+    assert len(graphs) == 1 and "xlogy" not in graphs[0]  # written out when compiled
+    monkeypatch.setattr(module, "_is_compiling", lambda: True)  # the same code, eagerly
+    for got in (traced, module._xlogy(x, y)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
 
 
 LINEAR_SPEC = """
