@@ -105,13 +105,17 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
-def _xlogy(x, y):
-    """torch.xlogy(x, y), written out where torch.compile traces it (the fast path): NaN where
-    y is NaN, else 0 where x is 0, else x * log(y). Inductor vectorizes `y != y` on CPU, not
-    xlogy's isnan; run eagerly, the one torch.xlogy kernel is faster."""
+def _xlogy(coefficient, operand):
+    """torch.xlogy, written out where torch.compile traces it (the fast path): NaN where the
+    operand is NaN, else 0 where the coefficient is 0, else coefficient * log(operand).
+    Inductor vectorizes `operand != operand` on CPU, not xlogy's isnan; run eagerly, the one
+    torch.xlogy kernel is faster."""
     if _is_compiling is not None and _is_compiling():
-        return torch.where(x == 0, torch.where(y != y, y, 0), x * torch.log(y))
-    return torch.xlogy(x, y)
+        nan_or_zero = torch.where(operand != operand, operand, 0)
+        return torch.where(
+            coefficient == 0, nan_or_zero, coefficient * torch.log(operand)
+        )
+    return torch.xlogy(coefficient, operand)
 
 
 # The fast path. The Function below is the readable reference; for large inputs (of one dtype
@@ -278,9 +282,13 @@ def _run_fused(*args):
         _compiled_fused = torch.compile(_fused, fullgraph=True)
     try:
         return _compiled_fused(*args)
-    except Exception:  # no compiler for this device here: the same code, uncompiled
+    except Exception:
+        # A caller's error (class indices of the wrong shape) raises here too, unchanged,
+        # and leaves compiling on; where the plain code runs, there is no compiler for this
+        # device: it is used from now on.
+        computed = _fused(*args)
         _compiled_fused = _fused
-        return _fused(*args)
+        return computed
 
 
 class _CategoricalKLDivFused(torch.autograd.Function):

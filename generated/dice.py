@@ -319,9 +319,13 @@ def _run_fused(*args):
         _compiled_fused = torch.compile(_fused, fullgraph=True)
     try:
         return _compiled_fused(*args)
-    except Exception:  # no compiler for this device here: the same code, uncompiled
+    except Exception:
+        # A caller's error (class indices of the wrong shape) raises here too, unchanged,
+        # and leaves compiling on; where the plain code runs, there is no compiler for this
+        # device: it is used from now on.
+        computed = _fused(*args)
         _compiled_fused = _fused
-        return _fused(*args)
+        return computed
 
 
 class _DiceFused(torch.autograd.Function):

@@ -267,6 +267,29 @@ def test_compiled_fast_path_follows_changing_shapes(monkeypatch) -> None:
         assert module._compiled_fused is not module._fused  # compiled, not the fallback
 
 
+def test_a_callers_shape_error_leaves_compiling_on(monkeypatch) -> None:
+    # Class indices are not checked before the fast path: their shape error raises inside the
+    # compiled code; it must reach the caller without turning torch.compile off for good.
+    model, module = modules()["NLL"]
+    monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(module, "_compiled_fused", None)
+    generator = torch.Generator().manual_seed(11)
+    input = torch.randn(8, 5, generator=generator, dtype=torch.float64)
+    x = input.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="broadcast"):
+        module.nll(x, torch.randint(0, 5, (7,), generator=generator))
+    if shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"):
+        assert module._compiled_fused is not module._fused  # still compiled
+    target = torch.randint(0, 5, (8,), generator=generator)
+    value = module.nll(x, target)
+    value.backward()
+    y = input.clone().requires_grad_()
+    expected = module.NLLFunction.apply(y, target, 1.0, -100.0, "mean")
+    expected.backward()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(x.grad, y.grad)
+
+
 def test_torch_compile_of_a_caller_traces_the_reference_function(monkeypatch) -> None:
     # Dynamo imports the module it traces, so this uses the committed generated/huber.py.
     module = importlib.import_module("generated.huber")
