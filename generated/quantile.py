@@ -70,12 +70,12 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
-# The fast path. The Function below is the readable reference; for large same-shaped inputs
-# with a "mean"/"sum" reduction, the functional form and the Module instead call a fused
-# Function that computes the loss and the gradients in one pass during forward (compiled with
-# torch.compile on first use, which takes seconds, or run as plain torch where compiling
-# fails), saves only those gradients, and in backward hands them on, rescaled only when
-# grad_output is not 1. Double backward and torch.func transforms take the reference path.
+# The fast path. The Function below is the readable reference; for large inputs (of one dtype
+# and device, broadcasting together) with a "mean"/"sum" reduction, the functional form and the
+# Module instead call a fused Function that computes the loss and the gradients in one pass
+# during forward (compiled with torch.compile on first use, which takes seconds, or run as
+# plain torch where compiling fails), saves only those gradients (each summed to its tensor's
+# shape), and in backward hands them on, rescaled only when grad_output is not 1. Double backward and torch.func transforms take the reference path.
 # Set FUSED = False to always take the reference path; COMPILE = False to skip torch.compile.
 FUSED = True
 COMPILE = True
@@ -87,7 +87,8 @@ _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
 
 
 def _use_fused(tensors, params, reduction):
-    """Whether the fused path applies: plain same-shaped float tensors, scalar params."""
+    """Whether the fused path applies: plain float tensors of one dtype and device that
+    broadcast together, scalar params."""
     if not FUSED or reduction not in ("mean", "sum"):
         return False
     if _is_compiling is None or _is_compiling():
@@ -103,7 +104,6 @@ def _use_fused(tensors, params, reduction):
             and type(tensor) is torch.Tensor
             and tensor.layout == torch.strided
             and tensor.is_floating_point()
-            and tensor.shape == first.shape
             and tensor.dtype == first.dtype
             and tensor.device == first.device
         ):
@@ -116,7 +116,11 @@ def _use_fused(tensors, params, reduction):
             and param.device == first.device
         ):
             return False
-    return first.numel() >= FUSED_MIN_NUMEL
+    try:
+        shape = torch.broadcast_shapes(*(tensor.shape for tensor in tensors))
+    except RuntimeError:  # the reference Function raises it, outside the compiled code
+        return False
+    return shape.numel() >= FUSED_MIN_NUMEL
 
 
 def _rescaled(grads, grad_output):
@@ -239,12 +243,20 @@ def _run_fused(*args):
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
-        _compiled_fused = torch.compile(_fused, dynamic=True, fullgraph=True)
+        # Sizes are compiled in as constants until one changes; then only the dims that
+        # changed are recompiled as symbolic (torch.compile's automatic dynamic shapes). With
+        # every dim symbolic from the start (dynamic=True), a loop over a class dim of 128
+        # ran ~20% slower.
+        _compiled_fused = torch.compile(_fused, fullgraph=True)
     try:
         return _compiled_fused(*args)
-    except Exception:  # no compiler for this device here: the same code, uncompiled
+    except Exception:
+        # A caller's error (class indices of the wrong shape) raises here too, unchanged,
+        # and leaves compiling on; where the plain code runs, there is no compiler for this
+        # device: it is used from now on.
+        computed = _fused(*args)
         _compiled_fused = _fused
-        return _fused(*args)
+        return computed
 
 
 # The fast path on CUDA: one Triton kernel reads each input once, computes the loss and every
@@ -261,7 +273,9 @@ _triton_kernel = None  # made by _load_triton on first use; False where it canno
 
 
 def _triton_applies(tensors):
-    """Whether the Triton kernel runs for these (same-shaped, same-dtype) tensors."""
+    """Whether the Triton kernel runs for these (same-dtype) tensors: it reads every tensor at
+    the same offsets, so they must have one shape (broadcast ones take the torch fast path).
+    """
     import os
 
     first = tensors[0]
@@ -269,7 +283,9 @@ def _triton_applies(tensors):
         return False
     if first.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         return False
-    if not all(tensor.is_contiguous() for tensor in tensors):
+    if not all(
+        tensor.shape == first.shape and tensor.is_contiguous() for tensor in tensors
+    ):
         return False
     if first.device.type == "cuda":
         return True

@@ -158,15 +158,21 @@ class TorchCodePrinter(ConditionPrinter):
     printmethod = "_lossgen_torch"
 
     def __init__(
-        self, names: Mapping[sp.Symbol, str], like: str, shape: str = "shape"
+        self,
+        names: Mapping[sp.Symbol, str],
+        like: str,
+        shape: str = "shape",
+        compiled: bool = False,
     ) -> None:
         """`names` maps symbols to Python names; `like` names a tensor of the compute dtype;
-        `shape` names the broadcast shape of all arguments (what reductions reduce over).
+        `shape` names the broadcast shape of all arguments (what reductions reduce over);
+        `compiled`: the code is for torch.compile (the fast path), see _print_xlogy.
         """
         super().__init__()
         self._names = dict(names)
         self._like = like
         self._shape = shape
+        self._compiled = compiled
 
     def doprint(self, expr: sp.Basic) -> str:
         missing = unsupported_nodes(expr)
@@ -253,7 +259,14 @@ class TorchCodePrinter(ConditionPrinter):
         # -softplus(-x) is as stable (both are exact to float rounding at every magnitude).
         return f"(-torch.nn.functional.softplus({self._print(-expr.args[0])}))"
 
-    _print_xlogy = _print_Function
+    def _print_xlogy(self, expr: xlogy) -> str:
+        # For torch.compile, the generated helper _xlogy (the same values, written out):
+        # Inductor's CPU code tests xlogy's NaN case with an isnan that it does not vectorize,
+        # measured at 3x the time of the written-out form in a sum over 4M float32 elements.
+        # torch.where needs tensors there, so a number argument keeps torch.xlogy.
+        if self._compiled and not any(arg.is_number for arg in expr.args):
+            return f"_xlogy({self._print(expr.args[0])}, {self._print(expr.args[1])})"
+        return self._print_Function(expr)
 
     def _print_logsumexp(self, expr: logsumexp) -> str:
         # torch.stack needs equal shapes: broadcast first; numbers become 0-dim tensors.
@@ -372,6 +385,8 @@ class TorchCodePrinter(ConditionPrinter):
         return f"torch.full((), {code}, dtype={like}.dtype, device={like}.device)"
 
 
-def print_torch(expr: sp.Basic, names: Mapping[sp.Symbol, str], like: str) -> str:
+def print_torch(
+    expr: sp.Basic, names: Mapping[sp.Symbol, str], like: str, compiled: bool = False
+) -> str:
     """Print one expression; see TorchCodePrinter."""
-    return TorchCodePrinter(names, like).doprint(expr)
+    return TorchCodePrinter(names, like, compiled=compiled).doprint(expr)

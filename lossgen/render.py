@@ -171,6 +171,7 @@ def render_loss(derived: DerivedLoss) -> str:
         "uses_upstream_weight": derived.uses_upstream_weight,
         "saves_output": derived.uses_upstream_weight,
         "uses_one_hot": any("_one_hot(" in code for code in code_so_far),
+        "uses_xlogy": any("_xlogy(" in code for code in code_so_far),
         "along_params": along,
         "triton": _triton_code(derived),
         **_row_triton_context(derived),
@@ -267,12 +268,14 @@ def _fused_code(
     fused = derived.fused
     for step in fused.steps:
         names[step.symbol] = step.symbol.name
+    # printed for torch.compile, which compiles _fused (see TorchCodePrinter._print_xlogy)
     lines = tuple(
-        Line(s.symbol.name, print_torch(s.expr, names, like)) for s in fused.steps
+        Line(s.symbol.name, print_torch(s.expr, names, like, compiled=True))
+        for s in fused.steps
     )
     gradients = []
     for gradient, result in zip(derived.gradients, fused.gradients):
-        code = print_torch(result, names, like)
+        code = print_torch(result, names, like, compiled=True)
         binds_tightly = precedence(result) >= PRECEDENCE["Mul"]
         factor = code if binds_tightly else f"({code})"
         constant = not result.free_symbols
@@ -286,7 +289,8 @@ def _fused_code(
                 _scaled(model, code, factor, constant),
             )
         )
-    return lines, print_torch(fused.loss, names, like), tuple(gradients)
+    loss = print_torch(fused.loss, names, like, compiled=True)
+    return lines, loss, tuple(gradients)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import shutil
 import types
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -127,6 +129,49 @@ def test_fused_double_backward_matches_reference(fused_module) -> None:
             torch.testing.assert_close(got, want)
 
 
+# Tensors of different shapes that broadcast together (loss name -> each value tensor's shape):
+# (N, 1) pair labels against (N, D) embeddings, one soft label row shared by every row (its
+# gradient summed over the rows), both arguments of an elementwise loss broadcast.
+BROADCAST_CASES = {
+    "CosineEmbedding": {"input1": (40, 3), "input2": (40, 3), "y": (40, 1)},
+    "SoftCrossEntropy": {"input": (40, 3), "target": (1, 3)},
+    "MSE": {"input": (40, 1), "target": (1, 5)},
+    "Huber": {"input": (40,), "target": (1,)},
+}
+
+
+@pytest.mark.parametrize("fused_module", list(BROADCAST_CASES), indirect=True)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("grad_scale", [1.0, 2.5])
+def test_broadcast_tensors_take_the_fast_path(
+    fused_module, reduction: str, grad_scale: float
+) -> None:
+    model, module = fused_module
+    case = LossCase(model, module)
+    shapes = BROADCAST_CASES[model.name]
+    generator = torch.Generator().manual_seed(9)
+    args = []
+    for argument in model.arguments:
+        if argument.is_tensor:
+            domain = case.domains[argument.name]
+            value = draw(domain, shapes[argument.name], generator, torch.float64, False)
+        else:
+            value = torch.tensor(param_value(argument, generator), dtype=torch.float64)
+        args.append(value.requires_grad_(argument.differentiable))
+    assert len({a.shape for a in args if a.dim() > 0}) > 1  # the shapes do differ
+    value, grads, leaves = run(module, model, args, reduction, grad_scale=grad_scale)
+    assert type(value.grad_fn).__name__.startswith(f"_{model.name}Fused")
+    expected, expected_grads, _ = reference(
+        module, model, args, reduction, grad_scale=grad_scale
+    )
+    torch.testing.assert_close(value, expected)
+    wanted = [leaf for leaf in leaves if leaf.requires_grad]
+    assert len(grads) == len(expected_grads) > 0
+    for got, want, leaf in zip(grads, expected_grads, wanted):
+        assert got.shape == leaf.shape  # summed back to the broadcast tensor's shape
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("fused_module", ["Huber"], indirect=True)
 def test_reference_path_is_taken_where_fusing_does_not_apply(fused_module) -> None:
     model, module = fused_module
@@ -137,7 +182,9 @@ def test_reference_path_is_taken_where_fusing_does_not_apply(fused_module) -> No
 
     assert function_of(input, target).startswith("_HuberFused")
     assert function_of(input, target, reduction="none").startswith("HuberFunction")
-    assert function_of(input, target[:1]).startswith("HuberFunction")  # broadcast
+    assert function_of(input, target[:1]).startswith("_HuberFused")  # broadcast
+    with pytest.raises(RuntimeError, match="must match the size"):  # not broadcastable
+        module.huber(input, target[:3])
     assert function_of(input, target.float()).startswith("HuberFunction")  # mixed dtype
     assert function_of(input, target, delta.expand(16)).startswith("HuberFunction")
     module.FUSED = False
@@ -197,6 +244,52 @@ def test_compiled_fast_path_matches_reference() -> None:
         assert compiled is module._fused  # no compiler: fell back to plain torch
 
 
+def test_compiled_fast_path_follows_changing_shapes(monkeypatch) -> None:
+    # Compiled for the first shape's sizes, recompiled when the batch and then the class
+    # count change: each call must still agree with the reference Function.
+    model, module = modules()["ChannelsLastCrossEntropy"]
+    monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(module, "_compiled_fused", None)
+    generator = torch.Generator().manual_seed(10)
+    for shape in [(6, 4, 9), (3, 4, 9), (3, 4, 5)]:
+        input = torch.randn(shape, generator=generator, dtype=torch.float64)
+        target = class_indices(torch.Size(shape), -1, generator)
+        x = input.clone().requires_grad_()
+        value = module.channels_last_cross_entropy(x, target, reduction="sum")
+        assert type(value.grad_fn).__name__.startswith("_ChannelsLastCrossEntropyFused")
+        value.backward()
+        y = input.clone().requires_grad_()
+        expected = module.ChannelsLastCrossEntropyFunction.apply(y, target, "sum")
+        expected.backward()
+        torch.testing.assert_close(value, expected)
+        torch.testing.assert_close(x.grad, y.grad)
+    if shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"):
+        assert module._compiled_fused is not module._fused  # compiled, not the fallback
+
+
+def test_a_callers_shape_error_leaves_compiling_on(monkeypatch) -> None:
+    # Class indices are not checked before the fast path: their shape error raises inside the
+    # compiled code; it must reach the caller without turning torch.compile off for good.
+    model, module = modules()["NLL"]
+    monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(module, "_compiled_fused", None)
+    generator = torch.Generator().manual_seed(11)
+    input = torch.randn(8, 5, generator=generator, dtype=torch.float64)
+    x = input.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="broadcast"):
+        module.nll(x, torch.randint(0, 5, (7,), generator=generator))
+    if shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"):
+        assert module._compiled_fused is not module._fused  # still compiled
+    target = torch.randint(0, 5, (8,), generator=generator)
+    value = module.nll(x, target)
+    value.backward()
+    y = input.clone().requires_grad_()
+    expected = module.NLLFunction.apply(y, target, 1.0, -100.0, "mean")
+    expected.backward()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(x.grad, y.grad)
+
+
 def test_torch_compile_of_a_caller_traces_the_reference_function(monkeypatch) -> None:
     # Dynamo imports the module it traces, so this uses the committed generated/huber.py.
     module = importlib.import_module("generated.huber")
@@ -219,6 +312,33 @@ def test_torch_compile_of_a_caller_traces_the_reference_function(monkeypatch) ->
     expected.backward()
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(x.grad, y.grad)
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str
+)
+def test_written_out_xlogy_is_torch_xlogy(dtype: torch.dtype, monkeypatch) -> None:
+    # The fused body calls _xlogy, written out (vectorized by Inductor) where torch.compile
+    # traces it: every special case must agree with torch.xlogy, NaNs included.
+    _, module = modules()["CategoricalKLDiv"]
+    assert "_xlogy" in module._fused.__code__.co_names  # what the fused body calls
+    special = torch.tensor(
+        [0.0, -0.0, 1.0, -1.0, 0.5, 2.0, math.inf, -math.inf, math.nan], dtype=dtype
+    )
+    x, y = special.reshape(-1, 1), special
+    want = torch.xlogy(x, y)
+    graphs = []
+
+    def backend(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        graphs.append(graph.code)
+        return graph.forward
+
+    traced = torch.compile(module._xlogy, backend=backend, fullgraph=True)(x, y)
+    assert len(graphs) == 1 and "xlogy" not in graphs[0]  # written out when compiled
+    monkeypatch.setattr(module, "_is_compiling", lambda: True)  # the same code, eagerly
+    for got in (traced, module._xlogy(x, y)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
 
 
 LINEAR_SPEC = """

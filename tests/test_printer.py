@@ -278,6 +278,17 @@ def test_stable_functions(expr: sp.Expr, expected: Callable) -> None:
     check(expr, expected)
 
 
+def test_xlogy_prints_the_written_out_helper_for_torch_compile() -> None:
+    names = {s: s.name for s in SYMBOLS}
+    compiled = print_torch(2 * xlogy(x, z + 1), names, like="x", compiled=True)
+    assert compiled == "2*_xlogy(x, z + 1)"
+    assert code_of(2 * xlogy(x, z + 1)) == "2*torch.xlogy(x, z + 1)"
+    # a number argument keeps torch.xlogy (the helper's torch.where needs tensors)
+    assert (
+        print_torch(xlogy(x, 2), names, like="x", compiled=True) == "torch.xlogy(x, 2)"
+    )
+
+
 @pytest.mark.parametrize("function", list(FUNCTIONS), ids=lambda f: f.__name__)
 def test_elementwise_function_of_a_tensor(function: type) -> None:
     symbol, torch_op, _ = FUNCTIONS[function]

@@ -172,6 +172,11 @@ def test_triton_applies_only_where_it_can(interpreted, monkeypatch) -> None:
     # not contiguous: the torch fast path
     module.huber(input.view(16, 16).t(), target.view(16, 16).t()).backward()
     assert launches == []
+    # broadcast tensors (the kernel reads every tensor at the same offsets): the torch fast path
+    value = module.huber(input, target[:1])
+    assert type(value.grad_fn).__name__.startswith("_HuberFused")
+    value.backward()
+    assert launches == []
     # without the interpreter, CPU tensors stay in torch
     monkeypatch.delenv("TRITON_INTERPRET")
     module.huber(input, target).backward()
