@@ -16,13 +16,17 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 LOSSES=${LOSSES:-Huber,MSE,BCEWithLogits,LogCosh,SigmoidFocal,GaussianNLL}
 STEPS=${STEPS:-check,bench,blocks}
 if [[ $STEPS == *check* ]]; then
-    timeout 240 python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_triton_cuda.py ${CHECK_TESTS:-} 2>&1 \
+    timeout ${CHECK_TIMEOUT:-240} python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_triton_cuda.py ${CHECK_TESTS:-} 2>&1 \
         | tee "$OUT/check.log" | tail -25
 fi
 if [[ $STEPS == *bench* ]]; then
-    timeout 360 python3 benchmarks/bench.py --device cuda --generated generated --losses "$LOSSES" \
-        --repeats 20 --warmup 3 --markdown "$OUT/bench.md" specs/*.py 2>"$OUT/bench.log" | tail -30
+    timeout ${BENCH_TIMEOUT:-360} python3 benchmarks/bench.py --device cuda --generated generated \
+        --losses "$LOSSES" --repeats 20 --warmup 3 --markdown "$OUT/bench.md" ${BENCH_ARGS:-} \
+        specs/*.py 2>"$OUT/bench.log" | tail -40
 fi
 if [[ $STEPS == *blocks* ]]; then
-    timeout 120 python3 benchmarks/triton_block.py huber mse bce_with_logits 2>&1 | tee "$OUT/blocks.md"
+    timeout ${BLOCKS_TIMEOUT:-120} python3 benchmarks/triton_block.py huber mse bce_with_logits \
+        --profile 2>"$OUT/profile.txt" | tee "$OUT/blocks.md"
+    timeout ${BLOCKS_TIMEOUT:-120} python3 benchmarks/triton_block.py --row 8192x128256 2>&1 \
+        | tee "$OUT/row_blocks.md"
 fi

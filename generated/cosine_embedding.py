@@ -438,7 +438,7 @@ def _load_triton():
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         margin = tl.load(margin_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1, tmp2, tmp3
-        # (sums kept per lane, summed across lanes once, after the loop)
+        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
         _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
         _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
         _tmp2_sum = tl.full([row_block], 0.0, compute_dtype)

@@ -636,8 +636,8 @@ def _load_triton():
         label_smoothing = tl.load(label_smoothing_ptr).to(compute_dtype)
         ignore_index = tl.load(ignore_index_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1, tmp2, tmp3, tmp4
-        # (sums kept per lane, summed across lanes once, after the loop)
-        _tmp0_max = tl.full([], float("-inf"), compute_dtype)
+        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
+        _tmp0_max = tl.full([row_block], float("-inf"), compute_dtype)
         _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
         _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
         _tmp2_sum = tl.full([row_block], 0.0, compute_dtype)
@@ -651,12 +651,14 @@ def _load_triton():
             ).to(compute_dtype)
             tmp5 = (target == columns).to(compute_dtype)
             tmp6 = weight * tmp5
-            # online: per lane, the sum of exp(body - max), rescaled where the max grows
+            # online, per lane: the sum of exp(body - max), rescaled where the max grows (a
+            # lane that has seen only -inf keeps 0: exp(-inf - -inf) would be NaN)
             _tmp0_body = tl.where(in_row, input, float("-inf"))
-            _tmp0_new = tl.maximum(_tmp0_max, tl.max(_tmp0_body, axis=0))
+            _tmp0_new = tl.maximum(_tmp0_max, _tmp0_body)
+            _tmp0_shift = tl.where(_tmp0_new == float("-inf"), 0.0, _tmp0_new)
             _tmp0_sum = _tmp0_sum * libdevice.exp(
-                _tmp0_max - _tmp0_new
-            ) + libdevice.exp(_tmp0_body - _tmp0_new)
+                _tmp0_max - _tmp0_shift
+            ) + libdevice.exp(_tmp0_body - _tmp0_shift)
             _tmp0_max = _tmp0_new
             _tmp1_sum += tl.where(in_row, -tmp6, 0.0)
             _tmp2_sum += tl.where(in_row, tmp6 * input, 0.0)
@@ -672,7 +674,11 @@ def _load_triton():
                 ),
                 0.0,
             )
-        tmp0 = _tmp0_max + libdevice.log(tl.sum(_tmp0_sum))
+        _tmp0_top = tl.max(_tmp0_max, axis=0)
+        _tmp0_shift = tl.where(_tmp0_top == float("-inf"), 0.0, _tmp0_top)
+        tmp0 = _tmp0_top + libdevice.log(
+            tl.sum(_tmp0_sum * libdevice.exp(_tmp0_max - _tmp0_shift))
+        )
         tmp1 = tl.sum(_tmp1_sum)
         tmp2 = tl.sum(_tmp2_sum)
         tmp3 = tl.sum(_tmp3_sum) / row_size

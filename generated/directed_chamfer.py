@@ -407,8 +407,9 @@ def _load_triton():
         row_offset = row * row_size
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0
-        tmp0 = tl.full([], float("inf"), compute_dtype)
-        tmp1 = tl.full([], 0.0, compute_dtype)  # ties of tmp0
+        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
+        _tmp0_lane = tl.full([row_block], float("inf"), compute_dtype)
+        _tmp1_lane = tl.full([row_block], 0.0, compute_dtype)  # ties of tmp0
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
@@ -417,13 +418,15 @@ def _load_triton():
             ).to(compute_dtype)
             _tmp0_body = distances
             _tmp0_new = tl.minimum(
-                tmp0, tl.min(tl.where(in_row, _tmp0_body, float("inf")), axis=0)
+                _tmp0_lane, tl.where(in_row, _tmp0_body, float("inf"))
             )
-            # the ties so far, restarted where the extreme moves
-            tmp1 = tl.where(tmp0 == _tmp0_new, tmp1, 0.0) + tl.sum(
-                (in_row & (_tmp0_body == _tmp0_new)).to(compute_dtype)
-            )
-            tmp0 = _tmp0_new
+            # per lane, the ties so far, restarted where the lane's extreme moves
+            _tmp1_lane = tl.where(_tmp0_lane == _tmp0_new, _tmp1_lane, 0.0) + (
+                in_row & (_tmp0_body == _tmp0_new)
+            ).to(compute_dtype)
+            _tmp0_lane = _tmp0_new
+        tmp0 = tl.min(_tmp0_lane, axis=0)
+        tmp1 = tl.sum(tl.where(_tmp0_lane == tmp0, _tmp1_lane, 0.0))
         # the row's loss; the last pass writes the gradients
         tl.store(loss_ptr + row, tmp0 * upstream)
         if last_pass:

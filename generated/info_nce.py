@@ -424,9 +424,9 @@ def _load_triton():
         positive = tl.load(positive_ptr + row)
         temperature = tl.load(temperature_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1
-        # (sums kept per lane, summed across lanes once, after the loop)
+        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
         _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
-        _tmp1_max = tl.full([], float("-inf"), compute_dtype)
+        _tmp1_max = tl.full([row_block], float("-inf"), compute_dtype)
         _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
@@ -437,15 +437,21 @@ def _load_triton():
             _tmp0_sum += tl.where(
                 in_row, similarity * (positive == columns).to(compute_dtype), 0.0
             )
-            # online: per lane, the sum of exp(body - max), rescaled where the max grows
+            # online, per lane: the sum of exp(body - max), rescaled where the max grows (a
+            # lane that has seen only -inf keeps 0: exp(-inf - -inf) would be NaN)
             _tmp1_body = tl.where(in_row, similarity / temperature, float("-inf"))
-            _tmp1_new = tl.maximum(_tmp1_max, tl.max(_tmp1_body, axis=0))
+            _tmp1_new = tl.maximum(_tmp1_max, _tmp1_body)
+            _tmp1_shift = tl.where(_tmp1_new == float("-inf"), 0.0, _tmp1_new)
             _tmp1_sum = _tmp1_sum * libdevice.exp(
-                _tmp1_max - _tmp1_new
-            ) + libdevice.exp(_tmp1_body - _tmp1_new)
+                _tmp1_max - _tmp1_shift
+            ) + libdevice.exp(_tmp1_body - _tmp1_shift)
             _tmp1_max = _tmp1_new
         tmp0 = tl.sum(_tmp0_sum)
-        tmp1 = _tmp1_max + libdevice.log(tl.sum(_tmp1_sum))
+        _tmp1_top = tl.max(_tmp1_max, axis=0)
+        _tmp1_shift = tl.where(_tmp1_top == float("-inf"), 0.0, _tmp1_top)
+        tmp1 = _tmp1_top + libdevice.log(
+            tl.sum(_tmp1_sum * libdevice.exp(_tmp1_max - _tmp1_shift))
+        )
         # the row's loss; the last pass writes the gradients
         tmp2 = 1 / temperature
         tl.store(loss_ptr + row, (-tmp0 * tmp2 + tmp1) * upstream)

@@ -414,7 +414,7 @@ def _load_triton():
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         weight = tl.load(weight_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0
-        # (sums kept per lane, summed across lanes once, after the loop)
+        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
         _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)

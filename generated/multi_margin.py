@@ -482,7 +482,7 @@ def _load_triton():
         weight = tl.load(weight_ptr).to(compute_dtype)
         margin = tl.load(margin_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1
-        # (sums kept per lane, summed across lanes once, after the loop)
+        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
         _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
         _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
@@ -497,7 +497,7 @@ def _load_triton():
         tmp0 = tl.sum(_tmp0_sum)
         tmp1 = tl.sum(_tmp1_sum)
         # pass 2 over the row: tmp2, tmp3
-        # (sums kept per lane, summed across lanes once, after the loop)
+        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
         _tmp2_sum = tl.full([row_block], 0.0, compute_dtype)
         _tmp3_sum = tl.full([row_block], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):

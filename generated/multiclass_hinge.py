@@ -417,10 +417,10 @@ def _load_triton():
         target = tl.load(target_ptr + row)
         margin = tl.load(margin_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1
-        # (sums kept per lane, summed across lanes once, after the loop)
+        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
         _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
-        tmp1 = tl.full([], float("-inf"), compute_dtype)
-        tmp2 = tl.full([], 0.0, compute_dtype)  # ties of tmp1
+        _tmp1_lane = tl.full([row_block], float("-inf"), compute_dtype)
+        _tmp2_lane = tl.full([row_block], 0.0, compute_dtype)  # ties of tmp1
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
@@ -431,14 +431,16 @@ def _load_triton():
             _tmp0_sum += tl.where(in_row, tmp3 * input, 0.0)
             _tmp1_body = margin * (1 - tmp3) + input
             _tmp1_new = tl.maximum(
-                tmp1, tl.max(tl.where(in_row, _tmp1_body, float("-inf")), axis=0)
+                _tmp1_lane, tl.where(in_row, _tmp1_body, float("-inf"))
             )
-            # the ties so far, restarted where the extreme moves
-            tmp2 = tl.where(tmp1 == _tmp1_new, tmp2, 0.0) + tl.sum(
-                (in_row & (_tmp1_body == _tmp1_new)).to(compute_dtype)
-            )
-            tmp1 = _tmp1_new
+            # per lane, the ties so far, restarted where the lane's extreme moves
+            _tmp2_lane = tl.where(_tmp1_lane == _tmp1_new, _tmp2_lane, 0.0) + (
+                in_row & (_tmp1_body == _tmp1_new)
+            ).to(compute_dtype)
+            _tmp1_lane = _tmp1_new
         tmp0 = tl.sum(_tmp0_sum)
+        tmp1 = tl.max(_tmp1_lane, axis=0)
+        tmp2 = tl.sum(tl.where(_tmp1_lane == tmp1, _tmp2_lane, 0.0))
         # the row's loss; the last pass writes the gradients
         tl.store(loss_ptr + row, (-tmp0 + tmp1) * upstream)
         if last_pass:

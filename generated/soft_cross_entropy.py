@@ -396,8 +396,8 @@ def _load_triton():
         row_offset = row * row_size
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1, tmp2, tmp3
-        # (sums kept per lane, summed across lanes once, after the loop)
-        _tmp0_max = tl.full([], float("-inf"), compute_dtype)
+        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
+        _tmp0_max = tl.full([row_block], float("-inf"), compute_dtype)
         _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
         _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
         _tmp2_sum = tl.full([row_block], 0.0, compute_dtype)
@@ -411,17 +411,23 @@ def _load_triton():
             target = tl.load(
                 target_ptr + row_offset + columns, mask=in_row, other=0.0
             ).to(compute_dtype)
-            # online: per lane, the sum of exp(body - max), rescaled where the max grows
+            # online, per lane: the sum of exp(body - max), rescaled where the max grows (a
+            # lane that has seen only -inf keeps 0: exp(-inf - -inf) would be NaN)
             _tmp0_body = tl.where(in_row, input, float("-inf"))
-            _tmp0_new = tl.maximum(_tmp0_max, tl.max(_tmp0_body, axis=0))
+            _tmp0_new = tl.maximum(_tmp0_max, _tmp0_body)
+            _tmp0_shift = tl.where(_tmp0_new == float("-inf"), 0.0, _tmp0_new)
             _tmp0_sum = _tmp0_sum * libdevice.exp(
-                _tmp0_max - _tmp0_new
-            ) + libdevice.exp(_tmp0_body - _tmp0_new)
+                _tmp0_max - _tmp0_shift
+            ) + libdevice.exp(_tmp0_body - _tmp0_shift)
             _tmp0_max = _tmp0_new
             _tmp1_sum += tl.where(in_row, -target, 0.0)
             _tmp2_sum += tl.where(in_row, input * target, 0.0)
             _tmp3_sum += tl.where(in_row, target, 0.0)
-        tmp0 = _tmp0_max + libdevice.log(tl.sum(_tmp0_sum))
+        _tmp0_top = tl.max(_tmp0_max, axis=0)
+        _tmp0_shift = tl.where(_tmp0_top == float("-inf"), 0.0, _tmp0_top)
+        tmp0 = _tmp0_top + libdevice.log(
+            tl.sum(_tmp0_sum * libdevice.exp(_tmp0_max - _tmp0_shift))
+        )
         tmp1 = tl.sum(_tmp1_sum)
         tmp2 = tl.sum(_tmp2_sum)
         tmp3 = tl.sum(_tmp3_sum)
