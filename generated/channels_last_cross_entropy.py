@@ -326,11 +326,16 @@ def _run_fused(*args):
 # Set TRITON = False to keep the fast path in torch on CUDA too.
 TRITON = True
 # Elements of a row per loop step (a power of two; rows shorter than it take the next power
-# of two above their length) and warps per program. Larger blocks keep more loads in flight
-# per program, but each sum is kept per lane: ptxas (sm_90) fits cross-entropy's five in 113
-# registers at 4096 elements and 16 warps, and spills at 8192. Not yet timed on a GPU.
-ROW_BLOCK = 4096
-ROW_WARPS = 16
+# of two above their length) and warps per program. Each sum is kept per lane, so a larger
+# block holds more registers and fewer programs fit on a multiprocessor: of 2048/8, 4096/8,
+# 4096/16, 8192/16 and 16384/32, 2048/8 was fastest for cross-entropy at 8192 x 128256 on an
+# H200 (benchmarks/RESULTS.md).
+ROW_BLOCK = 2048
+ROW_WARPS = 8
+# Rows shorter than this take the compiled torch path: one program per row leaves the GPU idle
+# on short rows (on an H200, rows of 128 and 1024 ran 1.3-4x slower than torch.compile's
+# code, and rows of 128256 faster; lengths between were not measured).
+ROW_MIN = 8192
 # Set GRAD_IN_PLACE = True to write the gradient of input over input itself (as Liger
 # Kernel's cross-entropy does), where it is the only gradient asked for and input was
 # computed by an op autograd recorded (not a leaf, whose .grad would share its memory, nor a
@@ -452,6 +457,8 @@ def _run_triton(input, target, reduction, needs_grad):
         return None
     if input.dim() == 0:
         return None  # rows are not contiguous: the reduced dim is not the last
+    if input.shape[-1] < ROW_MIN:
+        return None  # short rows: the compiled torch path is faster (see ROW_MIN)
     if not (
         target.shape == input.shape[:-1]
         and target.dtype in (torch.int32, torch.int64)

@@ -559,11 +559,16 @@ def _run_fused(*args):
 # Set TRITON = False to keep the fast path in torch on CUDA too.
 TRITON = True
 # Elements of a row per loop step (a power of two; rows shorter than it take the next power
-# of two above their length) and warps per program. Larger blocks keep more loads in flight
-# per program, but each sum is kept per lane: ptxas (sm_90) fits cross-entropy's five in 113
-# registers at 4096 elements and 16 warps, and spills at 8192. Not yet timed on a GPU.
-ROW_BLOCK = 4096
-ROW_WARPS = 16
+# of two above their length) and warps per program. Each sum is kept per lane, so a larger
+# block holds more registers and fewer programs fit on a multiprocessor: of 2048/8, 4096/8,
+# 4096/16, 8192/16 and 16384/32, 2048/8 was fastest for cross-entropy at 8192 x 128256 on an
+# H200 (benchmarks/RESULTS.md).
+ROW_BLOCK = 2048
+ROW_WARPS = 8
+# Rows shorter than this take the compiled torch path: one program per row leaves the GPU idle
+# on short rows (on an H200, rows of 128 and 1024 ran 1.3-4x slower than torch.compile's
+# code, and rows of 128256 faster; lengths between were not measured).
+ROW_MIN = 8192
 # Set GRAD_IN_PLACE = True to write the gradient of input over input itself (as Liger
 # Kernel's cross-entropy does), where it is the only gradient asked for and input was
 # computed by an op autograd recorded (not a leaf, whose .grad would share its memory, nor a
@@ -753,6 +758,26 @@ def _weight_total(input, target, weight, label_smoothing, ignore_index):
     )
 
 
+_weight_total_compiled = None
+
+
+def _compiled_weight_total(*args):
+    """torch.compile(_weight_total): one reduction that never writes the one-hot (as many
+    elements as the logits; as plain torch it took longer than the row kernel, ncu, H200);
+    _weight_total itself where compiling is off or fails."""
+    global _weight_total_compiled
+    if not COMPILE:
+        return _weight_total(*args)
+    if _weight_total_compiled is None:
+        _weight_total_compiled = torch.compile(_weight_total, fullgraph=True)
+    try:
+        return _weight_total_compiled(*args)
+    except Exception:  # as _run_fused: a caller's error raises unchanged
+        computed = _weight_total(*args)
+        _weight_total_compiled = _weight_total
+        return computed
+
+
 def _run_triton(
     input, target, weight, label_smoothing, ignore_index, reduction, needs_grad
 ):
@@ -764,6 +789,8 @@ def _run_triton(
         return None
     if input.dim() != 2:
         return None  # rows are not contiguous: the reduced dim is not the last
+    if input.shape[-1] < ROW_MIN:
+        return None  # short rows: the compiled torch path is faster (see ROW_MIN)
     if not (
         target.shape == input.shape[:-1]
         and target.dtype in (torch.int32, torch.int64)
@@ -781,7 +808,7 @@ def _run_triton(
     partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     upstream = torch.ones((), dtype=partial_dtype, device=input.device)
     if reduction == "mean":
-        upstream = 1 / _weight_total(
+        upstream = 1 / _compiled_weight_total(
             input, target, weight, label_smoothing, ignore_index
         ).to(partial_dtype)
     loss_rows = input.new_empty(rows, dtype=partial_dtype)

@@ -162,6 +162,7 @@ def interpreted(monkeypatch: pytest.MonkeyPatch, libdevice_on_cpu):
         monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
         monkeypatch.setattr(module, "COMPILE", False)
         monkeypatch.setattr(module, "ROW_BLOCK", ROW_BLOCK)
+        monkeypatch.setattr(module, "ROW_MIN", 0)  # short rows, several blocks each
         # the kernel made again, interpreted; the libdevice it calls, runnable there
         monkeypatch.setattr(module, "_triton_kernel", module._load_triton())
         monkeypatch.setattr(module, "libdevice", libdevice_on_cpu)
@@ -512,6 +513,7 @@ def test_a_failing_row_kernel_falls_back_to_torch_with_a_warning(monkeypatch) ->
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
     monkeypatch.setattr(module, "COMPILE", False)
+    monkeypatch.setattr(module, "ROW_MIN", 0)
     load = module._load_triton
 
     def broken():
@@ -539,3 +541,41 @@ def test_the_generated_files_say_which_kernel_they_have() -> None:
         text = path.read_text(encoding="utf-8")
         if "def _run_triton" in text:
             assert ("TRITON_BLOCK = " in text) != ("ROW_BLOCK = " in text), path.name
+
+
+def test_short_rows_take_the_compiled_path(interpreted, monkeypatch) -> None:
+    model = MODELS["SoftCrossEntropy"]
+    module = module_of(model)
+    launches = interpreted(module)
+    monkeypatch.setattr(module, "ROW_MIN", ROW + 1)
+    args = arguments(model, torch.float64, seed=41)
+    compare(model, module, args, [0], "mean", 1.0)
+    assert launches == []
+    monkeypatch.setattr(module, "ROW_MIN", ROW)
+    compare(model, module, args, [0], "mean", 1.0)
+    assert launches == [5]
+
+
+@pytest.mark.slow
+def test_the_weighted_means_total_is_compiled_to_the_same_value(monkeypatch) -> None:
+    # The row kernel's weighted mean divides by this total; compiled, it never writes the
+    # one-hot. Class weights, an ignored row.
+    module = module_of(MODELS["CrossEntropy"])
+    generator = torch.Generator().manual_seed(43)
+    input = torch.randn(6, 50, generator=generator, dtype=torch.float64)
+    target = torch.randint(0, 50, (6,), generator=generator)
+    target[2] = 7
+    weight = torch.rand(50, generator=generator, dtype=torch.float64) + 0.5
+    params = [weight, torch.tensor(0.1, dtype=torch.float64), torch.tensor(7.0)]
+    expected = weight[target].sum() - weight[7]
+    monkeypatch.setattr(module, "_weight_total_compiled", None)
+    monkeypatch.setattr(module, "COMPILE", False)
+    torch.testing.assert_close(
+        module._compiled_weight_total(input, target, *params), expected
+    )
+    assert module._weight_total_compiled is None  # not compiled with COMPILE off
+    monkeypatch.setattr(module, "COMPILE", True)
+    torch.testing.assert_close(
+        module._compiled_weight_total(input, target, *params), expected
+    )
+    assert module._weight_total_compiled not in (None, module._weight_total)

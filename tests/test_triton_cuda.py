@@ -190,6 +190,7 @@ def test_row_kernel_matches_reference_on_gpu(
     model = ROW_MODELS[name]
     module = module_of(model)
     monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(module, "ROW_MIN", 0)
     monkeypatch.setattr(
         module, "ROW_BLOCK", 1024
     )  # 3001 elements: 3 blocks, the last partial
