@@ -45,8 +45,9 @@ def main() -> int:
         row_sweep(rows, classes, configs)
     blocks = [int(b) for b in args.blocks.split(",")]
     header = [f"{kind} {b}" for b in blocks for kind in ("kernel", "step")]
-    print("| loss | " + " | ".join(header) + " | best kernel TB/s |")
-    print("|---|" + "---|" * (len(header) + 1))
+    if args.modules:
+        print("| loss | " + " | ".join(header) + " | best kernel TB/s |")
+        print("|---|" + "---|" * (len(header) + 1))
     for name in args.modules:
         module = importlib.import_module(f"generated.{name}")
         functional = getattr(module, name)
