@@ -106,3 +106,57 @@ def libdevice_on_cpu():
     )
     yield cuda_libdevice
     scope.restore()
+
+
+def value_and_grads(call, args, wanted, reduction, grad_scale, keyword=True):
+    """`call(*args, reduction)` and the gradients of its value times `grad_scale` with respect
+    to the arguments at the positions `wanted` (each tensor a fresh leaf; floats as they are).
+    """
+    leaves = [
+        (
+            a.detach().clone().requires_grad_(index in wanted)
+            if hasattr(a, "detach")
+            else a
+        )
+        for index, a in enumerate(args)
+    ]
+    if keyword:
+        value = call(*leaves, reduction=reduction)
+    else:  # Function.apply takes no keywords
+        value = call(*leaves, reduction)
+    import torch  # here: conftest imports no torch for tests that do not need it
+
+    grads = torch.autograd.grad(value * grad_scale, [leaves[i] for i in wanted])
+    return value, grads
+
+
+def counted_launches(module, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The programs of each Triton launch of a generated module, recorded as it runs."""
+    launches: list[int] = []
+    launch = module._launch_triton
+
+    def counted(programs, *args, **kwargs):
+        launches.append(programs)
+        return launch(programs, *args, **kwargs)
+
+    monkeypatch.setattr(module, "_launch_triton", counted)
+    return launches
+
+
+@pytest.fixture
+def interpreted_kernel(monkeypatch: pytest.MonkeyPatch, libdevice_on_cpu):
+    """A generated module set to run its Triton kernel under the interpreter, with the module
+    constants given (e.g. a small block size), counting launches."""
+
+    def setup(module, **constants) -> list[int]:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+        monkeypatch.setattr(module, "COMPILE", False)
+        for name, value in constants.items():
+            monkeypatch.setattr(module, name, value)
+        # the kernel made again, interpreted; the libdevice it calls, runnable there
+        monkeypatch.setattr(module, "_triton_kernel", module._load_triton())
+        monkeypatch.setattr(module, "libdevice", libdevice_on_cpu)
+        return counted_launches(module, monkeypatch)
+
+    return setup

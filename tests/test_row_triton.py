@@ -9,6 +9,7 @@ triton is a test dependency (the `test` extra): these tests fail, not skip, with
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
@@ -23,7 +24,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime import JITFunction
 
-from conftest import ROOT
+from conftest import ROOT, value_and_grads
 from lossgen.api import load_models
 from lossgen.model import LossModel
 from lossgen.row_kernel import polynomial_terms
@@ -140,43 +141,10 @@ def arguments(
     return values
 
 
-def value_and_grads(call, args, wanted, reduction, grad_scale, keyword=True):
-    leaves = [
-        a.detach().clone().requires_grad_(index in wanted)
-        for index, a in enumerate(args)
-    ]
-    if keyword:
-        value = call(*leaves, reduction=reduction)
-    else:  # Function.apply takes no keywords
-        value = call(*leaves, reduction)
-    grads = torch.autograd.grad(value * grad_scale, [leaves[i] for i in wanted])
-    return value, grads
-
-
 @pytest.fixture
-def interpreted(monkeypatch: pytest.MonkeyPatch, libdevice_on_cpu):
-    """A generated module set to run its row kernel under the interpreter, counting launches."""
-
-    def setup(module: types.ModuleType) -> list[int]:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
-        monkeypatch.setattr(module, "COMPILE", False)
-        monkeypatch.setattr(module, "ROW_BLOCK", ROW_BLOCK)
-        monkeypatch.setattr(module, "ROW_MIN", 0)  # short rows, several blocks each
-        # the kernel made again, interpreted; the libdevice it calls, runnable there
-        monkeypatch.setattr(module, "_triton_kernel", module._load_triton())
-        monkeypatch.setattr(module, "libdevice", libdevice_on_cpu)
-        launches = []
-        launch = module._launch_triton
-
-        def counted(rows, *args, **kwargs):
-            launches.append(rows)
-            return launch(rows, *args, **kwargs)
-
-        monkeypatch.setattr(module, "_launch_triton", counted)
-        return launches
-
-    return setup
+def interpreted(interpreted_kernel):
+    """interpreted_kernel with rows of several blocks, the last partial."""
+    return functools.partial(interpreted_kernel, ROW_BLOCK=ROW_BLOCK, ROW_MIN=0)
 
 
 def kernel_gradients(model: LossModel) -> list[int]:

@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime import JITFunction
 
-from conftest import ROOT, repository_derived, repository_files
+from conftest import ROOT, repository_derived, repository_files, value_and_grads
 from lossgen.api import generate
 from lossgen.model import LossModel
 from lossgen.printer import UnsupportedExpressionError
@@ -77,44 +77,10 @@ def arguments(
     return values
 
 
-def value_and_grads(call, args, wanted, reduction, grad_scale, keyword=True):
-    leaves = [
-        a.detach().clone().requires_grad_(index in wanted)
-        for index, a in enumerate(args)
-    ]
-    if keyword:
-        value = call(*leaves, reduction=reduction)
-    else:  # Function.apply takes no keywords
-        value = call(*leaves, reduction)
-    grads = torch.autograd.grad(value * grad_scale, [leaves[i] for i in wanted])
-    return value, grads
-
-
 @pytest.fixture
-def interpreted(monkeypatch: pytest.MonkeyPatch, libdevice_on_cpu):
-    """A generated module set to run its Triton kernel under the interpreter, counting launches."""
-
-    def setup(module: types.ModuleType) -> list[int]:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
-        monkeypatch.setattr(module, "COMPILE", False)
-        monkeypatch.setattr(
-            module, "TRITON_BLOCK", 128
-        )  # several programs, the last partial
-        # the kernel made again, interpreted; the libdevice it calls, runnable there
-        monkeypatch.setattr(module, "_triton_kernel", module._load_triton())
-        monkeypatch.setattr(module, "libdevice", libdevice_on_cpu)
-        launches = []
-        launch = module._launch_triton
-
-        def counted(blocks, *args, **kwargs):
-            launches.append(blocks)
-            return launch(blocks, *args, **kwargs)
-
-        monkeypatch.setattr(module, "_launch_triton", counted)
-        return launches
-
-    return setup
+def interpreted(interpreted_kernel):
+    """interpreted_kernel with several programs per loss, the last partial."""
+    return functools.partial(interpreted_kernel, TRITON_BLOCK=128)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

@@ -20,7 +20,7 @@ import torch
 from test_row_triton import MODELS as ROW_MODELS
 from test_row_triton import ROW_LOSSES, arguments, kernel_gradients, module_of
 
-from conftest import ROOT, SPEC_ARGS
+from conftest import ROOT, SPEC_ARGS, counted_launches, value_and_grads
 from lossgen.api import load_models
 from lossgen.model import LossModel
 from lossgen.verify import MAGNITUDES, LossCase, Sample, switch_functions
@@ -94,21 +94,12 @@ def samples(case: LossCase, dtype: torch.dtype) -> list[tuple[str, Sample]]:
     return [(label, on_gpu(sample, dtype)) for label, sample in found]
 
 
-def value_and_grads(
+def sample_value_and_grads(
     call, sample: Sample, reduction: str, grad_output: float, keyword: bool
 ):
-    leaves = [
-        (
-            v.detach().clone().requires_grad_(i in sample.grad_positions)
-            if isinstance(v, torch.Tensor)
-            else v
-        )
-        for i, v in enumerate(sample.values)
-    ]
-    value = call(*leaves, reduction=reduction) if keyword else call(*leaves, reduction)
-    wanted = [leaves[i] for i in sample.grad_positions]
-    grads = torch.autograd.grad(value * grad_output, wanted)
-    return value, grads
+    return value_and_grads(
+        call, sample.values, sample.grad_positions, reduction, grad_output, keyword
+    )
 
 
 def assert_agree(
@@ -134,26 +125,19 @@ def test_kernel_matches_reference_on_gpu(
 ) -> None:
     model, module, case = loss_case(name)
     monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)  # small kink samples too
-    launches = []
-    launch = module._launch_triton
-
-    def counted(blocks, *args, **kwargs):
-        launches.append(blocks)
-        return launch(blocks, *args, **kwargs)
-
-    monkeypatch.setattr(module, "_launch_triton", counted)
+    launches = counted_launches(module, monkeypatch)
     functional = getattr(module, model.snake_name)
     function = getattr(module, f"{model.name}Function")
     calls = 0
     for label, sample in samples(case, dtype):
         for reduction, grad_output in (("mean", 1.0), ("sum", 2.5)):
             where = f"{name}, {label}, {reduction}"
-            value, grads = value_and_grads(
+            value, grads = sample_value_and_grads(
                 functional, sample, reduction, grad_output, True
             )
             assert type(value.grad_fn).__name__.startswith(f"_{model.name}Fused"), where
             calls += 1
-            want, want_grads = value_and_grads(
+            want, want_grads = sample_value_and_grads(
                 function.apply, sample, reduction, grad_output, False
             )
             assert_agree(value, want, TOLERANCE[dtype], where)
@@ -194,14 +178,7 @@ def test_row_kernel_matches_reference_on_gpu(
     monkeypatch.setattr(
         module, "ROW_BLOCK", 1024
     )  # 3001 elements: 3 blocks, the last partial
-    launches = []
-    launch = module._launch_triton
-
-    def counted(rows, *args, **kwargs):
-        launches.append(rows)
-        return launch(rows, *args, **kwargs)
-
-    monkeypatch.setattr(module, "_launch_triton", counted)
+    launches = counted_launches(module, monkeypatch)
     row = 3001
     shape = (64, row) if 1 in _row_dims(model) else (4, 16, row)
     values = [a.to("cuda") for a in arguments(model, dtype, seed=31, shape=shape)]
@@ -224,15 +201,17 @@ def test_row_kernel_matches_reference_on_gpu(
         )
         for reduction, grad_output in (("mean", 1.0), ("sum", 2.5)):
             where = f"{name}, {label}, {reduction}"
-            got = value_and_grads(functional, sample, reduction, grad_output, True)
+            got = sample_value_and_grads(
+                functional, sample, reduction, grad_output, True
+            )
             assert type(got[0].grad_fn).__name__.startswith(
                 f"_{model.name}Fused"
             ), where
             calls += 1
-            want = value_and_grads(
+            want = sample_value_and_grads(
                 function.apply, sample, reduction, grad_output, False
             )
-            truth = value_and_grads(
+            truth = sample_value_and_grads(
                 function.apply, exact, reduction, grad_output, False
             )
             for index, (a, b, c) in enumerate(
