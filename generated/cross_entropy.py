@@ -566,7 +566,7 @@ TRITON = True
 ROW_BLOCK = 2048
 ROW_WARPS = 8
 # Rows shorter than this take the compiled torch path: one program per row leaves the GPU idle
-# on short rows (on an H200, rows of 128 and 1024 ran 1.3-4x slower than torch.compile's
+# on short rows (on an H200, rows of 128 and 1024 ran 1.3-4.4x slower than torch.compile's
 # code, and rows of 128256 faster; lengths between were not measured).
 ROW_MIN = 8192
 # Set GRAD_IN_PLACE = True to write the gradient of input over input itself (as Liger

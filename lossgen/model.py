@@ -39,6 +39,7 @@ GENERATED_CODE_NAMES = frozenset(
         "FUSED",
         "COMPILE",
         "FUSED_MIN_NUMEL",
+        "RESCALE_SYNC_MIN_NUMEL",
     }
     # reductions over dims
     | {"upstream_weight", "weight_total", "keepdim_shape"}
@@ -51,6 +52,7 @@ GENERATED_CODE_NAMES = frozenset(
     | {
         "ROW_BLOCK",
         "ROW_WARPS",
+        "ROW_MIN",
         "GRAD_IN_PLACE",
         "row",
         "rows",

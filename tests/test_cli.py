@@ -232,7 +232,7 @@ def test_python_dash_m_lossgen(tmp_path: Path) -> None:
     ).read_text()
 
 
-def test_parallel_build_gives_the_serial_build(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parallel_build_gives_the_serial_build() -> None:
     specs = ["specs/ranking.py", "specs/tutorial.py"]
     parallel = lossgen.generate(specs, jobs=2)
     assert len(parallel) > 3  # several losses, so two processes shared them

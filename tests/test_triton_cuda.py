@@ -18,7 +18,13 @@ import types
 import pytest
 import torch
 from test_row_triton import MODELS as ROW_MODELS
-from test_row_triton import ROW_LOSSES, arguments, kernel_gradients, module_of
+from test_row_triton import (
+    ROW_LOSSES,
+    _dims,
+    arguments,
+    kernel_gradients,
+    module_of,
+)
 
 from conftest import ROOT, SPEC_ARGS, counted_launches, value_and_grads
 from lossgen.api import load_models
@@ -180,7 +186,7 @@ def test_row_kernel_matches_reference_on_gpu(
     )  # 3001 elements: 3 blocks, the last partial
     launches = counted_launches(module, monkeypatch)
     row = 3001
-    shape = (64, row) if 1 in _row_dims(model) else (4, 16, row)
+    shape = (64, row) if 1 in _dims(model) else (4, 16, row)
     values = [a.to("cuda") for a in arguments(model, dtype, seed=31, shape=shape)]
     for index, argument in enumerate(model.arguments):
         if argument.name == "target" and argument.index_of is not None:
@@ -230,9 +236,3 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     difference = torch.linalg.vector_norm((got - want).detach()[finite].double())
     scale = torch.linalg.vector_norm(want.detach()[finite].double())
     return float(difference / scale) if scale > 0 else float(difference > 0)
-
-
-def _row_dims(model: LossModel) -> set[int]:
-    from lossgen.reductions import all_dims
-
-    return set(all_dims(model.expr))
