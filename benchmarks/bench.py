@@ -15,8 +15,10 @@ differentiable tensor require grad) it times one step, `loss = f(...); loss.back
   `TRITON = False`),
 - fused-compile (CUDA only): the fast path through torch.compile instead of the Triton kernel
   (`TRITON = False`): what the Triton kernel gains over Inductor's fusion of the same body,
-- generated-multiply (CUDA only): the generated code with the saved gradient multiplied by
-  grad_output = 1 in backward instead of the host sync that skips it (RESCALE_SYNC_MIN_NUMEL),
+- generated-sync, generated-multiply (CUDA only): the generated code without its rescale
+  kernel (which multiplies the saved gradient by grad_output on the GPU only where it is not 1):
+  the host reads grad_output back to skip the multiply (a sync, RESCALE_SYNC_MIN_NUMEL), or
+  multiplies by grad_output = 1,
 - reference: the generated readable Function alone (what `FUSED = False` gives; it is the
   whole generated code of lossgen v0),
 - eager: the loss expression exactly as written in the spec, printed by `lossgen.printer`
@@ -458,7 +460,13 @@ def contenders(
             stepper(functional, tensors, params, grads, module, **triton),
         )
     if device.startswith("cuda") and hasattr(module, "RESCALE_SYNC_MIN_NUMEL"):
-        # the saved gradient multiplied by grad_output = 1 instead of the sync that skips it
+        # Without the rescale kernel (as where triton is missing): the host asks whether
+        # grad_output is 1 (a sync), or multiplies the saved gradient by it.
+        no_kernel = {"_rescale_kernel": False} if hasattr(module, "RESCALE_BLOCK") else {}
+        variants["generated-sync"] = Variant(
+            "generated-sync",
+            stepper(functional, tensors, params, grads, module, **no_kernel),
+        )
         variants["generated-multiply"] = Variant(
             "generated-multiply",
             stepper(
@@ -468,6 +476,7 @@ def contenders(
                 grads,
                 module,
                 RESCALE_SYNC_MIN_NUMEL=math.inf,
+                **no_kernel,
             ),
         )
     # Params become tensors for the printed expression (the printer's convention).
@@ -607,6 +616,7 @@ def median_ms(variant: Variant) -> float:
 
 COLUMNS = (
     "generated",
+    "generated-sync",
     "generated-multiply",
     "fused-eager",
     "fused-compile",

@@ -171,10 +171,15 @@ def _use_fused(tensors, params, reduction):
             and param.device == first.device
         ):
             return False
-    try:
-        shape = torch.broadcast_shapes(*(tensor.shape for tensor in tensors))
-    except RuntimeError:  # the reference Function raises it, outside the compiled code
-        return False
+    shape = first.shape
+    # torch.broadcast_shapes takes tens of microseconds, as long as a small kernel
+    if any(tensor.shape != shape for tensor in tensors):
+        try:
+            shape = torch.broadcast_shapes(*(tensor.shape for tensor in tensors))
+        except (
+            RuntimeError
+        ):  # the reference Function raises it, outside the compiled code
+            return False
     return shape.numel() >= FUSED_MIN_NUMEL
 
 
@@ -672,6 +677,115 @@ def _triton_failed(error):
     _triton_kernel = False
 
 
+# backward multiplies the saved gradients by grad_output. Asking the GPU whether it is 1 (it is,
+# in `loss.backward()`) would make the host wait for the kernel before it can queue the next
+# step's work; instead a second kernel reads grad_output on the GPU and multiplies in place
+# only where it is not 1: otherwise every program returns at once (a few microseconds).
+RESCALE_BLOCK = 1024  # elements per program and loop step
+RESCALE_PROGRAMS = 1024  # at most; each loops over the gradient with this stride
+_rescale_kernel = (
+    None  # made by _load_rescale_kernel on first use; False where it cannot run
+)
+
+
+def _load_rescale_kernel():
+    """Import triton and define the rescale kernel; False where triton is missing."""
+    global triton, tl
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return False
+
+    @triton.jit
+    def _rescale_grad_kernel(
+        grad_ptr,
+        grad_output_ptr,
+        numel,
+        stride,
+        compute_dtype: tl.constexpr,
+        block_size: tl.constexpr,
+    ):
+        # grad_output in the gradient's dtype first, as torch's multiply takes it
+        scale = tl.load(grad_output_ptr).to(grad_ptr.dtype.element_ty).to(compute_dtype)
+        if scale != 1:
+            first = tl.program_id(0).to(tl.int64) * block_size
+            for start in range(0, numel, stride):
+                offsets = start + first + tl.arange(0, block_size)
+                in_bounds = offsets < numel
+                grad = tl.load(grad_ptr + offsets, mask=in_bounds).to(compute_dtype)
+                tl.store(grad_ptr + offsets, grad * scale, mask=in_bounds)
+
+    return _rescale_grad_kernel
+
+
+def _rescale_in_place(grads, grad_output):
+    """Multiply the gradients by grad_output in place with the rescale kernel; False where it
+    does not run (then nothing was changed)."""
+    import os
+
+    global _rescale_kernel
+    tensors = [grad for grad in grads if grad is not None]
+    device = grad_output.device
+    if not TRITON or _rescale_kernel is False or grad_output.numel() != 1:
+        return False
+    if not (
+        device.type == "cuda"
+        or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+    ):
+        return False
+    if not all(
+        grad.device == device
+        and grad.is_contiguous()
+        and grad.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        for grad in tensors
+    ):
+        return False
+    if _rescale_kernel is None:
+        try:
+            _rescale_kernel = _load_rescale_kernel()
+        except Exception as error:  # e.g. no source file for triton.jit to read
+            _rescale_failed(error)
+        if _rescale_kernel is False:
+            return False
+    for index, grad in enumerate(tensors):
+        programs = min(triton.cdiv(grad.numel(), RESCALE_BLOCK), RESCALE_PROGRAMS)
+        arguments = (grad, grad_output, grad.numel(), programs * RESCALE_BLOCK)
+        constants = {
+            "compute_dtype": tl.float64 if grad.dtype == torch.float64 else tl.float32,
+            "block_size": RESCALE_BLOCK,
+            "enable_fp_fusion": False,
+        }
+        try:
+            if device.type == "cuda":
+                with torch.cuda.device(device):
+                    _rescale_kernel[(programs,)](*arguments, **constants)
+            else:
+                _rescale_kernel[(programs,)](*arguments, **constants)
+        except Exception as error:
+            _rescale_failed(error)
+            if index == 0:
+                return False
+            # Not expected once a launch ran; the rest are multiplied in torch.
+            for rest in tensors[index:]:
+                rest.mul_(grad_output)
+            break
+    return True
+
+
+def _rescale_failed(error):
+    """Turn the rescale kernel off for this module, with a warning (once)."""
+    global _rescale_kernel
+    import warnings
+
+    warnings.warn(
+        f"MultiMargin: the Triton rescale kernel failed, using torch instead: {error}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    _rescale_kernel = False
+
+
 class _MultiMarginFused(torch.autograd.Function):
     """The fast path: the gradients are computed during forward and saved for backward."""
 
@@ -683,6 +797,7 @@ class _MultiMarginFused(torch.autograd.Function):
         loss, *grads = _run_fused(input, target, weight, margin, reduction, needs_grad)
         ctx.save_for_backward(input, target, weight, margin, *grads)
         ctx.reduction = reduction
+        ctx.rescaled_in_place = False
         # GRAD_IN_PLACE wrote the gradient over input: double backward cannot read it
         overwritten = grads[0]
         ctx.overwritten = (
@@ -698,18 +813,24 @@ class _MultiMarginFused(torch.autograd.Function):
                 "MultiMargin: target is declared with differentiable=False; "
                 "detach it or declare it differentiable in the spec"
             )
-        if torch.is_grad_enabled() and ctx.overwritten:
+        # Double backward is being recorded, or this is a second backward (retain_graph) after
+        # the saved gradients were rescaled in place: the symbolic, differentiable path.
+        recompute = torch.is_grad_enabled() or ctx.rescaled_in_place
+        if recompute and ctx.overwritten:
             raise RuntimeError(
-                "MultiMargin: double backward needs input, which GRAD_IN_PLACE "
-                "overwrote with its gradient; set GRAD_IN_PLACE = False"
+                "MultiMargin: double backward, or a second backward, needs input, "
+                "which GRAD_IN_PLACE overwrote with its gradient; set GRAD_IN_PLACE = False"
             )
-        # Double backward is being recorded: the symbolic, differentiable path.
-        if torch.is_grad_enabled():
+        if recompute:
             reference = _SavedForBackward(
                 saved[:4], ctx.needs_input_grad, ctx.reduction
             )
             return MultiMarginFunction.backward(reference, grad_output)
-        grad_input, grad_weight, grad_margin = _rescaled(saved[4:], grad_output)
+        if _rescale_in_place(saved[4:], grad_output):
+            ctx.rescaled_in_place = True
+            grad_input, grad_weight, grad_margin = saved[4:]
+        else:
+            grad_input, grad_weight, grad_margin = _rescaled(saved[4:], grad_output)
         return (
             grad_input,
             None,

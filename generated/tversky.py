@@ -163,10 +163,15 @@ def _use_fused(tensors, params, reduction):
             and param.device == first.device
         ):
             return False
-    try:
-        shape = torch.broadcast_shapes(*(tensor.shape for tensor in tensors))
-    except RuntimeError:  # the reference Function raises it, outside the compiled code
-        return False
+    shape = first.shape
+    # torch.broadcast_shapes takes tens of microseconds, as long as a small kernel
+    if any(tensor.shape != shape for tensor in tensors):
+        try:
+            shape = torch.broadcast_shapes(*(tensor.shape for tensor in tensors))
+        except (
+            RuntimeError
+        ):  # the reference Function raises it, outside the compiled code
+            return False
     return shape.numel() >= FUSED_MIN_NUMEL
 
 
@@ -405,7 +410,8 @@ class _TverskyFused(torch.autograd.Function):
     def backward(ctx, grad_output):
         saved = ctx.saved_tensors
         # Double backward is being recorded: the symbolic, differentiable path.
-        if torch.is_grad_enabled():
+        recompute = torch.is_grad_enabled()
+        if recompute:
             reference = _SavedForBackward(
                 saved[:5], ctx.needs_input_grad, ctx.reduction
             )

@@ -156,6 +156,7 @@ def interpreted_kernel(monkeypatch: pytest.MonkeyPatch, libdevice_on_cpu):
             monkeypatch.setattr(module, name, value)
         # the kernel made again, interpreted; the libdevice it calls, runnable there
         monkeypatch.setattr(module, "_triton_kernel", module._load_triton())
+        monkeypatch.setattr(module, "_rescale_kernel", None)  # made again on first use
         monkeypatch.setattr(module, "libdevice", libdevice_on_cpu)
         return counted_launches(module, monkeypatch)
 

@@ -413,6 +413,11 @@ def test_grad_in_place_overwrites_the_logits_and_guards_them(
     value = module.cross_entropy(logits, target)
     with pytest.raises(RuntimeError, match="GRAD_IN_PLACE"):
         torch.autograd.grad(value, logits, create_graph=True)
+    # so would a second backward, after the first rescaled the gradient in place
+    value = module.cross_entropy(features @ w, target)
+    value.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="a second backward, needs"):
+        value.backward()
     # a leaf's .grad would share its memory: a new tensor then
     leaf = (features @ weights).requires_grad_()
     before = leaf.detach().clone()

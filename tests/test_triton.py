@@ -34,7 +34,9 @@ from lossgen.verify import LossCase, draw, load_generated, param_value
 
 pytestmark = [
     # A kernel that fails falls back to torch with a RuntimeWarning: fail the test instead.
-    pytest.mark.filterwarnings("error:.*the Triton kernel failed:RuntimeWarning"),
+    pytest.mark.filterwarnings(
+        "error:.*the Triton (rescale )?kernel failed:RuntimeWarning"
+    ),
     # numpy, running the interpreter, warns of what the lanes past the end compute (the
     # kernel masks them out).
     pytest.mark.filterwarnings(
@@ -128,6 +130,100 @@ def test_half_precision_is_computed_in_float32(interpreted) -> None:
     )
     torch.testing.assert_close(value, expected.to(torch.float16))
     torch.testing.assert_close(grad, expected_grad.to(torch.float16), rtol=0, atol=0)
+
+
+def counted_rescales(module, monkeypatch) -> list[float]:
+    """grad_output of each rescale kernel launch, recorded as it runs; a host read of it
+    (`_is_one`, a sync on CUDA) fails the test."""
+    rescales: list[float] = []
+    rescale = module._rescale_in_place
+
+    def counted(grads, grad_output):
+        done = rescale(grads, grad_output)
+        if done:
+            rescales.append(float(grad_output))  # after the kernel: the test may sync
+        return done
+
+    def no_sync(*args):
+        raise AssertionError("grad_output read back by the host")
+
+    monkeypatch.setattr(module, "_rescale_in_place", counted)
+    monkeypatch.setattr(module, "_is_one", no_sync)
+    return rescales
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.float32, torch.float64], ids=str
+)
+def test_backward_rescales_on_the_device_without_asking_the_host(
+    dtype: torch.dtype, interpreted, monkeypatch
+) -> None:
+    model, module = modules()["Huber"]
+    launches = interpreted(module, RESCALE_BLOCK=64, RESCALE_PROGRAMS=3)
+    rescales = counted_rescales(module, monkeypatch)
+    input, target, delta = arguments(model, module, 1000, dtype, seed=15)
+    # every gradient, delta's a 0-dim one; 1000 elements: 3 programs loop over 6 blocks
+    leaves = [a.clone().requires_grad_() for a in (input, target, delta)]
+    unscaled = torch.autograd.grad(module.huber(*leaves, reduction="sum"), leaves)
+    for grad_output in (0.3, -2.0, float("inf")):
+        upstream = torch.tensor(grad_output, dtype=dtype)
+        grads = torch.autograd.grad(
+            module.huber(*leaves, reduction="sum"), leaves, upstream
+        )
+        for got, saved in zip(grads, unscaled, strict=True):
+            # exactly torch's multiply of the saved gradient by grad_output
+            torch.testing.assert_close(
+                got, saved * upstream, rtol=0, atol=0, equal_nan=True
+            )
+    assert launches == [8, 8, 8, 8]
+    assert rescales == [
+        float(torch.tensor(g, dtype=dtype)) for g in (1.0, 0.3, -2.0, float("inf"))
+    ]
+    # a grad_output of 1 leaves the saved gradients as they were (the kernel returns at once)
+    saved = torch.autograd.grad(module.huber(*leaves, reduction="sum"), leaves)
+    torch.testing.assert_close(saved, unscaled, rtol=0, atol=0)
+
+
+def test_a_second_backward_after_a_rescale_recomputes(interpreted) -> None:
+    model, module = modules()["Huber"]
+    interpreted(module)
+    input, target, _ = arguments(model, module, 300, torch.float64, seed=16)
+    input.requires_grad_()
+    loss = module.huber(input, target, reduction="sum")
+    assert type(loss.grad_fn).__name__.startswith("_HuberFused")
+    reference = module.HuberFunction.apply(input, target, 1.0, "sum")
+    # retain_graph: the same saved gradients asked for twice, with another grad_output; the
+    # first call rescaled them in place, so the second takes the reference backward
+    for grad_output in (2.0, 3.0):
+        (got,) = torch.autograd.grad(
+            loss, input, torch.tensor(grad_output, dtype=torch.float64), retain_graph=True
+        )
+        (want,) = torch.autograd.grad(
+            reference * grad_output, input, retain_graph=True
+        )
+        torch.testing.assert_close(got, want)
+
+
+def test_a_failing_rescale_kernel_falls_back_to_a_multiply(
+    interpreted, monkeypatch
+) -> None:
+    model, module = modules()["Huber"]
+    interpreted(module)
+
+    @triton.jit
+    def broken(grad_ptr):
+        raise ValueError("no such GPU")
+
+    monkeypatch.setattr(module, "_load_rescale_kernel", lambda: broken)
+    input, target, _ = arguments(model, module, 300, torch.float64, seed=17)
+    input.requires_grad_()
+    loss = module.huber(input, target, reduction="sum")
+    with pytest.warns(RuntimeWarning, match="the Triton rescale kernel failed"):
+        (got,) = torch.autograd.grad(loss, input, torch.tensor(2.5, dtype=input.dtype))
+    assert module._rescale_kernel is False  # not tried again
+    reference = module.HuberFunction.apply(input, target, 1.0, "sum")
+    (want,) = torch.autograd.grad(reference * 2.5, input)
+    torch.testing.assert_close(got, want)
 
 
 def test_triton_applies_only_where_it_can(interpreted, monkeypatch) -> None:
