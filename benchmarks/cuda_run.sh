@@ -26,7 +26,7 @@ if [[ $STEPS == *bench* ]]; then
 fi
 if [[ $STEPS == *blocks* ]]; then
     timeout ${BLOCKS_TIMEOUT:-120} python3 benchmarks/triton_block.py huber mse bce_with_logits \
-        --profile 2>"$OUT/profile.txt" | tee "$OUT/blocks.md"
-    timeout ${BLOCKS_TIMEOUT:-120} python3 benchmarks/triton_block.py --row 8192x128256 2>&1 \
+        --profile ${BLOCK_ARGS:-} 2>"$OUT/profile.txt" | tee "$OUT/blocks.md"
+    timeout ${BLOCKS_TIMEOUT:-120} python3 benchmarks/triton_block.py --row 8192x128256 ${ROW_ARGS:-} 2>&1 \
         | tee "$OUT/row_blocks.md"
 fi

@@ -13,13 +13,17 @@ Python around the kernel included). Times are triton.testing.do_bench medians, m
 
 `--row ROWSxCLASSES` times the generated CrossEntropy's row kernel instead, for each
 `--row-configs` ROW_BLOCK/ROW_WARPS pair, counting the logits read twice (its two passes) and
-the gradient written once.
+the gradient written once; `--row-module FILE` (repeatable) times the CrossEntropy of another
+generated file instead of generated/cross_entropy.py (e.g. one rendered from a changed
+template). Liger Kernel's cross-entropy, where it is installed, is timed in the same run (on a
+clone of the logits of its own: it writes the gradient over them).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import sys
 from pathlib import Path
@@ -38,11 +42,14 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--row", help="ROWSxCLASSES: time CrossEntropy's row kernel")
     parser.add_argument("--row-configs", default="4096/16,4096/8,2048/8,8192/16")
+    parser.add_argument("--row-module", action="append", help="a generated file")
     args = parser.parse_args()
     if args.row:
         rows, classes = (int(v) for v in args.row.lower().split("x"))
         configs = [tuple(map(int, c.split("/"))) for c in args.row_configs.split(",")]
-        row_sweep(rows, classes, configs)
+        for path in args.row_module or ["generated/cross_entropy.py"]:
+            row_sweep(rows, classes, configs, path)
+        liger_row(rows, classes)
     blocks = [int(b) for b in args.blocks.split(",")]
     header = [f"{kind} {b}" for b in blocks for kind in ("kernel", "step")]
     if args.modules:
@@ -96,8 +103,14 @@ def main() -> int:
     return 0
 
 
-def row_sweep(rows: int, classes: int, configs: list[tuple[int, int]]) -> None:
-    module = importlib.import_module("generated.cross_entropy")
+def row_sweep(
+    rows: int, classes: int, configs: list[tuple[int, int]], path: str
+) -> None:
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(
+        module
+    )  # from its file: triton.jit reads the kernel's source
     generator = torch.Generator(device="cuda").manual_seed(0)
     logits = torch.randn(rows, classes, device="cuda", generator=generator)
     labels = torch.randint(0, classes, (rows,), device="cuda", generator=generator)
@@ -114,6 +127,7 @@ def row_sweep(rows: int, classes: int, configs: list[tuple[int, int]]) -> None:
 
     assert module._run_triton(logits, labels, *params, "mean", needs) is not None
     moved = 3 * logits.numel() * logits.element_size()
+    print(f"\n{path}\n")
     print("| ROW_BLOCK/ROW_WARPS | kernel ms | step ms | kernel TB/s |")
     print("|---|---|---|---|")
     for block, warps in configs:
@@ -125,6 +139,26 @@ def row_sweep(rows: int, classes: int, configs: list[tuple[int, int]]) -> None:
             f"| {moved / kernel_ms / 1e9:.2f} |",
             flush=True,
         )
+
+
+def liger_row(rows: int, classes: int) -> None:
+    try:
+        from liger_kernel.transformers import LigerCrossEntropyLoss
+    except ImportError:
+        print("\nliger-kernel is not installed")
+        return
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(rows, classes, device="cuda", generator=generator)
+    labels = torch.randint(0, classes, (rows,), device="cuda", generator=generator)
+    loss = LigerCrossEntropyLoss()
+    own = logits.clone().requires_grad_()
+
+    def step() -> None:
+        own.grad = None
+        loss(own, labels).backward()
+
+    step_ms = do_bench(step, warmup=25, rep=200, return_mode="median")
+    print(f"\nLiger cross-entropy, step: {step_ms:.3f} ms")
 
 
 if __name__ == "__main__":

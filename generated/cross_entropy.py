@@ -568,8 +568,8 @@ TRITON = True
 # block holds more registers and fewer programs fit on a multiprocessor: of 2048/8, 4096/8,
 # 4096/16, 8192/16 and 16384/32, 2048/8 was fastest for cross-entropy at 8192 x 128256 on an
 # H200 (benchmarks/RESULTS.md).
-ROW_BLOCK = 2048
-ROW_WARPS = 8
+ROW_BLOCK = 8192
+ROW_WARPS = 16
 # Rows shorter than this take the compiled torch path: one program per row leaves the GPU idle
 # on short rows (on an H200, rows of 128 and 1024 ran 1.3-4.4x slower than torch.compile's
 # code, and rows of 128256 faster; lengths between were not measured).
@@ -645,68 +645,52 @@ def _load_triton():
         weight = tl.load(weight_ptr).to(compute_dtype)
         label_smoothing = tl.load(label_smoothing_ptr).to(compute_dtype)
         ignore_index = tl.load(ignore_index_ptr).to(compute_dtype)
-        # pass 1 over the row: tmp0, tmp1, tmp2, tmp3, tmp4
-        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
-        _tmp0_max = tl.full([row_block], float("-inf"), compute_dtype)
-        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
-        _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
-        _tmp2_sum = tl.full([row_block], 0.0, compute_dtype)
-        _tmp3_sum = tl.full([row_block], 0.0, compute_dtype)
-        _tmp4_sum = tl.full([row_block], 0.0, compute_dtype)
+        # the row's elements at its class index (a OneHot's sum, gathered): 0 outside the row
+        input_at_target = tl.load(
+            input_ptr + row_offset + target,
+            mask=(target >= 0) & (target < row_size),
+            other=0.0,
+        ).to(compute_dtype)
+        # pass 1 over the row: tmp0, tmp1
+        # (each block of the row reduced to one value, combined into the row's as the loop goes)
+        _tmp0_max = tl.full([], float("-inf"), compute_dtype)
+        _tmp0_sum = tl.full([], 0.0, compute_dtype)
+        _tmp1_sum = tl.full([], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
             input = tl.load(
                 input_ptr + row_offset + columns, mask=in_row, other=0.0
             ).to(compute_dtype)
-            tmp5 = (target == columns).to(compute_dtype)
-            tmp6 = weight * tmp5
-            # online, per lane: the sum of exp(body - max), rescaled where the max grows (a
-            # lane that has seen only -inf keeps 0: exp(-inf - -inf) would be NaN)
+            # online: the sum of exp(body - max), rescaled where the max grows (while the max
+            # is -inf, the sum stays 0: exp(-inf - -inf) would be NaN)
             _tmp0_body = tl.where(in_row, input, float("-inf"))
-            _tmp0_new = tl.maximum(_tmp0_max, _tmp0_body)
+            _tmp0_new = tl.maximum(_tmp0_max, tl.max(_tmp0_body, axis=0))
             _tmp0_shift = tl.where(_tmp0_new == float("-inf"), 0.0, _tmp0_new)
-            _tmp0_sum = _tmp0_sum * libdevice.exp(
-                _tmp0_max - _tmp0_shift
-            ) + libdevice.exp(_tmp0_body - _tmp0_shift)
-            _tmp0_max = _tmp0_new
-            _tmp1_sum += tl.where(in_row, -tmp6, 0.0)
-            _tmp2_sum += tl.where(in_row, tmp6 * input, 0.0)
-            _tmp3_sum += tl.where(in_row, weight * input, 0.0)
-            _tmp4_sum += tl.where(
-                in_row,
-                tl.where(
-                    ignore_index != target,
-                    weight
-                    * (row_length * tmp5 * (label_smoothing - 1) - label_smoothing)
-                    / row_length,
-                    0,
-                ),
-                0.0,
+            _tmp0_sum = _tmp0_sum * libdevice.exp(_tmp0_max - _tmp0_shift) + tl.sum(
+                libdevice.exp(_tmp0_body - _tmp0_shift), axis=0
             )
-        _tmp0_top = tl.max(_tmp0_max, axis=0)
-        _tmp0_shift = tl.where(_tmp0_top == float("-inf"), 0.0, _tmp0_top)
-        tmp0 = _tmp0_top + libdevice.log(
-            tl.sum(_tmp0_sum * libdevice.exp(_tmp0_max - _tmp0_shift))
-        )
-        tmp1 = tl.sum(_tmp1_sum)
-        tmp2 = tl.sum(_tmp2_sum)
-        tmp3 = tl.sum(_tmp3_sum) / row_size
-        tmp4 = tl.sum(_tmp4_sum)
+            _tmp0_max = _tmp0_new
+            _tmp1_sum += tl.sum(tl.where(in_row, weight * input, 0.0), axis=0)
+        tmp0 = _tmp0_max + libdevice.log(_tmp0_sum)
+        tmp1 = _tmp1_sum / row_size
         # the row's loss; the last pass writes the gradients
-        tmp7 = weight * tmp0 - tmp3
-        tmp8 = tmp0 * tmp1 + tmp2
-        tmp9 = ignore_index != target
-        tmp11 = weight * upstream
+        tmp2 = weight * tmp0 - tmp1
+        tmp3 = label_smoothing - 1
+        tmp4 = (target >= 0) & (row_length > target)
+        tmp5 = tmp0 * tl.where(tmp4, -weight, 0) + tl.where(
+            tmp4, weight * input_at_target, 0
+        )
+        tmp6 = ignore_index != target
+        tmp8 = label_smoothing * weight / row_length
         tl.store(
             loss_ptr + row,
-            tl.where(tmp9, label_smoothing * tmp7 + tmp8 * (label_smoothing - 1), 0)
-            * upstream,
+            tl.where(tmp6, label_smoothing * tmp2 + tmp3 * tmp5, 0) * upstream,
         )
         if grad_label_smoothing_ptr is not None:  # the row's part of a sum over all
             tl.store(
                 grad_label_smoothing_ptr + row,
-                upstream * tl.where(tmp9, tmp7 + tmp8, 0),
+                upstream * tl.where(tmp6, tmp2 + tmp5, 0),
             )
         if grad_ignore_index_ptr is not None:  # the row's part of a sum over all
             tl.store(grad_ignore_index_ptr + row, 0)
@@ -717,16 +701,21 @@ def _load_triton():
                 input = tl.load(
                     input_ptr + row_offset + columns, mask=in_row, other=0.0
                 ).to(compute_dtype)
-                tmp10 = (target == columns).to(compute_dtype)
+                tmp7 = (target == columns).to(compute_dtype)
                 if grad_input_ptr is not None:
                     tl.store(
                         grad_input_ptr + row_offset + columns,
-                        -tmp4 * upstream * libdevice.exp(-tmp0 + input)
+                        -upstream
+                        * (
+                            row_length * tl.where(tmp6, -tmp8, 0)
+                            + tl.where(tmp4, tl.where(tmp6, weight * tmp3, 0), 0)
+                        )
+                        * libdevice.exp(-tmp0 + input)
                         + tl.where(
-                            tmp9,
-                            label_smoothing * weight * tmp10 * upstream
-                            - tmp10 * tmp11
-                            - label_smoothing * tmp11 / row_length,
+                            tmp6,
+                            label_smoothing * weight * tmp7 * upstream
+                            - weight * tmp7 * upstream
+                            - tmp8 * upstream,
                             0,
                         ),
                         mask=in_row,

@@ -350,8 +350,8 @@ TRITON = True
 # block holds more registers and fewer programs fit on a multiprocessor: of 2048/8, 4096/8,
 # 4096/16, 8192/16 and 16384/32, 2048/8 was fastest for cross-entropy at 8192 x 128256 on an
 # H200 (benchmarks/RESULTS.md).
-ROW_BLOCK = 2048
-ROW_WARPS = 8
+ROW_BLOCK = 8192
+ROW_WARPS = 16
 # Rows shorter than this take the compiled torch path: one program per row leaves the GPU idle
 # on short rows (on an H200, rows of 128 and 1024 ran 1.3-4.4x slower than torch.compile's
 # code, and rows of 128256 faster; lengths between were not measured).
@@ -417,9 +417,9 @@ def _load_triton():
         row_offset = row * row_size
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0
-        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
-        _tmp0_lane = tl.full([row_block], float("inf"), compute_dtype)
-        _tmp1_lane = tl.full([row_block], 0.0, compute_dtype)  # ties of tmp0
+        # (each block of the row reduced to one value, combined into the row's as the loop goes)
+        tmp0 = tl.full([], float("inf"), compute_dtype)
+        tmp1 = tl.full([], 0.0, compute_dtype)  # ties of tmp0
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
@@ -428,15 +428,13 @@ def _load_triton():
             ).to(compute_dtype)
             _tmp0_body = distances
             _tmp0_new = tl.minimum(
-                _tmp0_lane, tl.where(in_row, _tmp0_body, float("inf"))
+                tmp0, tl.min(tl.where(in_row, _tmp0_body, float("inf")), axis=0)
             )
-            # per lane, the ties so far, restarted where the lane's extreme moves
-            _tmp1_lane = tl.where(_tmp0_lane == _tmp0_new, _tmp1_lane, 0.0) + (
-                in_row & (_tmp0_body == _tmp0_new)
-            ).to(compute_dtype)
-            _tmp0_lane = _tmp0_new
-        tmp0 = tl.min(_tmp0_lane, axis=0)
-        tmp1 = tl.sum(tl.where(_tmp0_lane == tmp0, _tmp1_lane, 0.0))
+            # the ties so far, restarted where the extreme moves
+            tmp1 = tl.where(tmp0 == _tmp0_new, tmp1, 0.0) + tl.sum(
+                (in_row & (_tmp0_body == _tmp0_new)).to(compute_dtype), axis=0
+            )
+            tmp0 = _tmp0_new
         # the row's loss; the last pass writes the gradients
         tl.store(loss_ptr + row, tmp0 * upstream)
         if last_pass:

@@ -361,8 +361,8 @@ TRITON = True
 # block holds more registers and fewer programs fit on a multiprocessor: of 2048/8, 4096/8,
 # 4096/16, 8192/16 and 16384/32, 2048/8 was fastest for cross-entropy at 8192 x 128256 on an
 # H200 (benchmarks/RESULTS.md).
-ROW_BLOCK = 2048
-ROW_WARPS = 8
+ROW_BLOCK = 8192
+ROW_WARPS = 16
 # Rows shorter than this take the compiled torch path: one program per row leaves the GPU idle
 # on short rows (on an H200, rows of 128 and 1024 ran 1.3-4.4x slower than torch.compile's
 # code, and rows of 128256 faster; lengths between were not measured).
@@ -433,38 +433,38 @@ def _load_triton():
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         positive = tl.load(positive_ptr + row)
         temperature = tl.load(temperature_ptr).to(compute_dtype)
-        # pass 1 over the row: tmp0, tmp1
-        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
-        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
-        _tmp1_max = tl.full([row_block], float("-inf"), compute_dtype)
-        _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
+        # the row's elements at its class index (a OneHot's sum, gathered): 0 outside the row
+        similarity_at_positive = tl.load(
+            similarity_ptr + row_offset + positive,
+            mask=(positive >= 0) & (positive < row_size),
+            other=0.0,
+        ).to(compute_dtype)
+        # pass 1 over the row: tmp0
+        # (each block of the row reduced to one value, combined into the row's as the loop goes)
+        _tmp0_max = tl.full([], float("-inf"), compute_dtype)
+        _tmp0_sum = tl.full([], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
             similarity = tl.load(
                 similarity_ptr + row_offset + columns, mask=in_row, other=0.0
             ).to(compute_dtype)
-            _tmp0_sum += tl.where(
-                in_row, similarity * (positive == columns).to(compute_dtype), 0.0
+            # online: the sum of exp(body - max), rescaled where the max grows (while the max
+            # is -inf, the sum stays 0: exp(-inf - -inf) would be NaN)
+            _tmp0_body = tl.where(in_row, similarity / temperature, float("-inf"))
+            _tmp0_new = tl.maximum(_tmp0_max, tl.max(_tmp0_body, axis=0))
+            _tmp0_shift = tl.where(_tmp0_new == float("-inf"), 0.0, _tmp0_new)
+            _tmp0_sum = _tmp0_sum * libdevice.exp(_tmp0_max - _tmp0_shift) + tl.sum(
+                libdevice.exp(_tmp0_body - _tmp0_shift), axis=0
             )
-            # online, per lane: the sum of exp(body - max), rescaled where the max grows (a
-            # lane that has seen only -inf keeps 0: exp(-inf - -inf) would be NaN)
-            _tmp1_body = tl.where(in_row, similarity / temperature, float("-inf"))
-            _tmp1_new = tl.maximum(_tmp1_max, _tmp1_body)
-            _tmp1_shift = tl.where(_tmp1_new == float("-inf"), 0.0, _tmp1_new)
-            _tmp1_sum = _tmp1_sum * libdevice.exp(
-                _tmp1_max - _tmp1_shift
-            ) + libdevice.exp(_tmp1_body - _tmp1_shift)
-            _tmp1_max = _tmp1_new
-        tmp0 = tl.sum(_tmp0_sum)
-        _tmp1_top = tl.max(_tmp1_max, axis=0)
-        _tmp1_shift = tl.where(_tmp1_top == float("-inf"), 0.0, _tmp1_top)
-        tmp1 = _tmp1_top + libdevice.log(
-            tl.sum(_tmp1_sum * libdevice.exp(_tmp1_max - _tmp1_shift))
-        )
+            _tmp0_max = _tmp0_new
+        tmp0 = _tmp0_max + libdevice.log(_tmp0_sum)
         # the row's loss; the last pass writes the gradients
-        tmp2 = 1 / temperature
-        tl.store(loss_ptr + row, (-tmp0 * tmp2 + tmp1) * upstream)
+        tmp1 = 1 / temperature
+        tmp2 = tl.where(
+            (positive >= 0) & (row_length > positive), similarity_at_positive, 0
+        )
+        tl.store(loss_ptr + row, (tmp0 - tmp1 * tmp2) * upstream)
         if last_pass:
             _grad_temperature = tl.full([row_block], 0.0, compute_dtype)
             for start in range(0, row_size, row_block):
@@ -473,11 +473,11 @@ def _load_triton():
                 similarity = tl.load(
                     similarity_ptr + row_offset + columns, mask=in_row, other=0.0
                 ).to(compute_dtype)
-                tmp3 = libdevice.exp(-tmp1 + tmp2 * similarity)
+                tmp3 = libdevice.exp(-tmp0 + tmp1 * similarity)
                 if grad_similarity_ptr is not None:
                     tl.store(
                         grad_similarity_ptr + row_offset + columns,
-                        tmp2
+                        tmp1
                         * upstream
                         * (tmp3 - (positive == columns).to(compute_dtype)),
                         mask=in_row,
@@ -486,7 +486,7 @@ def _load_triton():
                     _grad_temperature += tl.where(
                         in_row,
                         upstream
-                        * (-tmp3 * similarity + tmp0 / row_length)
+                        * (-tmp3 * similarity + tmp2 / row_length)
                         / (temperature * temperature),
                         0.0,
                     )

@@ -399,7 +399,7 @@ def _run_fused(*args):
 
 # The fast path on CUDA: this loss reduces over dim 1 only, so it runs as one
 # Triton program per row (the elements along that dim, every other coordinate fixed), looping
-# over the row in blocks of ROW_BLOCK elements: 2 passes accumulate the row's
+# over the row in blocks of ROW_BLOCK elements: one pass accumulates the row's
 # reductions (a LogSumExp online: a running max and a sum of exponentials rescaled when the max
 # grows; a Max or Min with the count of its ties), then a last pass writes every requested
 # gradient once (the same CSE'd expressions as _fused), and the loss is one value per row;
@@ -416,8 +416,8 @@ TRITON = True
 # block holds more registers and fewer programs fit on a multiprocessor: of 2048/8, 4096/8,
 # 4096/16, 8192/16 and 16384/32, 2048/8 was fastest for cross-entropy at 8192 x 128256 on an
 # H200 (benchmarks/RESULTS.md).
-ROW_BLOCK = 2048
-ROW_WARPS = 8
+ROW_BLOCK = 8192
+ROW_WARPS = 16
 # Rows shorter than this take the compiled torch path: one program per row leaves the GPU idle
 # on short rows (on an H200, rows of 128 and 1024 ran 1.3-4.4x slower than torch.compile's
 # code, and rows of 128256 faster; lengths between were not measured).
@@ -491,40 +491,42 @@ def _load_triton():
         target = tl.load(target_ptr + row)
         weight = tl.load(weight_ptr).to(compute_dtype)
         margin = tl.load(margin_ptr).to(compute_dtype)
+        # the row's elements at its class index (a OneHot's sum, gathered): 0 outside the row
+        input_at_target = tl.load(
+            input_ptr + row_offset + target,
+            mask=(target >= 0) & (target < row_size),
+            other=0.0,
+        ).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1
-        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
-        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
-        _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
+        # (each block of the row reduced to one value, combined into the row's as the loop goes)
+        _tmp0_sum = tl.full([], 0.0, compute_dtype)
+        _tmp1_sum = tl.full([], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
             input = tl.load(
                 input_ptr + row_offset + columns, mask=in_row, other=0.0
             ).to(compute_dtype)
-            tmp4 = (target == columns).to(compute_dtype)
-            _tmp0_sum += tl.where(in_row, tmp4 * input, 0.0)
-            _tmp1_sum += tl.where(in_row, weight * tmp4, 0.0)
-        tmp0 = tl.sum(_tmp0_sum)
-        tmp1 = tl.sum(_tmp1_sum)
-        # pass 2 over the row: tmp2, tmp3
-        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
-        _tmp2_sum = tl.full([row_block], 0.0, compute_dtype)
-        _tmp3_sum = tl.full([row_block], 0.0, compute_dtype)
-        for start in range(0, row_size, row_block):
-            columns = start + tl.arange(0, row_block)
-            in_row = columns < row_size
-            input = tl.load(
-                input_ptr + row_offset + columns, mask=in_row, other=0.0
-            ).to(compute_dtype)
-            tmp5 = 1 - (target == columns).to(compute_dtype)
-            tmp6 = margin - tmp0 + input
-            _tmp2_sum += tl.where(in_row, tmp5 * tl.maximum(tmp6, 0.0), 0.0)
-            _tmp3_sum += tl.where(in_row, tmp5 * (tmp6 > 0).to(compute_dtype), 0.0)
-        tmp2 = tl.sum(_tmp2_sum) / row_size
-        tmp3 = tl.sum(_tmp3_sum)
+            tmp2 = (
+                margin
+                + input
+                - tl.where((target >= 0) & (row_length > target), input_at_target, 0)
+            )
+            _tmp0_sum += tl.sum(tl.where(in_row, tl.maximum(tmp2, 0.0), 0.0), axis=0)
+            _tmp1_sum += tl.sum(
+                tl.where(in_row, (tmp2 > 0).to(compute_dtype), 0.0), axis=0
+            )
+        tmp0 = _tmp0_sum / row_size
+        tmp1 = _tmp1_sum
         # the row's loss; the last pass writes the gradients
-        tmp10 = tmp1 * upstream / row_length
-        tl.store(loss_ptr + row, tmp2 * tmp1 * upstream)
+        tmp3 = (target >= 0) & (row_length > target)
+        tmp4 = tl.where(tmp3, weight, 0)
+        tmp5 = 1 / row_length
+        tmp6 = margin - tl.where(tmp3, input_at_target, 0)
+        tmp7 = input_at_target + tmp6
+        tmp8 = tmp0 + tmp5 * tl.where(tmp3, -tl.maximum(tmp7, 0.0), 0)
+        tmp11 = tmp4 * tmp5 * upstream
+        tl.store(loss_ptr + row, tmp4 * tmp8 * upstream)
         if last_pass:
             _grad_weight = tl.full([row_block], 0.0, compute_dtype)
             _grad_margin = tl.full([row_block], 0.0, compute_dtype)
@@ -534,19 +536,23 @@ def _load_triton():
                 input = tl.load(
                     input_ptr + row_offset + columns, mask=in_row, other=0.0
                 ).to(compute_dtype)
-                tmp7 = (target == columns).to(compute_dtype)
-                tmp8 = 1 - tmp7
-                tmp9 = (margin - tmp0 + input > 0).to(compute_dtype)
+                tmp9 = (target == columns).to(compute_dtype)
+                tmp10 = (1 - tmp9) * (tmp6 + input > 0).to(compute_dtype)
                 if grad_input_ptr is not None:
                     tl.store(
                         grad_input_ptr + row_offset + columns,
-                        tmp10 * (-tmp3 * tmp7 + tmp8 * tmp9),
+                        tmp11
+                        * (
+                            -tmp9
+                            * (tmp1 + tl.where(tmp3, -(tmp7 > 0).to(compute_dtype), 0))
+                            + tmp10
+                        ),
                         mask=in_row,
                     )
                 if grad_weight_ptr is not None:
-                    _grad_weight += tl.where(in_row, tmp2 * tmp7 * upstream, 0.0)
+                    _grad_weight += tl.where(in_row, tmp8 * tmp9 * upstream, 0.0)
                 if grad_margin_ptr is not None:
-                    _grad_margin += tl.where(in_row, tmp8 * tmp9 * tmp10, 0.0)
+                    _grad_margin += tl.where(in_row, tmp10 * tmp11, 0.0)
             if grad_weight_ptr is not None:  # the row's part of a sum over all
                 tl.store(grad_weight_ptr + row, tl.sum(_grad_weight))
             if grad_margin_ptr is not None:  # the row's part of a sum over all

@@ -355,8 +355,8 @@ TRITON = True
 # block holds more registers and fewer programs fit on a multiprocessor: of 2048/8, 4096/8,
 # 4096/16, 8192/16 and 16384/32, 2048/8 was fastest for cross-entropy at 8192 x 128256 on an
 # H200 (benchmarks/RESULTS.md).
-ROW_BLOCK = 2048
-ROW_WARPS = 8
+ROW_BLOCK = 8192
+ROW_WARPS = 16
 # Rows shorter than this take the compiled torch path: one program per row leaves the GPU idle
 # on short rows (on an H200, rows of 128 and 1024 ran 1.3-4.4x slower than torch.compile's
 # code, and rows of 128256 faster; lengths between were not measured).
@@ -423,36 +423,41 @@ def _load_triton():
         # it. Row values (reductions, class indices, params) are scalars, the rest blocks.
         row = tl.program_id(0).to(tl.int64)
         row_offset = row * row_size
+        row_length = tl.full([], row_size, compute_dtype)
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         target = tl.load(target_ptr + row)
         margin = tl.load(margin_ptr).to(compute_dtype)
-        # pass 1 over the row: tmp0, tmp1
-        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
-        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
-        _tmp1_lane = tl.full([row_block], float("-inf"), compute_dtype)
-        _tmp2_lane = tl.full([row_block], 0.0, compute_dtype)  # ties of tmp1
+        # the row's elements at its class index (a OneHot's sum, gathered): 0 outside the row
+        input_at_target = tl.load(
+            input_ptr + row_offset + target,
+            mask=(target >= 0) & (target < row_size),
+            other=0.0,
+        ).to(compute_dtype)
+        # pass 1 over the row: tmp0
+        # (each block of the row reduced to one value, combined into the row's as the loop goes)
+        tmp0 = tl.full([], float("-inf"), compute_dtype)
+        tmp1 = tl.full([], 0.0, compute_dtype)  # ties of tmp0
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
             input = tl.load(
                 input_ptr + row_offset + columns, mask=in_row, other=0.0
             ).to(compute_dtype)
-            tmp3 = (target == columns).to(compute_dtype)
-            _tmp0_sum += tl.where(in_row, tmp3 * input, 0.0)
-            _tmp1_body = margin * (1 - tmp3) + input
-            _tmp1_new = tl.maximum(
-                _tmp1_lane, tl.where(in_row, _tmp1_body, float("-inf"))
+            _tmp0_body = margin * (1 - (target == columns).to(compute_dtype)) + input
+            _tmp0_new = tl.maximum(
+                tmp0, tl.max(tl.where(in_row, _tmp0_body, float("-inf")), axis=0)
             )
-            # per lane, the ties so far, restarted where the lane's extreme moves
-            _tmp2_lane = tl.where(_tmp1_lane == _tmp1_new, _tmp2_lane, 0.0) + (
-                in_row & (_tmp1_body == _tmp1_new)
-            ).to(compute_dtype)
-            _tmp1_lane = _tmp1_new
-        tmp0 = tl.sum(_tmp0_sum)
-        tmp1 = tl.max(_tmp1_lane, axis=0)
-        tmp2 = tl.sum(tl.where(_tmp1_lane == tmp1, _tmp2_lane, 0.0))
+            # the ties so far, restarted where the extreme moves
+            tmp1 = tl.where(tmp0 == _tmp0_new, tmp1, 0.0) + tl.sum(
+                (in_row & (_tmp0_body == _tmp0_new)).to(compute_dtype), axis=0
+            )
+            tmp0 = _tmp0_new
         # the row's loss; the last pass writes the gradients
-        tl.store(loss_ptr + row, (-tmp0 + tmp1) * upstream)
+        tl.store(
+            loss_ptr + row,
+            (tmp0 - tl.where((target >= 0) & (row_length > target), input_at_target, 0))
+            * upstream,
+        )
         if last_pass:
             _grad_margin = tl.full([row_block], 0.0, compute_dtype)
             for start in range(0, row_size, row_block):
@@ -461,28 +466,28 @@ def _load_triton():
                 input = tl.load(
                     input_ptr + row_offset + columns, mask=in_row, other=0.0
                 ).to(compute_dtype)
-                tmp4 = (target == columns).to(compute_dtype)
-                tmp5 = 1 - tmp4
-                tmp6 = tmp1 == -margin * tmp4 + margin + input
+                tmp2 = (target == columns).to(compute_dtype)
+                tmp3 = 1 - tmp2
+                tmp4 = tmp0 == -margin * tmp2 + margin + input
                 if grad_input_ptr is not None:
                     tl.store(
                         grad_input_ptr + row_offset + columns,
                         upstream
                         * (
-                            -tmp4
+                            -tmp2
                             + tl.where(
-                                tmp1 == margin * tmp5 + input,
+                                tmp0 == margin * tmp3 + input,
                                 1,
                                 tl.full([row_block], 0, compute_dtype),
                             )
-                            / tmp2
+                            / tmp1
                         ),
                         mask=in_row,
                     )
                 if grad_margin_ptr is not None:
                     _grad_margin += tl.where(
                         in_row,
-                        tl.where(tmp6, tmp5 * upstream / tl.where(tmp6, tmp2, 1.0), 0),
+                        tl.where(tmp4, tmp3 * upstream / tl.where(tmp4, tmp1, 1.0), 0),
                         0.0,
                     )
             if grad_margin_ptr is not None:  # the row's part of a sum over all

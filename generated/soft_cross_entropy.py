@@ -337,8 +337,8 @@ TRITON = True
 # block holds more registers and fewer programs fit on a multiprocessor: of 2048/8, 4096/8,
 # 4096/16, 8192/16 and 16384/32, 2048/8 was fastest for cross-entropy at 8192 x 128256 on an
 # H200 (benchmarks/RESULTS.md).
-ROW_BLOCK = 2048
-ROW_WARPS = 8
+ROW_BLOCK = 8192
+ROW_WARPS = 16
 # Rows shorter than this take the compiled torch path: one program per row leaves the GPU idle
 # on short rows (on an H200, rows of 128 and 1024 ran 1.3-4.4x slower than torch.compile's
 # code, and rows of 128256 faster; lengths between were not measured).
@@ -406,12 +406,12 @@ def _load_triton():
         row_offset = row * row_size
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         # pass 1 over the row: tmp0, tmp1, tmp2, tmp3
-        # (kept per lane and combined across lanes once, after the loop: no barrier inside it)
-        _tmp0_max = tl.full([row_block], float("-inf"), compute_dtype)
-        _tmp0_sum = tl.full([row_block], 0.0, compute_dtype)
-        _tmp1_sum = tl.full([row_block], 0.0, compute_dtype)
-        _tmp2_sum = tl.full([row_block], 0.0, compute_dtype)
-        _tmp3_sum = tl.full([row_block], 0.0, compute_dtype)
+        # (each block of the row reduced to one value, combined into the row's as the loop goes)
+        _tmp0_max = tl.full([], float("-inf"), compute_dtype)
+        _tmp0_sum = tl.full([], 0.0, compute_dtype)
+        _tmp1_sum = tl.full([], 0.0, compute_dtype)
+        _tmp2_sum = tl.full([], 0.0, compute_dtype)
+        _tmp3_sum = tl.full([], 0.0, compute_dtype)
         for start in range(0, row_size, row_block):
             columns = start + tl.arange(0, row_block)
             in_row = columns < row_size
@@ -421,26 +421,22 @@ def _load_triton():
             target = tl.load(
                 target_ptr + row_offset + columns, mask=in_row, other=0.0
             ).to(compute_dtype)
-            # online, per lane: the sum of exp(body - max), rescaled where the max grows (a
-            # lane that has seen only -inf keeps 0: exp(-inf - -inf) would be NaN)
+            # online: the sum of exp(body - max), rescaled where the max grows (while the max
+            # is -inf, the sum stays 0: exp(-inf - -inf) would be NaN)
             _tmp0_body = tl.where(in_row, input, float("-inf"))
-            _tmp0_new = tl.maximum(_tmp0_max, _tmp0_body)
+            _tmp0_new = tl.maximum(_tmp0_max, tl.max(_tmp0_body, axis=0))
             _tmp0_shift = tl.where(_tmp0_new == float("-inf"), 0.0, _tmp0_new)
-            _tmp0_sum = _tmp0_sum * libdevice.exp(
-                _tmp0_max - _tmp0_shift
-            ) + libdevice.exp(_tmp0_body - _tmp0_shift)
+            _tmp0_sum = _tmp0_sum * libdevice.exp(_tmp0_max - _tmp0_shift) + tl.sum(
+                libdevice.exp(_tmp0_body - _tmp0_shift), axis=0
+            )
             _tmp0_max = _tmp0_new
-            _tmp1_sum += tl.where(in_row, -target, 0.0)
-            _tmp2_sum += tl.where(in_row, input * target, 0.0)
-            _tmp3_sum += tl.where(in_row, target, 0.0)
-        _tmp0_top = tl.max(_tmp0_max, axis=0)
-        _tmp0_shift = tl.where(_tmp0_top == float("-inf"), 0.0, _tmp0_top)
-        tmp0 = _tmp0_top + libdevice.log(
-            tl.sum(_tmp0_sum * libdevice.exp(_tmp0_max - _tmp0_shift))
-        )
-        tmp1 = tl.sum(_tmp1_sum)
-        tmp2 = tl.sum(_tmp2_sum)
-        tmp3 = tl.sum(_tmp3_sum)
+            _tmp1_sum += tl.sum(tl.where(in_row, -target, 0.0), axis=0)
+            _tmp2_sum += tl.sum(tl.where(in_row, input * target, 0.0), axis=0)
+            _tmp3_sum += tl.sum(tl.where(in_row, target, 0.0), axis=0)
+        tmp0 = _tmp0_max + libdevice.log(_tmp0_sum)
+        tmp1 = _tmp1_sum
+        tmp2 = _tmp2_sum
+        tmp3 = _tmp3_sum
         # the row's loss; the last pass writes the gradients
         tl.store(loss_ptr + row, (-tmp0 * tmp1 - tmp2) * upstream)
         if last_pass:

@@ -13,6 +13,9 @@ the row block by block.
 - A Sum or Mean whose body is a polynomial in row values (their coefficients free of them) is
   split into reductions of the coefficients: Mean(w*(x - lse)) = Mean(w*x) - lse*Mean(w). So
   cross-entropy's loss needs no second pass over the logits (as Liger's kernel computes it).
+- A Sum or Mean of a polynomial in a OneHot h (0 or 1, so any such polynomial is a + h*b) is
+  Sum(a) plus b at the class index: a gather of the index's element of each tensor, loaded once
+  per row, not a pass (cross-entropy's Pick(x, target) is x[target]).
 - The tie count of a Max or Min (the denominator of its gradient, backprop's
   Sum(Piecewise((1, Eq(body, max)), (0, True)))) is counted in the same pass as the extreme:
   reset where the running extreme grows.
@@ -82,6 +85,15 @@ class Accumulator:
 
 
 @dataclass(frozen=True)
+class PickedLoad:
+    """The element of a tensor's row at a class index (0 where the index is out of the row)."""
+
+    name: str
+    tensor: str
+    index: str
+
+
+@dataclass(frozen=True)
 class RowPass:
     """Row values computed before the loop, then one loop over the row's blocks."""
 
@@ -108,6 +120,7 @@ class RowKernelCode:
     dim: int  # the reduced dim as the spec names it (1, -1, ...)
     class_indices: tuple[str, ...]  # loaded once per row
     params: tuple[str, ...]  # loaded once per program
+    picks: tuple[PickedLoad, ...]  # loaded once per row
     uses_row_length: bool
     passes: tuple[RowPass, ...]  # the accumulating passes
     last: RowPass  # the gradients' pass (no accumulators)
@@ -179,6 +192,7 @@ class _Builder:
         self.values: dict[Reduction, sp.Expr] = {}
         self.reduced: dict[tuple[type, sp.Expr], sp.Expr] = {}
         self.accumulating: list[_Accumulating] = []
+        self.picks: dict[tuple[sp.Symbol, sp.Symbol], sp.Symbol] = {}
         self.placeholders = (
             sp.Symbol(f"_row{i}", real=True) for i in itertools.count()
         )
@@ -266,6 +280,10 @@ class _Builder:
                         for monomial, coefficient in terms.items()
                     )
                 )
+        if kind in (Sum, Mean) and len(body.atoms(OneHot)) == 1:
+            picked = self._picked_sum(kind, body)
+            if picked is not None:
+                return picked
         if kind is Sum:
             count = self._tie_count(body)
             if count is not None:
@@ -275,6 +293,37 @@ class _Builder:
         self.accumulating.append(_Accumulating(symbol, KINDS[kind], body, level))
         self.row_symbols.add(symbol)
         return symbol
+
+    def _picked_sum(self, kind: type, body: sp.Expr) -> sp.Expr | None:
+        """Sum(a + h*b) = Sum(a) + b at the class index, with h = OneHot(index): None where
+        the body is not a polynomial in h or b reads what cannot be gathered."""
+        (one_hot,) = body.atoms(OneHot)
+        h = sp.Dummy("h")
+        terms = polynomial_terms(body.xreplace({one_hot: h}), {h})
+        if terms is None:
+            return None
+        rest = terms.pop(sp.S.One, sp.S.Zero)
+        at_index = self._at_index(sp.Add(*terms.values()), one_hot.args[0])  # h**k = h
+        if at_index is None:
+            return None
+        if kind is Mean:
+            at_index = at_index / self.size
+        return self._reduce(kind, rest) + at_index
+
+    def _at_index(self, expr: sp.Expr, index: sp.Symbol) -> sp.Expr | None:
+        """`expr` at column `index` of the row, a row value; 0 where `index` is not in it."""
+        rows = {a.symbol for a in self.model.tensors if a.index_of is None}
+        read = expr.free_symbols - self.row_symbols
+        if not read <= rows:
+            return None
+        for symbol in read:
+            if (symbol, index) not in self.picks:
+                picked = sp.Symbol(f"_{symbol}_at_{index}", real=True)
+                self.picks[symbol, index] = picked
+                self.row_symbols.add(picked)
+        gathered = expr.xreplace({s: self.picks[s, index] for s in read})
+        in_row = sp.And(sp.Ge(index, 0), sp.Lt(index, self.size))
+        return sp.Piecewise((gathered, in_row), (0, True))
 
     def _accumulated(self) -> set[sp.Symbol]:
         found = {a.symbol for a in self.accumulating}
@@ -338,6 +387,12 @@ class _Builder:
         names: dict[sp.Symbol, str] = {a.symbol: a.name for a in model.arguments}
         names[UPSTREAM] = "upstream"
         names[self.size] = ROW_LENGTH
+        picks = tuple(
+            PickedLoad(f"{symbol}_at_{index}", str(symbol), str(index))
+            for (symbol, index) in sorted(self.picks, key=str)
+        )
+        for (symbol, index), picked in self.picks.items():
+            names[picked] = f"{symbol}_at_{index}"
         numbers = itertools.count()
         for accumulating in ordered:
             names[accumulating.symbol] = f"tmp{next(numbers)}"
@@ -384,6 +439,7 @@ class _Builder:
         for p in (*passes, last):
             code += [line.code for line in (*p.row_lines, *p.lines)]
             code += [a.body for a in p.accumulators]
+        code += [pick.index for pick in picks]
         used = set().union(*(_identifiers(c) for c in code))
         return RowKernelCode(
             kernel_name=f"_{model.snake_name}_row_kernel",
@@ -394,6 +450,7 @@ class _Builder:
                 if a.index_of is not None and a.name in used
             ),
             params=tuple(a.name for a in model.params if a.name in used),
+            picks=picks,
             uses_row_length=ROW_LENGTH in used,
             passes=tuple(passes),
             last=last,

@@ -85,6 +85,27 @@ def test_cross_entropy_reads_the_logits_twice() -> None:
         ), name
 
 
+def test_sums_of_one_hots_are_gathered_not_accumulated() -> None:
+    # Pick(x, target) = Sum(OneHot(target)*x): x[target], loaded once per row. Cross-entropy's
+    # first pass keeps only its LogSumExp and label smoothing's Mean(weight*input); NLL has no
+    # pass before the gradient's; MultiMargin's Mean((1 - OneHot)*relu(...)) is the mean over
+    # every class less the target's term.
+    for name, accumulated in (
+        ("CrossEntropy", "tmp0, tmp1"),
+        ("InfoNCE", "tmp0"),
+        ("NLL", None),
+        ("MultiMargin", "tmp0, tmp1"),
+    ):
+        source = inspect.getsource(module_of(MODELS[name])._load_triton)
+        passes = re.findall(r"# pass 1 over the row: (.*)", source)
+        assert passes == ([accumulated] if accumulated else []), name
+        assert " == columns)" not in source.split("if last_pass:")[0], name
+        gathered = re.findall(r"(\w+)_at_(\w+) = tl.load\(", source)
+        assert gathered == [
+            ("similarity", "positive") if name == "InfoNCE" else ("input", "target")
+        ], name
+
+
 def test_polynomial_terms_split_sums_of_row_values() -> None:
     x, w, r, s = sp.symbols("x w r s", real=True)
     c = sp.Symbol("c", positive=True)

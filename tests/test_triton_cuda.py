@@ -172,6 +172,38 @@ def test_grad_output_of_one_is_checked_on_the_gpu_only_where_it_pays() -> None:
     assert captured is False and rescaled[0] is not large[0]
 
 
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64], ids=str
+)
+def test_the_rescale_kernel_is_torchs_multiply_and_needs_no_sync(dtype) -> None:
+    _, module, _ = loss_case("Huber")
+    generator = torch.Generator(device="cuda").manual_seed(41)
+    saved = torch.randn((1 << 22) + 5, device="cuda", generator=generator).to(dtype)
+    for value in (1.0, 0.3, -2.0):
+        grad_output = torch.tensor(value, device="cuda", dtype=dtype)
+        grad = saved.clone()
+        assert module._rescale_in_place([grad, None], grad_output)
+        # bfloat16 too: the GPU rounds to nearest (the interpreter truncates)
+        assert torch.equal(grad, saved * grad_output), value
+    # Captured in a CUDA graph (which a host read of grad_output would break), then
+    # replayed with grad_output 0.5 and then 1.
+    grad = saved.clone()
+    grad_output = torch.tensor(0.5, device="cuda", dtype=dtype)
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.graph(graph):
+        assert module._rescale_in_place([grad], grad_output)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(grad, saved * grad_output)
+    grad.copy_(saved)
+    grad_output.fill_(1.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(grad, saved)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("name", ROW_LOSSES)
 def test_row_kernel_matches_reference_on_gpu(
