@@ -13,7 +13,8 @@ Python around the kernel included). Times are triton.testing.do_bench medians, m
 
 `--row ROWSxCLASSES` times the generated CrossEntropy's row kernel instead, for each
 `--row-configs` ROW_BLOCK/ROW_WARPS pair, counting the logits read twice (its two passes) and
-the gradient written once; `--row-module FILE` (repeatable) times the CrossEntropy of another
+the gradient written once, and the torch fast path's step (torch.compile of `_fused`, what
+rows shorter than ROW_MIN take); `--row-module FILE` (repeatable) times the CrossEntropy of another
 generated file instead of generated/cross_entropy.py (e.g. one rendered from a changed
 template). Liger Kernel's cross-entropy, where it is installed, is timed in the same run (on a
 clone of the logits of its own: it writes the gradient over them).
@@ -40,16 +41,19 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=1 << 27)
     parser.add_argument("--blocks", default="512,1024,2048,4096", help="sizes")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--row", help="ROWSxCLASSES: time CrossEntropy's row kernel")
+    parser.add_argument(
+        "--row", help="ROWSxCLASSES[,...]: time CrossEntropy's row kernel"
+    )
     parser.add_argument("--row-configs", default="4096/16,4096/8,2048/8,8192/16")
     parser.add_argument("--row-module", action="append", help="a generated file")
     args = parser.parse_args()
     if args.row:
-        rows, classes = (int(v) for v in args.row.lower().split("x"))
         configs = [tuple(map(int, c.split("/"))) for c in args.row_configs.split(",")]
-        for path in args.row_module or ["generated/cross_entropy.py"]:
-            row_sweep(rows, classes, configs, path)
-        liger_row(rows, classes)
+        for shape in args.row.split(","):
+            rows, classes = (int(v) for v in shape.lower().split("x"))
+            for path in args.row_module or ["generated/cross_entropy.py"]:
+                row_sweep(rows, classes, configs, path)
+            liger_row(rows, classes)
     blocks = [int(b) for b in args.blocks.split(",")]
     header = [f"{kind} {b}" for b in blocks for kind in ("kernel", "step")]
     if args.modules:
@@ -108,9 +112,8 @@ def row_sweep(
 ) -> None:
     spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(
-        module
-    )  # from its file: triton.jit reads the kernel's source
+    # from its file: triton.jit reads the kernel's source
+    spec.loader.exec_module(module)
     generator = torch.Generator(device="cuda").manual_seed(0)
     logits = torch.randn(rows, classes, device="cuda", generator=generator)
     labels = torch.randint(0, classes, (rows,), device="cuda", generator=generator)
@@ -125,9 +128,15 @@ def row_sweep(
     def kernel() -> None:
         module._run_triton(logits, labels, *params, "mean", needs)
 
+    # the kernel at every length (the generated code leaves short rows to torch)
+    module.ROW_MIN = 0
     assert module._run_triton(logits, labels, *params, "mean", needs) is not None
     moved = 3 * logits.numel() * logits.element_size()
-    print(f"\n{path}\n")
+    # the torch fast path (torch.compile of _fused), for comparison
+    module.TRITON = False
+    compiled_ms = do_bench(step, warmup=25, rep=200, return_mode="median")
+    module.TRITON = True
+    print(f"\n{path}, {rows} x {classes}: torch fast path, step {compiled_ms:.3f} ms\n")
     print("| ROW_BLOCK/ROW_WARPS | kernel ms | step ms | kernel TB/s |")
     print("|---|---|---|---|")
     for block, warps in configs:
@@ -139,6 +148,20 @@ def row_sweep(
             f"| {moved / kernel_ms / 1e9:.2f} |",
             flush=True,
         )
+    # GRAD_IN_PLACE: logits computed by a recorded op (here a clone; in a model, the last
+    # matmul) get their gradient written over them: no gradient allocated
+    module.GRAD_IN_PLACE = True
+    computed = logits.clone()
+    overwritten = module._run_triton(computed, labels, *params, "mean", needs)[1]
+    assert overwritten.data_ptr() == computed.data_ptr()
+    in_place_ms = do_bench(
+        lambda: module._run_triton(computed, labels, *params, "mean", needs),
+        warmup=25,
+        rep=200,
+        return_mode="median",
+    )
+    module.GRAD_IN_PLACE = False
+    print(f"\nGRAD_IN_PLACE, the last config: kernel {in_place_ms:.3f} ms")
 
 
 def liger_row(rows: int, classes: int) -> None:
@@ -158,7 +181,7 @@ def liger_row(rows: int, classes: int) -> None:
         loss(own, labels).backward()
 
     step_ms = do_bench(step, warmup=25, rep=200, return_mode="median")
-    print(f"\nLiger cross-entropy, step: {step_ms:.3f} ms")
+    print(f"\nLiger cross-entropy, {rows} x {classes}, step: {step_ms:.3f} ms")
 
 
 if __name__ == "__main__":
