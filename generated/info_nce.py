@@ -363,10 +363,11 @@ TRITON = True
 # 8192/16, 16384/16 and 32768/32 (Liger's kernel: 3.75 ms in the same run).
 ROW_BLOCK = 4096
 ROW_WARPS = 8
-# Rows shorter than this take the compiled torch path: one program per row leaves the GPU idle
-# on short rows (on an H200, rows of 128 and 1024 ran 1.3-4.4x slower than torch.compile's
-# code, and rows of 128256 faster; lengths between were not measured).
-ROW_MIN = 8192
+# Rows shorter than this take the compiled torch path. Cross-entropy's step on an H200 (run 7):
+# rows of 1024, 8192 and 128256 took 1.07, 1.53 and 3.43 ms with the kernel, 1.66, 2.70 and
+# 5.28 ms with the compiled path; shorter rows were not measured since the kernel's gathers
+# (an earlier kernel was 1.3-4.4x slower than compile at rows of 128-1024).
+ROW_MIN = 1024
 # Set GRAD_IN_PLACE = True to write the gradient of similarity over similarity itself (as Liger
 # Kernel's cross-entropy does), where it is the only gradient asked for and similarity was
 # computed by an op autograd recorded (not a leaf, whose .grad would share its memory, nor a
