@@ -137,7 +137,8 @@ def _is_one(grad_output, grads):
     """Whether grad_output is 1, asked only where the answer is cheaper than the multiply: on
     CPU always (no sync); on CUDA, where reading it back syncs with the GPU, from
     RESCALE_SYNC_MIN_NUMEL gradient elements on, and never while a CUDA graph is captured.
-    """
+    On CUDA the rescale kernel (_rescale_in_place) answers on the GPU instead, where triton
+    runs."""
     if grad_output.device.type == "cpu":
         return grad_output.item() == 1
     if grad_output.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
