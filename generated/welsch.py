@@ -487,7 +487,7 @@ def _load_rescale_kernel():
     return _rescale_grad_kernel
 
 
-def _rescale_in_place(grads, grad_output):
+def _rescale_in_place(grads, grad_output, inputs):
     """Multiply the gradients by grad_output in place with the rescale kernel; False where it
     does not run (then nothing was changed)."""
     import os
@@ -497,6 +497,14 @@ def _rescale_in_place(grads, grad_output):
     device = grad_output.device
     if not TRITON or _rescale_kernel is False or grad_output.numel() != 1:
         return False
+    # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
+    # for two equal gradients, which a multiply in place would change or scale twice.
+    seen = {tensor.untyped_storage().data_ptr() for tensor in inputs}
+    for grad in tensors:
+        storage = grad.untyped_storage().data_ptr()
+        if storage in seen:
+            return False
+        seen.add(storage)
     if not (
         device.type == "cuda"
         or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
@@ -578,7 +586,7 @@ class _WelschFused(torch.autograd.Function):
                 saved[:3], ctx.needs_input_grad, ctx.reduction
             )
             return WelschFunction.backward(reference, grad_output)
-        if _rescale_in_place(saved[3:], grad_output):
+        if _rescale_in_place(saved[3:], grad_output, saved[:3]):
             ctx.rescaled_in_place = True
             grad_input, grad_target, grad_c = saved[3:]
         else:

@@ -434,7 +434,13 @@ def test_grad_in_place_overwrites_the_logits_and_guards_them(
     value = module.cross_entropy(logits, target)
     with pytest.raises(RuntimeError, match="GRAD_IN_PLACE"):
         torch.autograd.grad(value, logits, create_graph=True)
-    # so would a second backward, after the first rescaled the gradient in place
+    # grad_output 2: the gradient it wrote over the logits is doubled there, in place
+    logits = features @ w
+    value = module.cross_entropy(logits, target)
+    (grad,) = torch.autograd.grad(value, logits, torch.tensor(2.0, dtype=value.dtype))
+    assert grad.data_ptr() == logits.data_ptr()
+    torch.testing.assert_close(grad, 2 * copy.grad)
+    # a second backward fails, after the first rescaled the gradient in place
     value = module.cross_entropy(features @ w, target)
     value.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="a second backward, needs"):

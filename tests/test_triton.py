@@ -138,8 +138,8 @@ def counted_rescales(module, monkeypatch) -> list[float]:
     rescales: list[float] = []
     rescale = module._rescale_in_place
 
-    def counted(grads, grad_output):
-        done = rescale(grads, grad_output)
+    def counted(grads, grad_output, inputs):
+        done = rescale(grads, grad_output, inputs)
         if done:
             rescales.append(float(grad_output))  # after the kernel: the test may sync
         return done
@@ -182,6 +182,23 @@ def test_backward_rescales_on_the_device_without_asking_the_host(
     # a grad_output of 1 leaves the saved gradients as they were (the kernel returns at once)
     saved = torch.autograd.grad(module.huber(*leaves, reduction="sum"), leaves)
     torch.testing.assert_close(saved, unscaled, rtol=0, atol=0)
+
+
+def test_the_rescale_kernel_leaves_shared_memory_alone(interpreted) -> None:
+    # torch.compile may return an input as a gradient (x * 1), or one buffer for two equal
+    # gradients: multiplying those in place would change the input or scale twice.
+    model, module = modules()["Huber"]
+    interpreted(module)
+    grad_output = torch.tensor(2.0, dtype=torch.float64)
+    input, target, _ = arguments(model, module, 300, torch.float64, seed=18)
+    before = input.clone()
+    assert not module._rescale_in_place([input], grad_output, [input, target])
+    shared = target.clone()
+    assert not module._rescale_in_place([shared, shared.view(-1)], grad_output, [input])
+    assert torch.equal(input, before) and torch.equal(shared, target)
+    own = target.clone()
+    assert module._rescale_in_place([own, None], grad_output, [input, target])
+    assert torch.equal(own, target * 2)
 
 
 def test_a_second_backward_after_a_rescale_recomputes(interpreted) -> None:

@@ -182,7 +182,7 @@ def test_the_rescale_kernel_is_torchs_multiply_and_needs_no_sync(dtype) -> None:
     for value in (1.0, 0.3, -2.0):
         grad_output = torch.tensor(value, device="cuda", dtype=dtype)
         grad = saved.clone()
-        assert module._rescale_in_place([grad, None], grad_output)
+        assert module._rescale_in_place([grad, None], grad_output, ())
         # bfloat16 too: the GPU rounds to nearest (the interpreter truncates)
         assert torch.equal(grad, saved * grad_output), value
     # Captured in a CUDA graph (which a host read of grad_output would break), then
@@ -193,7 +193,7 @@ def test_the_rescale_kernel_is_torchs_multiply_and_needs_no_sync(dtype) -> None:
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream), torch.cuda.graph(graph):
-        assert module._rescale_in_place([grad], grad_output)
+        assert module._rescale_in_place([grad], grad_output, ())
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(grad, saved * grad_output)
