@@ -196,11 +196,12 @@ def test_a_second_backward_after_a_rescale_recomputes(interpreted) -> None:
     # first call rescaled them in place, so the second takes the reference backward
     for grad_output in (2.0, 3.0):
         (got,) = torch.autograd.grad(
-            loss, input, torch.tensor(grad_output, dtype=torch.float64), retain_graph=True
+            loss,
+            input,
+            torch.tensor(grad_output, dtype=torch.float64),
+            retain_graph=True,
         )
-        (want,) = torch.autograd.grad(
-            reference * grad_output, input, retain_graph=True
-        )
+        (want,) = torch.autograd.grad(reference * grad_output, input, retain_graph=True)
         torch.testing.assert_close(got, want)
 
 
