@@ -112,6 +112,8 @@ def _at(value, index, dim, shape):
     """`value` at the class `index` along `dim` (a gather, leaving size 1 there), for _pick;
     as it is where it has size 1 along `dim`. The index is clamped into range, as _pick
     zeroes what an index out of range picks."""
+    if not isinstance(value, torch.Tensor):  # a number (a dim size, a scalar upstream)
+        return value
     dim = dim % len(shape)
     value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
     index = index.reshape((1,) * (len(shape) - index.dim()) + tuple(index.shape))

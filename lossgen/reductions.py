@@ -209,8 +209,8 @@ def pick_parts(node: sp.Basic) -> tuple[OneHot, sp.Expr] | None:
         return None
     (dim,) = node.dims
     for one_hot in _outside_reductions_atoms(node.body, OneHot):
-        if one_hot.dim != dim:
-            continue
+        if getattr(one_hot.args[0], "index_of", None) != dim:
+            continue  # along another dim (or SymPy's stand-in for the index, mid-rewrite)
         if replace_outside_reductions(node.body, one_hot, sp.S.Zero) == 0:
             return one_hot, replace_outside_reductions(node.body, one_hot, sp.S.One)
     return None

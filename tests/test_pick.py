@@ -203,6 +203,7 @@ def test_an_out_of_range_index_never_reads_out_of_bounds() -> None:
     shape = torch.Size([4, 3])
     picked = module._pick(module._at(value, index, 1, shape), index, 1, shape)
     assert picked.tolist() == [[0.0], [0.0], [3.0], [math.inf]]
+    assert module._at(0.5, index, 1, shape) == 0.5  # a number (1 / shape[1]) as it is
 
 
 def test_cse_keeps_a_pick_whole() -> None:
