@@ -260,9 +260,10 @@ def eager_function(
 
     A loss over dims is printed as the generated Function's forward prints it (reductions
     over `shape`, the broadcast shape of the arguments, through the generated module's
-    `_expand_along` / `_one_hot` helpers), but from the expression as written (no CSE, no
-    rewrite), and reduced by that module's `_reduce`, so `mean` has the loss's semantics
-    (dropped dims, the weighted mean of `mean_weight`). Params arrive as tensors.
+    `_expand_along` / `_one_hot` / `_at` / `_pick` helpers: a Pick is a gather there too),
+    but from the expression as written (no CSE, no rewrite), and reduced by that module's
+    `_reduce`, so `mean` has the loss's semantics (dropped dims, the weighted mean of
+    `mean_weight`). Params arrive as tensors.
     """
     names = {a.symbol: a.name for a in model.arguments}
     like = next(a.name for a in model.tensors if a.index_of is None)

@@ -13,7 +13,7 @@ reduction="none" returns it without the dims every term reduced (dim -1):
     d loss / d input = exp(input - LogSumExp(input, dim=-1)) - OneHot(target)
         LaTeX: e^{input - \operatorname{LogSumExp}_{-1}\left(input\right)} - \operatorname{OneHot}\left(target\right)
 
-Operations per element: 7 in the forward, 7 in the backward
+Operations per element: 5 in the forward, 7 in the backward
 (every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
@@ -107,6 +107,34 @@ def _one_hot(index, dim, shape, like):
     sizes[dim] = shape[dim]
     positions = torch.arange(shape[dim], device=index.device).view(sizes)
     return (index == positions).to(like.dtype)
+
+
+def _at(value, index, dim, shape):
+    """`value` at the class `index` along `dim` (a gather, leaving size 1 there), for _pick;
+    as it is where it has size 1 along `dim`. The index is clamped into range, as _pick
+    zeroes what an index out of range picks."""
+    if not isinstance(value, torch.Tensor):  # a number (a dim size, a scalar upstream)
+        return value
+    dim = dim % len(shape)
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    index = index.reshape((1,) * (len(shape) - index.dim()) + tuple(index.shape))
+    if value.shape[dim] == 1:
+        return value
+    one = tuple(value.shape[:dim]) + (1,) + tuple(value.shape[dim + 1 :])
+    sizes = list(torch.broadcast_shapes(index.shape, one))
+    if value.shape[dim] == 0:  # nothing to pick: the one-hot's sum is 0
+        return value.new_zeros(sizes)
+    index = index.clamp(0, value.shape[dim] - 1).long().expand(sizes)
+    sizes[dim] = value.shape[dim]
+    return value.expand(sizes).gather(dim, index)
+
+
+def _pick(value, index, dim, shape):
+    """Sum(OneHot(index) * E, dim), given `value`, E computed at the index (see _at): `value`
+    where the index is in range [0, shape[dim]), else 0, as the one-hot picked nothing.
+    """
+    in_range = (index >= 0) & (index < shape[dim])
+    return torch.where(in_range, value, 0)
 
 
 def _sum_to(grad, shape, argument_shape):
@@ -219,11 +247,7 @@ class ChannelsLastCrossEntropyFunction(torch.autograd.Function):
         shape = torch.broadcast_shapes(input.shape, target.shape)
         loss = torch.logsumexp(
             _expand_along(input, -1, shape), dim=-1, keepdim=True
-        ) - torch.sum(
-            _expand_along(input * _one_hot(target, -1, shape, input), -1, shape),
-            dim=-1,
-            keepdim=True,
-        )
+        ) - _pick(_at(input, target, -1, shape), target, -1, shape)
         return _reduce(loss, reduction, shape)
 
     @staticmethod
@@ -275,16 +299,15 @@ def _fused(input, target, reduction, needs_grad):
     shape = torch.broadcast_shapes(input.shape, target.shape)
     upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
     tmp0 = torch.logsumexp(_expand_along(input, -1, shape), dim=-1, keepdim=True)
-    tmp1 = _one_hot(target, -1, shape, input)
     loss = _reduce(
-        tmp0 - torch.sum(_expand_along(tmp1 * input, -1, shape), dim=-1, keepdim=True),
-        reduction,
-        shape,
+        tmp0 - _pick(_at(input, target, -1, shape), target, -1, shape), reduction, shape
     )
     grad_input = None
     if needs_grad[0]:
         grad_input = _sum_to(
-            upstream * (-tmp1 + torch.exp(-tmp0 + input)), shape, input.shape
+            upstream * (torch.exp(-tmp0 + input) - _one_hot(target, -1, shape, input)),
+            shape,
+            input.shape,
         )
     return loss, grad_input
 

@@ -16,7 +16,7 @@ reduction="none" returns it without the dims every term reduced (dim 1):
     d loss / d temperature = (-similarity*exp(-LogSumExp(similarity/temperature, dim=1) + similarity/temperature) + Sum(similarity*OneHot(positive), dim=1)/size_1)/temperature**2
         LaTeX: \frac{- similarity e^{- \operatorname{LogSumExp}_{1}\left(\frac{similarity}{temperature}\right) + \frac{similarity}{temperature}} + \frac{\operatorname{Sum}_{1}\left(similarity \operatorname{OneHot}\left(positive\right)\right)}{size_{1}}}{temperature^{2}}
 
-Operations per element: 11 in the forward, 21 in the backward
+Operations per element: 9 in the forward, 19 in the backward
 (every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
@@ -106,6 +106,34 @@ def _one_hot(index, dim, shape, like):
     sizes[dim] = shape[dim]
     positions = torch.arange(shape[dim], device=index.device).view(sizes)
     return (index == positions).to(like.dtype)
+
+
+def _at(value, index, dim, shape):
+    """`value` at the class `index` along `dim` (a gather, leaving size 1 there), for _pick;
+    as it is where it has size 1 along `dim`. The index is clamped into range, as _pick
+    zeroes what an index out of range picks."""
+    if not isinstance(value, torch.Tensor):  # a number (a dim size, a scalar upstream)
+        return value
+    dim = dim % len(shape)
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    index = index.reshape((1,) * (len(shape) - index.dim()) + tuple(index.shape))
+    if value.shape[dim] == 1:
+        return value
+    one = tuple(value.shape[:dim]) + (1,) + tuple(value.shape[dim + 1 :])
+    sizes = list(torch.broadcast_shapes(index.shape, one))
+    if value.shape[dim] == 0:  # nothing to pick: the one-hot's sum is 0
+        return value.new_zeros(sizes)
+    index = index.clamp(0, value.shape[dim] - 1).long().expand(sizes)
+    sizes[dim] = value.shape[dim]
+    return value.expand(sizes).gather(dim, index)
+
+
+def _pick(value, index, dim, shape):
+    """Sum(OneHot(index) * E, dim), given `value`, E computed at the index (see _at): `value`
+    where the index is in range [0, shape[dim]), else 0, as the one-hot picked nothing.
+    """
+    in_range = (index >= 0) & (index < shape[dim])
+    return torch.where(in_range, value, 0)
 
 
 def _sum_to(grad, shape, argument_shape):
@@ -220,12 +248,8 @@ class InfoNCEFunction(torch.autograd.Function):
             similarity.shape, positive.shape, temperature.shape
         )
         tmp0 = 1 / temperature
-        loss = -tmp0 * torch.sum(
-            _expand_along(
-                similarity * _one_hot(positive, 1, shape, similarity), 1, shape
-            ),
-            dim=1,
-            keepdim=True,
+        loss = -tmp0 * _pick(
+            _at(similarity, positive, 1, shape), positive, 1, shape
         ) + torch.logsumexp(
             _expand_along(tmp0 * similarity, 1, shape), dim=1, keepdim=True
         )
@@ -255,25 +279,24 @@ class InfoNCEFunction(torch.autograd.Function):
         )
         upstream = _upstream(grad_output, ctx.reduction, shape)
         tmp0 = 1 / temperature
-        tmp1 = _one_hot(positive, 1, shape, similarity)
-        tmp2 = tmp0 * similarity
-        tmp3 = torch.exp(
-            tmp2 - torch.logsumexp(_expand_along(tmp2, 1, shape), dim=1, keepdim=True)
+        tmp1 = tmp0 * similarity
+        tmp2 = torch.exp(
+            tmp1 - torch.logsumexp(_expand_along(tmp1, 1, shape), dim=1, keepdim=True)
         )
         grad_similarity = None
         grad_temperature = None
         if ctx.needs_input_grad[0]:
             grad_similarity = _sum_to(
-                tmp0 * upstream * (-tmp1 + tmp3), shape, similarity.shape
+                tmp0 * upstream * (tmp2 - _one_hot(positive, 1, shape, similarity)),
+                shape,
+                similarity.shape,
             )
         if ctx.needs_input_grad[2]:
             grad_temperature = _sum_to(
                 upstream
                 * (
-                    -tmp3 * similarity
-                    + torch.sum(
-                        _expand_along(tmp1 * similarity, 1, shape), dim=1, keepdim=True
-                    )
+                    -tmp2 * similarity
+                    + _pick(_at(similarity, positive, 1, shape), positive, 1, shape)
                     / shape[1]
                 )
                 / temperature**2,
@@ -296,19 +319,20 @@ def _fused(similarity, positive, temperature, reduction, needs_grad):
     tmp0 = 1 / temperature
     tmp1 = tmp0 * similarity
     tmp2 = torch.logsumexp(_expand_along(tmp1, 1, shape), dim=1, keepdim=True)
-    tmp3 = _one_hot(positive, 1, shape, similarity)
-    tmp4 = torch.sum(_expand_along(tmp3 * similarity, 1, shape), dim=1, keepdim=True)
-    tmp5 = torch.exp(tmp1 - tmp2)
-    loss = _reduce(-tmp0 * tmp4 + tmp2, reduction, shape)
+    tmp3 = _pick(_at(similarity, positive, 1, shape), positive, 1, shape)
+    tmp4 = torch.exp(tmp1 - tmp2)
+    loss = _reduce(-tmp0 * tmp3 + tmp2, reduction, shape)
     grad_similarity = None
     if needs_grad[0]:
         grad_similarity = _sum_to(
-            tmp0 * upstream * (-tmp3 + tmp5), shape, similarity.shape
+            tmp0 * upstream * (tmp4 - _one_hot(positive, 1, shape, similarity)),
+            shape,
+            similarity.shape,
         )
     grad_temperature = None
     if needs_grad[2]:
         grad_temperature = _sum_to(
-            upstream * (-tmp5 * similarity + tmp4 / shape[1]) / temperature**2,
+            upstream * (-tmp4 * similarity + tmp3 / shape[1]) / temperature**2,
             shape,
             temperature.shape,
         )

@@ -19,7 +19,7 @@ reduction="none" returns it without the dims every term reduced (dim 1):
     d loss / d margin = (1 - OneHot(target))*Heaviside(margin + input - Sum(input*OneHot(target), dim=1), 0)*Sum(weight*OneHot(target), dim=1)/size_1
         LaTeX: \frac{\left(1 - \operatorname{OneHot}\left(target\right)\right) \theta\left(margin + input - \operatorname{Sum}_{1}\left(input \operatorname{OneHot}\left(target\right)\right), 0\right) \operatorname{Sum}_{1}\left(weight \operatorname{OneHot}\left(target\right)\right)}{size_{1}}
 
-Operations per element: 15 in the forward, 28 in the backward
+Operations per element: 13 in the forward, 26 in the backward
 (every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
@@ -109,6 +109,34 @@ def _one_hot(index, dim, shape, like):
     sizes[dim] = shape[dim]
     positions = torch.arange(shape[dim], device=index.device).view(sizes)
     return (index == positions).to(like.dtype)
+
+
+def _at(value, index, dim, shape):
+    """`value` at the class `index` along `dim` (a gather, leaving size 1 there), for _pick;
+    as it is where it has size 1 along `dim`. The index is clamped into range, as _pick
+    zeroes what an index out of range picks."""
+    if not isinstance(value, torch.Tensor):  # a number (a dim size, a scalar upstream)
+        return value
+    dim = dim % len(shape)
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    index = index.reshape((1,) * (len(shape) - index.dim()) + tuple(index.shape))
+    if value.shape[dim] == 1:
+        return value
+    one = tuple(value.shape[:dim]) + (1,) + tuple(value.shape[dim + 1 :])
+    sizes = list(torch.broadcast_shapes(index.shape, one))
+    if value.shape[dim] == 0:  # nothing to pick: the one-hot's sum is 0
+        return value.new_zeros(sizes)
+    index = index.clamp(0, value.shape[dim] - 1).long().expand(sizes)
+    sizes[dim] = value.shape[dim]
+    return value.expand(sizes).gather(dim, index)
+
+
+def _pick(value, index, dim, shape):
+    """Sum(OneHot(index) * E, dim), given `value`, E computed at the index (see _at): `value`
+    where the index is in range [0, shape[dim]), else 0, as the one-hot picked nothing.
+    """
+    in_range = (index >= 0) & (index < shape[dim])
+    return torch.where(in_range, value, 0)
 
 
 def _lay_along(value, dim, ndim):
@@ -233,23 +261,20 @@ class MultiMarginFunction(torch.autograd.Function):
         shape = torch.broadcast_shapes(
             input.shape, target.shape, weight.shape, margin.shape
         )
-        tmp0 = _one_hot(target, 1, shape, input)
         loss = torch.mean(
             _expand_along(
-                (1 - tmp0)
+                (1 - _one_hot(target, 1, shape, input))
                 * torch.relu(
                     margin
                     + input
-                    - torch.sum(
-                        _expand_along(tmp0 * input, 1, shape), dim=1, keepdim=True
-                    )
+                    - _pick(_at(input, target, 1, shape), target, 1, shape)
                 ),
                 1,
                 shape,
             ),
             dim=1,
             keepdim=True,
-        ) * torch.sum(_expand_along(weight * tmp0, 1, shape), dim=1, keepdim=True)
+        ) * _pick(_at(weight, target, 1, shape), target, 1, shape)
         return _reduce(loss, reduction, shape)
 
     @staticmethod
@@ -280,16 +305,10 @@ class MultiMarginFunction(torch.autograd.Function):
         upstream = _upstream(grad_output, ctx.reduction, shape)
         tmp0 = _one_hot(target, 1, shape, input)
         tmp1 = 1 - tmp0
-        tmp2 = (
-            margin
-            + input
-            - torch.sum(_expand_along(tmp0 * input, 1, shape), dim=1, keepdim=True)
-        )
+        tmp2 = margin + input - _pick(_at(input, target, 1, shape), target, 1, shape)
         tmp3 = tmp1 * torch.relu(torch.sign(tmp2))
         tmp4 = (
-            upstream
-            * torch.sum(_expand_along(weight * tmp0, 1, shape), dim=1, keepdim=True)
-            / shape[1]
+            upstream * _pick(_at(weight, target, 1, shape), target, 1, shape) / shape[1]
         )
         grad_input = None
         grad_weight = None
@@ -336,26 +355,22 @@ def _fused(input, target, weight, margin, reduction, needs_grad):
         input.shape, target.shape, weight.shape, margin.shape
     )
     upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
-    tmp0 = _one_hot(target, 1, shape, input)
-    tmp1 = torch.sum(_expand_along(weight * tmp0, 1, shape), dim=1, keepdim=True)
-    tmp2 = 1 - tmp0
-    tmp3 = (
-        margin
-        + input
-        - torch.sum(_expand_along(tmp0 * input, 1, shape), dim=1, keepdim=True)
-    )
+    tmp0 = _pick(_at(weight, target, 1, shape), target, 1, shape)
+    tmp1 = _one_hot(target, 1, shape, input)
+    tmp2 = 1 - tmp1
+    tmp3 = margin + input - _pick(_at(input, target, 1, shape), target, 1, shape)
     tmp4 = torch.mean(
         _expand_along(tmp2 * torch.relu(tmp3), 1, shape), dim=1, keepdim=True
     )
     tmp5 = tmp2 * torch.relu(torch.sign(tmp3))
-    tmp6 = tmp1 * upstream / shape[1]
-    loss = _reduce(tmp1 * tmp4, reduction, shape)
+    tmp6 = tmp0 * upstream / shape[1]
+    loss = _reduce(tmp0 * tmp4, reduction, shape)
     grad_input = None
     if needs_grad[0]:
         grad_input = _sum_to(
             tmp6
             * (
-                -tmp0 * torch.sum(_expand_along(tmp5, 1, shape), dim=1, keepdim=True)
+                -tmp1 * torch.sum(_expand_along(tmp5, 1, shape), dim=1, keepdim=True)
                 + tmp5
             ),
             shape,
@@ -363,7 +378,7 @@ def _fused(input, target, weight, margin, reduction, needs_grad):
         )
     grad_weight = None
     if needs_grad[2]:
-        grad_weight = _sum_to(tmp0 * tmp4 * upstream, shape, weight.shape)
+        grad_weight = _sum_to(tmp1 * tmp4 * upstream, shape, weight.shape)
     grad_margin = None
     if needs_grad[3]:
         grad_margin = _sum_to(tmp5 * tmp6, shape, margin.shape)

@@ -16,7 +16,7 @@ reduction="none" returns it without the dims every term reduced (dim 1):
     d loss / d margin = Piecewise(((1 - OneHot(target))/Sum(Piecewise((1, Eq(margin*(1 - OneHot(target)) + input, Max(margin*(1 - OneHot(target)) + input, dim=1))), (0, True)), dim=1), Eq(-margin*OneHot(target) + margin + input, Max(margin*(1 - OneHot(target)) + input, dim=1))), (0, True))
         LaTeX: \begin{cases} \frac{1 - \operatorname{OneHot}\left(target\right)}{\operatorname{Sum}_{1}\left(\begin{cases} 1 & \text{for}\: margin \left(1 - \operatorname{OneHot}\left(target\right)\right) + input = \operatorname{Max}_{1}\left(margin \left(1 - \operatorname{OneHot}\left(target\right)\right) + input\right) \\0 & \text{otherwise} \end{cases}\right)} & \text{for}\: - margin \operatorname{OneHot}\left(target\right) + margin + input = \operatorname{Max}_{1}\left(margin \left(1 - \operatorname{OneHot}\left(target\right)\right) + input\right) \\0 & \text{otherwise} \end{cases}
 
-Operations per element: 10 in the forward, 25 in the backward
+Operations per element: 9 in the forward, 25 in the backward
 (every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
@@ -106,6 +106,34 @@ def _one_hot(index, dim, shape, like):
     sizes[dim] = shape[dim]
     positions = torch.arange(shape[dim], device=index.device).view(sizes)
     return (index == positions).to(like.dtype)
+
+
+def _at(value, index, dim, shape):
+    """`value` at the class `index` along `dim` (a gather, leaving size 1 there), for _pick;
+    as it is where it has size 1 along `dim`. The index is clamped into range, as _pick
+    zeroes what an index out of range picks."""
+    if not isinstance(value, torch.Tensor):  # a number (a dim size, a scalar upstream)
+        return value
+    dim = dim % len(shape)
+    value = value.reshape((1,) * (len(shape) - value.dim()) + tuple(value.shape))
+    index = index.reshape((1,) * (len(shape) - index.dim()) + tuple(index.shape))
+    if value.shape[dim] == 1:
+        return value
+    one = tuple(value.shape[:dim]) + (1,) + tuple(value.shape[dim + 1 :])
+    sizes = list(torch.broadcast_shapes(index.shape, one))
+    if value.shape[dim] == 0:  # nothing to pick: the one-hot's sum is 0
+        return value.new_zeros(sizes)
+    index = index.clamp(0, value.shape[dim] - 1).long().expand(sizes)
+    sizes[dim] = value.shape[dim]
+    return value.expand(sizes).gather(dim, index)
+
+
+def _pick(value, index, dim, shape):
+    """Sum(OneHot(index) * E, dim), given `value`, E computed at the index (see _at): `value`
+    where the index is in range [0, shape[dim]), else 0, as the one-hot picked nothing.
+    """
+    in_range = (index >= 0) & (index < shape[dim])
+    return torch.where(in_range, value, 0)
 
 
 def _sum_to(grad, shape, argument_shape):
@@ -217,10 +245,13 @@ class MulticlassHingeFunction(torch.autograd.Function):
         margin = _as_tensor(margin, input)
         target = target.unsqueeze(1)
         shape = torch.broadcast_shapes(input.shape, target.shape, margin.shape)
-        tmp0 = _one_hot(target, 1, shape, input)
         loss = torch.amax(
-            _expand_along(margin * (1 - tmp0) + input, 1, shape), dim=1, keepdim=True
-        ) - torch.sum(_expand_along(tmp0 * input, 1, shape), dim=1, keepdim=True)
+            _expand_along(
+                margin * (1 - _one_hot(target, 1, shape, input)) + input, 1, shape
+            ),
+            dim=1,
+            keepdim=True,
+        ) - _pick(_at(input, target, 1, shape), target, 1, shape)
         return _reduce(loss, reduction, shape)
 
     @staticmethod
@@ -290,9 +321,7 @@ def _fused(input, target, margin, reduction, needs_grad):
     tmp5 = torch.sum(_expand_along(tmp4, 1, shape), dim=1, keepdim=True)
     tmp6 = -margin * tmp0 + margin + input
     loss = _reduce(
-        tmp3 - torch.sum(_expand_along(tmp0 * input, 1, shape), dim=1, keepdim=True),
-        reduction,
-        shape,
+        tmp3 - _pick(_at(input, target, 1, shape), target, 1, shape), reduction, shape
     )
     grad_input = None
     if needs_grad[0]:

@@ -20,7 +20,7 @@ from lossgen.errors import SpecError
 from lossgen.functions import xlogy
 from lossgen.model import Argument, LossModel
 from lossgen.printer import unsupported_nodes
-from lossgen.reductions import DimSize, outside_reductions
+from lossgen.reductions import DimSize, hide_picks, outside_reductions, show_picks
 from lossgen.rewrite import candidates
 from lossgen.vocabulary import clamp, guarded, relu
 
@@ -371,7 +371,12 @@ def common_subexpressions(
     exprs: list[sp.Expr],
 ) -> tuple[tuple[Step, ...], tuple[sp.Expr, ...]]:
     symbols = sp.numbered_symbols(INTERMEDIATE_PREFIX, real=True)
-    replacements, reduced = sp.cse(exprs, symbols=symbols, order="canonical")
+    # A Pick is kept whole (see Picked) so that the printer can print it as a gather.
+    replacements, reduced = sp.cse(
+        [hide_picks(e) for e in exprs], symbols=symbols, order="canonical"
+    )
+    replacements = [(symbol, show_picks(expr)) for symbol, expr in replacements]
+    reduced = [show_picks(r) for r in reduced]
     # A constant must not become an intermediate: `tmp1 = math.sqrt(2)` is a Python float,
     # and the printer chooses torch.clamp (not torch.minimum) only when it sees a number.
     # Constants go back inline; the remaining intermediates are renumbered from tmp0.

@@ -24,8 +24,17 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.str import StrPrinter
 
 from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
-from lossgen.reductions import ALL, DimSize, OneHot, Reduction
-from lossgen.vocabulary import clamp, guarded, relu
+from lossgen.reductions import (
+    ALL,
+    DimSize,
+    OneHot,
+    Reduction,
+    Sum,
+    constant_dims,
+    covers,
+    pick_parts,
+)
+from lossgen.vocabulary import TensorSymbol, clamp, guarded, relu
 
 # SymPy function -> (torch spelling for tensors, math spelling for plain numbers)
 ELEMENTWISE_FUNCTIONS: dict[type, tuple[str, str]] = {
@@ -353,7 +362,20 @@ class TorchCodePrinter(ConditionPrinter):
         expanded = f"_expand_along({body}, {dims}, {self._shape})"
         return f"{expr.torch_name}({expanded}, dim={dims}, keepdim=True)"
 
-    _print_Sum = _print_Reduction
+    def _print_Sum(self, expr: Sum) -> str:  # noqa: N802 - SymPy's hook name
+        parts = pick_parts(expr)
+        if parts is None:
+            return self._print_Reduction(expr)
+        # A Pick, Sum(OneHot(t) * E, d): E at t, a gather (generated helpers _at, _pick),
+        # never a one-hot as large as E.
+        one_hot, value = parts
+        index = self._print(one_hot.args[0])
+        at_index = _AtIndexPrinter(self, index, one_hot.dim)
+        code = at_index._print(value)
+        if not value.free_symbols:
+            code = self._constant_tensor(code)
+        return f"_pick({code}, {index}, {one_hot.dim}, {self._shape})"
+
     _print_Mean = _print_Reduction
     _print_LogSumExp = _print_Reduction
     _print_Amax = _print_Reduction
@@ -383,6 +405,48 @@ class TorchCodePrinter(ConditionPrinter):
         """A number as a 0-dim tensor of the compute dtype and device."""
         like = self._like
         return f"torch.full((), {code}, dtype={like}.dtype, device={like}.device)"
+
+
+class _AtIndexPrinter(TorchCodePrinter):
+    """Prints E of a Pick at the class index along its dim: each leaf that may vary along the
+    dim (a tensor, a param, a temporary, a reduction over other dims) through the generated
+    helper _at (a gather at the index); E is then computed on those values only.
+
+    Gathering the leaves and computing E is E gathered: E is elementwise outside reductions.
+    A reduction over the dim is constant along it and is printed as the outer printer would.
+    """
+
+    def __init__(self, outer: TorchCodePrinter, index: str, dim: int) -> None:
+        super().__init__(outer._names, outer._like, outer._shape, outer._compiled)
+        self._outer = outer
+        self._index = index
+        self._dim = dim
+
+    def _at(self, code: str) -> str:
+        return f"_at({code}, {self._index}, {self._dim}, {self._shape})"
+
+    def _print_Symbol(self, expr: sp.Symbol) -> str:
+        code = super()._print_Symbol(expr)
+        if isinstance(expr, DimSize) or (
+            isinstance(expr, TensorSymbol) and expr.index_of == self._dim
+        ):
+            return code  # a number, or class indices (unsqueezed along the dim)
+        return self._at(code)  # _at leaves a value of size 1 along the dim as it is
+
+    def _print_Reduction(self, expr: Reduction) -> str:
+        code = self._outer._print(expr)
+        if covers(constant_dims(expr), frozenset({self._dim})):
+            return code
+        return self._at(code)
+
+    _print_Sum = _print_Reduction
+    _print_Mean = _print_Reduction
+    _print_LogSumExp = _print_Reduction
+    _print_Amax = _print_Reduction
+    _print_Amin = _print_Reduction
+
+    def _print_OneHot(self, expr: OneHot) -> str:
+        return self._at(self._outer._print(expr))
 
 
 def print_torch(

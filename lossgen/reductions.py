@@ -196,6 +196,86 @@ def Pick(expr: Any, index: TensorSymbol) -> sp.Expr:  # noqa: N802
     return Sum(one_hot * sp.sympify(expr), one_hot.dim)
 
 
+def pick_parts(node: sp.Basic) -> tuple[OneHot, sp.Expr] | None:
+    """(OneHot(t), E) where `node` is a Pick, Sum(body, d) with body = OneHot(t) * E (along
+    d); None otherwise.
+
+    It is a Pick whenever the body is 0 with the one-hot at 0 (a product with it, a Piecewise
+    of such products, ...): the one-hot is 0 or 1, so the body is then OneHot(t) times its
+    value E with the one-hot at 1, and the Sum is E at position t along d (0 where t is out
+    of range). Only a one-hot outside nested reductions counts (inside one, it is summed).
+    """
+    if not isinstance(node, Sum) or node.dims == ALL or len(node.dims) != 1:
+        return None
+    (dim,) = node.dims
+    for one_hot in _outside_reductions_atoms(node.body, OneHot):
+        if getattr(one_hot.args[0], "index_of", None) != dim:
+            continue  # along another dim (or SymPy's stand-in for the index, mid-rewrite)
+        if replace_outside_reductions(node.body, one_hot, sp.S.Zero) == 0:
+            return one_hot, replace_outside_reductions(node.body, one_hot, sp.S.One)
+    return None
+
+
+def _outside_reductions_atoms(expr: sp.Basic, kind: type) -> list[sp.Basic]:
+    found: list[sp.Basic] = []
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, kind):
+            if node not in found:
+                found.append(node)
+        elif not isinstance(node, (Reduction, OneHot, Picked)):
+            stack.extend(node.args)
+    return sorted(found, key=sp.default_sort_key)  # deterministic: the first one wins
+
+
+def replace_outside_reductions(
+    expr: sp.Basic, old: sp.Basic, new: sp.Basic
+) -> sp.Basic:
+    """`expr` with `old` replaced by `new`, except inside reductions (and Picked)."""
+    if expr == old:
+        return new
+    if not expr.args or isinstance(expr, (Reduction, OneHot, Picked)):
+        return expr
+    args = [replace_outside_reductions(arg, old, new) for arg in expr.args]
+    if all(a is b for a, b in zip(args, expr.args)):
+        return expr
+    return expr.func(*args)
+
+
+class Picked(sp.Function):
+    """A Pick while derive's CSE runs: Picked(E, t, dims) is Sum(OneHot(t) * E, dims).
+
+    Without it, CSE takes OneHot(t) out of the Sum into a temporary of its own wherever the
+    gradients use it too, and the printer no longer sees a Pick (it would materialise the
+    one-hot). E's own subexpressions are still shared; `as_sum` gives the Pick back.
+    """
+
+    nargs = 3
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+    def as_sum(self) -> Sum:
+        value, index, dims = self.args
+        return Sum(OneHot(index) * value, dims)
+
+
+def hide_picks(expr: sp.Basic) -> sp.Basic:
+    """Every Pick in `expr` as a Picked (see there)."""
+
+    def hidden(node: Sum) -> sp.Basic:
+        one_hot, value = pick_parts(node)  # type: ignore[misc]
+        return Picked(value, one_hot.args[0], node.args[1])
+
+    return expr.replace(lambda e: pick_parts(e) is not None, hidden)
+
+
+def show_picks(expr: sp.Basic) -> sp.Basic:
+    """`hide_picks` undone."""
+    return expr.replace(lambda e: isinstance(e, Picked), lambda e: e.as_sum())
+
+
 class DimSize(sp.Symbol):
     """The number of elements along some dims of the broadcast shape (a positive integer)."""
 

@@ -171,6 +171,7 @@ def render_loss(derived: DerivedLoss) -> str:
         "uses_upstream_weight": derived.uses_upstream_weight,
         "saves_output": derived.uses_upstream_weight,
         "uses_one_hot": any("_one_hot(" in code for code in code_so_far),
+        "uses_pick": any("_pick(" in code for code in code_so_far),
         "uses_xlogy": any("_xlogy(" in code for code in code_so_far),
         "along_params": along,
         "triton": _triton_code(derived),

@@ -27,7 +27,9 @@ from triton.runtime import JITFunction
 from conftest import ROOT, value_and_grads
 from lossgen.api import load_models
 from lossgen.model import LossModel
+from lossgen.reference import evaluate
 from lossgen.row_kernel import polynomial_terms
+from lossgen.verify import environment
 
 pytestmark = [
     # A kernel that fails falls back to torch with a RuntimeWarning: fail the test instead.
@@ -556,26 +558,20 @@ def test_short_rows_take_the_compiled_path(interpreted, monkeypatch) -> None:
     assert launches == [5]
 
 
-@pytest.mark.slow
-def test_the_weighted_means_total_is_compiled_to_the_same_value(monkeypatch) -> None:
-    # The row kernel's weighted mean divides by this total; compiled, it never writes the
-    # one-hot. Class weights, an ignored row.
-    module = module_of(MODELS["CrossEntropy"])
+def test_the_weighted_means_total_is_the_references() -> None:
+    # The row kernel's weighted mean divides by this total, which _run_triton computes as
+    # plain torch (a gather per row, no one-hot as large as the logits). Class weights, an
+    # ignored row.
+    model = MODELS["CrossEntropy"]
+    module = module_of(model)
     generator = torch.Generator().manual_seed(43)
     input = torch.randn(6, 50, generator=generator, dtype=torch.float64)
     target = torch.randint(0, 50, (6,), generator=generator)
     target[2] = 7
     weight = torch.rand(50, generator=generator, dtype=torch.float64) + 0.5
     params = [weight, torch.tensor(0.1, dtype=torch.float64), torch.tensor(7.0)]
-    expected = weight[target].sum() - weight[7]
-    monkeypatch.setattr(module, "_weight_total_compiled", None)
-    monkeypatch.setattr(module, "COMPILE", False)
-    torch.testing.assert_close(
-        module._compiled_weight_total(input, target, *params), expected
-    )
-    assert module._weight_total_compiled is None  # not compiled with COMPILE off
-    monkeypatch.setattr(module, "COMPILE", True)
-    torch.testing.assert_close(
-        module._compiled_weight_total(input, target, *params), expected
-    )
-    assert module._weight_total_compiled not in (None, module._weight_total)
+    total = module._weight_total(input, target, *params)
+    env = environment(model, [input, target, *params])
+    torch.testing.assert_close(total, evaluate(model.mean_weight, env).sum())
+    torch.testing.assert_close(total, weight[target].sum() - weight[7])
+    assert not hasattr(module, "_compiled_weight_total")
