@@ -430,7 +430,7 @@ def _load_triton():
         upstream = tl.load(upstream_ptr).to(compute_dtype)
         target = tl.load(target_ptr + row)
         # the row's elements at its class index (a OneHot's sum, gathered): 0 outside the row
-        input_at_target = tl.load(
+        _input_at_target = tl.load(
             input_ptr + row_offset + target,
             mask=(target >= 0) & (target < row_size),
             other=0.0,
@@ -458,7 +458,10 @@ def _load_triton():
         # the row's loss; the last pass writes the gradients
         tl.store(
             loss_ptr + row,
-            (tmp0 - tl.where((target >= 0) & (row_length > target), input_at_target, 0))
+            (
+                tmp0
+                - tl.where((target >= 0) & (row_length > target), _input_at_target, 0)
+            )
             * upstream,
         )
         if last_pass:
@@ -623,19 +626,19 @@ def _load_rescale_kernel():
     return _rescale_grad_kernel
 
 
-def _rescale_in_place(grads, grad_output, inputs):
+def _rescale_in_place(grads, grad_output, saved_inputs):
     """Multiply the gradients by grad_output in place with the rescale kernel; False where it
     does not run (then nothing was changed)."""
     import os
 
     global _rescale_kernel
-    tensors = [grad for grad in grads if grad is not None]
+    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     device = grad_output.device
     if not TRITON or _rescale_kernel is False or grad_output.numel() != 1:
         return False
     # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
     # for two equal gradients, which a multiply in place would change or scale twice.
-    seen = {tensor.untyped_storage().data_ptr() for tensor in inputs}
+    seen = {tensor.untyped_storage().data_ptr() for tensor in saved_inputs}
     for grad in tensors:
         storage = grad.untyped_storage().data_ptr()
         if storage in seen:
@@ -737,8 +740,8 @@ class _ChannelsLastCrossEntropyFused(torch.autograd.Function):
             )
             return ChannelsLastCrossEntropyFunction.backward(reference, grad_output)
         # the gradient GRAD_IN_PLACE wrote over input is its own to rescale
-        inputs = () if ctx.overwritten else saved[:2]
-        if _rescale_in_place(saved[2:], grad_output, inputs):
+        saved_inputs = () if ctx.overwritten else saved[:2]
+        if _rescale_in_place(saved[2:], grad_output, saved_inputs):
             ctx.rescaled_in_place = True
             (grad_input,) = saved[2:]
         else:

@@ -652,7 +652,7 @@ def _load_triton():
         label_smoothing = tl.load(label_smoothing_ptr).to(compute_dtype)
         ignore_index = tl.load(ignore_index_ptr).to(compute_dtype)
         # the row's elements at its class index (a OneHot's sum, gathered): 0 outside the row
-        input_at_target = tl.load(
+        _input_at_target = tl.load(
             input_ptr + row_offset + target,
             mask=(target >= 0) & (target < row_size),
             other=0.0,
@@ -685,7 +685,7 @@ def _load_triton():
         tmp3 = label_smoothing - 1
         tmp4 = (target >= 0) & (row_length > target)
         tmp5 = tmp0 * tl.where(tmp4, -weight, 0) + tl.where(
-            tmp4, weight * input_at_target, 0
+            tmp4, weight * _input_at_target, 0
         )
         tmp6 = ignore_index != target
         tmp8 = label_smoothing * weight / row_length
@@ -929,19 +929,19 @@ def _load_rescale_kernel():
     return _rescale_grad_kernel
 
 
-def _rescale_in_place(grads, grad_output, inputs):
+def _rescale_in_place(grads, grad_output, saved_inputs):
     """Multiply the gradients by grad_output in place with the rescale kernel; False where it
     does not run (then nothing was changed)."""
     import os
 
     global _rescale_kernel
-    tensors = [grad for grad in grads if grad is not None]
+    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     device = grad_output.device
     if not TRITON or _rescale_kernel is False or grad_output.numel() != 1:
         return False
     # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
     # for two equal gradients, which a multiply in place would change or scale twice.
-    seen = {tensor.untyped_storage().data_ptr() for tensor in inputs}
+    seen = {tensor.untyped_storage().data_ptr() for tensor in saved_inputs}
     for grad in tensors:
         storage = grad.untyped_storage().data_ptr()
         if storage in seen:
@@ -1050,8 +1050,8 @@ class _CrossEntropyFused(torch.autograd.Function):
             )
             return CrossEntropyFunction.backward(reference, grad_output)
         # the gradient GRAD_IN_PLACE wrote over input is its own to rescale
-        inputs = () if ctx.overwritten else saved[:6]
-        if _rescale_in_place(saved[6:], grad_output, inputs):
+        saved_inputs = () if ctx.overwritten else saved[:6]
+        if _rescale_in_place(saved[6:], grad_output, saved_inputs):
             ctx.rescaled_in_place = True
             grad_input, grad_weight, grad_label_smoothing, grad_ignore_index = saved[6:]
         else:

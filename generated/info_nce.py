@@ -460,7 +460,7 @@ def _load_triton():
         positive = tl.load(positive_ptr + row)
         temperature = tl.load(temperature_ptr).to(compute_dtype)
         # the row's elements at its class index (a OneHot's sum, gathered): 0 outside the row
-        similarity_at_positive = tl.load(
+        _similarity_at_positive = tl.load(
             similarity_ptr + row_offset + positive,
             mask=(positive >= 0) & (positive < row_size),
             other=0.0,
@@ -488,7 +488,7 @@ def _load_triton():
         # the row's loss; the last pass writes the gradients
         tmp1 = 1 / temperature
         tmp2 = tl.where(
-            (positive >= 0) & (row_length > positive), similarity_at_positive, 0
+            (positive >= 0) & (row_length > positive), _similarity_at_positive, 0
         )
         tl.store(loss_ptr + row, (tmp0 - tmp1 * tmp2) * upstream)
         if last_pass:
@@ -682,19 +682,19 @@ def _load_rescale_kernel():
     return _rescale_grad_kernel
 
 
-def _rescale_in_place(grads, grad_output, inputs):
+def _rescale_in_place(grads, grad_output, saved_inputs):
     """Multiply the gradients by grad_output in place with the rescale kernel; False where it
     does not run (then nothing was changed)."""
     import os
 
     global _rescale_kernel
-    tensors = [grad for grad in grads if grad is not None]
+    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     device = grad_output.device
     if not TRITON or _rescale_kernel is False or grad_output.numel() != 1:
         return False
     # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
     # for two equal gradients, which a multiply in place would change or scale twice.
-    seen = {tensor.untyped_storage().data_ptr() for tensor in inputs}
+    seen = {tensor.untyped_storage().data_ptr() for tensor in saved_inputs}
     for grad in tensors:
         storage = grad.untyped_storage().data_ptr()
         if storage in seen:
@@ -799,8 +799,8 @@ class _InfoNCEFused(torch.autograd.Function):
             )
             return InfoNCEFunction.backward(reference, grad_output)
         # the gradient GRAD_IN_PLACE wrote over similarity is its own to rescale
-        inputs = () if ctx.overwritten else saved[:3]
-        if _rescale_in_place(saved[3:], grad_output, inputs):
+        saved_inputs = () if ctx.overwritten else saved[:3]
+        if _rescale_in_place(saved[3:], grad_output, saved_inputs):
             ctx.rescaled_in_place = True
             grad_similarity, grad_temperature = saved[3:]
         else:

@@ -770,19 +770,19 @@ def _load_rescale_kernel():
     return _rescale_grad_kernel
 
 
-def _rescale_in_place(grads, grad_output, inputs):
+def _rescale_in_place(grads, grad_output, saved_inputs):
     """Multiply the gradients by grad_output in place with the rescale kernel; False where it
     does not run (then nothing was changed)."""
     import os
 
     global _rescale_kernel
-    tensors = [grad for grad in grads if grad is not None]
+    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     device = grad_output.device
     if not TRITON or _rescale_kernel is False or grad_output.numel() != 1:
         return False
     # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
     # for two equal gradients, which a multiply in place would change or scale twice.
-    seen = {tensor.untyped_storage().data_ptr() for tensor in inputs}
+    seen = {tensor.untyped_storage().data_ptr() for tensor in saved_inputs}
     for grad in tensors:
         storage = grad.untyped_storage().data_ptr()
         if storage in seen:
@@ -879,8 +879,8 @@ class _JensenShannonFused(torch.autograd.Function):
             )
             return JensenShannonFunction.backward(reference, grad_output)
         # the gradient GRAD_IN_PLACE wrote over logits_p is its own to rescale
-        inputs = () if ctx.overwritten else saved[:2]
-        if _rescale_in_place(saved[2:], grad_output, inputs):
+        saved_inputs = () if ctx.overwritten else saved[:2]
+        if _rescale_in_place(saved[2:], grad_output, saved_inputs):
             ctx.rescaled_in_place = True
             grad_logits_p, grad_logits_q = saved[2:]
         else:

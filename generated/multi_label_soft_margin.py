@@ -653,19 +653,19 @@ def _load_rescale_kernel():
     return _rescale_grad_kernel
 
 
-def _rescale_in_place(grads, grad_output, inputs):
+def _rescale_in_place(grads, grad_output, saved_inputs):
     """Multiply the gradients by grad_output in place with the rescale kernel; False where it
     does not run (then nothing was changed)."""
     import os
 
     global _rescale_kernel
-    tensors = [grad for grad in grads if grad is not None]
+    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     device = grad_output.device
     if not TRITON or _rescale_kernel is False or grad_output.numel() != 1:
         return False
     # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
     # for two equal gradients, which a multiply in place would change or scale twice.
-    seen = {tensor.untyped_storage().data_ptr() for tensor in inputs}
+    seen = {tensor.untyped_storage().data_ptr() for tensor in saved_inputs}
     for grad in tensors:
         storage = grad.untyped_storage().data_ptr()
         if storage in seen:
@@ -763,8 +763,8 @@ class _MultiLabelSoftMarginFused(torch.autograd.Function):
             )
             return MultiLabelSoftMarginFunction.backward(reference, grad_output)
         # the gradient GRAD_IN_PLACE wrote over input is its own to rescale
-        inputs = () if ctx.overwritten else saved[:3]
-        if _rescale_in_place(saved[3:], grad_output, inputs):
+        saved_inputs = () if ctx.overwritten else saved[:3]
+        if _rescale_in_place(saved[3:], grad_output, saved_inputs):
             ctx.rescaled_in_place = True
             grad_input, grad_target, grad_weight = saved[3:]
         else:

@@ -509,7 +509,7 @@ def _load_triton():
         weight = tl.load(weight_ptr).to(compute_dtype)
         margin = tl.load(margin_ptr).to(compute_dtype)
         # the row's elements at its class index (a OneHot's sum, gathered): 0 outside the row
-        input_at_target = tl.load(
+        _input_at_target = tl.load(
             input_ptr + row_offset + target,
             mask=(target >= 0) & (target < row_size),
             other=0.0,
@@ -527,7 +527,7 @@ def _load_triton():
             tmp2 = (
                 margin
                 + input
-                - tl.where((target >= 0) & (row_length > target), input_at_target, 0)
+                - tl.where((target >= 0) & (row_length > target), _input_at_target, 0)
             )
             _tmp0_sum += tl.sum(tl.where(in_row, tl.maximum(tmp2, 0.0), 0.0), axis=0)
             _tmp1_sum += tl.sum(
@@ -539,8 +539,8 @@ def _load_triton():
         tmp3 = (target >= 0) & (row_length > target)
         tmp4 = tl.where(tmp3, weight, 0)
         tmp5 = 1 / row_length
-        tmp6 = margin - tl.where(tmp3, input_at_target, 0)
-        tmp7 = input_at_target + tmp6
+        tmp6 = margin - tl.where(tmp3, _input_at_target, 0)
+        tmp7 = _input_at_target + tmp6
         tmp8 = tmp0 + tmp5 * tl.where(tmp3, -tl.maximum(tmp7, 0.0), 0)
         tmp11 = tmp4 * tmp5 * upstream
         tl.store(loss_ptr + row, tmp4 * tmp8 * upstream)
@@ -742,19 +742,19 @@ def _load_rescale_kernel():
     return _rescale_grad_kernel
 
 
-def _rescale_in_place(grads, grad_output, inputs):
+def _rescale_in_place(grads, grad_output, saved_inputs):
     """Multiply the gradients by grad_output in place with the rescale kernel; False where it
     does not run (then nothing was changed)."""
     import os
 
     global _rescale_kernel
-    tensors = [grad for grad in grads if grad is not None]
+    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     device = grad_output.device
     if not TRITON or _rescale_kernel is False or grad_output.numel() != 1:
         return False
     # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
     # for two equal gradients, which a multiply in place would change or scale twice.
-    seen = {tensor.untyped_storage().data_ptr() for tensor in inputs}
+    seen = {tensor.untyped_storage().data_ptr() for tensor in saved_inputs}
     for grad in tensors:
         storage = grad.untyped_storage().data_ptr()
         if storage in seen:
@@ -858,8 +858,8 @@ class _MultiMarginFused(torch.autograd.Function):
             )
             return MultiMarginFunction.backward(reference, grad_output)
         # the gradient GRAD_IN_PLACE wrote over input is its own to rescale
-        inputs = () if ctx.overwritten else saved[:4]
-        if _rescale_in_place(saved[4:], grad_output, inputs):
+        saved_inputs = () if ctx.overwritten else saved[:4]
+        if _rescale_in_place(saved[4:], grad_output, saved_inputs):
             ctx.rescaled_in_place = True
             grad_input, grad_weight, grad_margin = saved[4:]
         else:

@@ -437,19 +437,19 @@ def _load_rescale_kernel():
     return _rescale_grad_kernel
 
 
-def _rescale_in_place(grads, grad_output, inputs):
+def _rescale_in_place(grads, grad_output, saved_inputs):
     """Multiply the gradients by grad_output in place with the rescale kernel; False where it
     does not run (then nothing was changed)."""
     import os
 
     global _rescale_kernel
-    tensors = [grad for grad in grads if grad is not None]
+    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     device = grad_output.device
     if not TRITON or _rescale_kernel is False or grad_output.numel() != 1:
         return False
     # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
     # for two equal gradients, which a multiply in place would change or scale twice.
-    seen = {tensor.untyped_storage().data_ptr() for tensor in inputs}
+    seen = {tensor.untyped_storage().data_ptr() for tensor in saved_inputs}
     for grad in tensors:
         storage = grad.untyped_storage().data_ptr()
         if storage in seen:

@@ -40,6 +40,10 @@ GENERATED_CODE_NAMES = frozenset(
         "COMPILE",
         "FUSED_MIN_NUMEL",
         "RESCALE_SYNC_MIN_NUMEL",
+        "RESCALE_BLOCK",
+        "RESCALE_PROGRAMS",
+        "recompute",
+        "saved_inputs",
     }
     # reductions over dims
     | {"upstream_weight", "weight_total", "keepdim_shape"}

@@ -388,11 +388,11 @@ class _Builder:
         names[UPSTREAM] = "upstream"
         names[self.size] = ROW_LENGTH
         picks = tuple(
-            PickedLoad(f"{symbol}_at_{index}", str(symbol), str(index))
+            PickedLoad(f"_{symbol}_at_{index}", str(symbol), str(index))
             for (symbol, index) in sorted(self.picks, key=str)
         )
         for (symbol, index), picked in self.picks.items():
-            names[picked] = f"{symbol}_at_{index}"
+            names[picked] = f"_{symbol}_at_{index}"
         numbers = itertools.count()
         for accumulating in ordered:
             names[accumulating.symbol] = f"tmp{next(numbers)}"

@@ -102,7 +102,7 @@ def test_sums_of_one_hots_are_gathered_not_accumulated() -> None:
         passes = re.findall(r"# pass 1 over the row: (.*)", source)
         assert passes == ([accumulated] if accumulated else []), name
         assert " == columns)" not in source.split("if last_pass:")[0], name
-        gathered = re.findall(r"(\w+)_at_(\w+) = tl.load\(", source)
+        gathered = re.findall(r"_(\w+?)_at_(\w+) = tl.load\(", source)
         assert gathered == [
             ("similarity", "positive") if name == "InfoNCE" else ("input", "target")
         ], name
