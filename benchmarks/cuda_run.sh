@@ -2,7 +2,9 @@
 # One prepared GPU session (see README, "Benchmarks"): the Triton kernels checked against the
 # reference on the GPU, then the CUDA benchmarks. Run from the repository root on a CUDA
 # machine; results go to $OUT (default ./cuda-results). Wheels for packages the machine lacks
-# (black and its needs, liger-kernel) may wait in .whl/.
+# (black and its needs, liger-kernel) may wait in .whl/. Settings, from the environment: LOSSES,
+# STEPS (check,bench,blocks), BENCH_ARGS (default --back-to-back 10), BLOCK_ARGS, ROW_ARGS
+# (default --row-configs 4096/8), CHECK_TESTS, CHECK_TIMEOUT, BENCH_TIMEOUT, BLOCKS_TIMEOUT.
 set -uo pipefail
 OUT=${OUT:-cuda-results}
 mkdir -p "$OUT"
@@ -21,12 +23,12 @@ if [[ $STEPS == *check* ]]; then
 fi
 if [[ $STEPS == *bench* ]]; then
     timeout ${BENCH_TIMEOUT:-360} python3 benchmarks/bench.py --device cuda --generated generated \
-        --losses "$LOSSES" --repeats 20 --warmup 3 --markdown "$OUT/bench.md" ${BENCH_ARGS:-} \
+        --losses "$LOSSES" --repeats 20 --warmup 3 --markdown "$OUT/bench.md" ${BENCH_ARGS:---back-to-back 10} \
         specs/*.py 2>"$OUT/bench.log" | tail -40
 fi
 if [[ $STEPS == *blocks* ]]; then
     timeout ${BLOCKS_TIMEOUT:-120} python3 benchmarks/triton_block.py huber mse bce_with_logits \
         --profile ${BLOCK_ARGS:-} 2>"$OUT/profile.txt" | tee "$OUT/blocks.md"
-    timeout ${BLOCKS_TIMEOUT:-120} python3 benchmarks/triton_block.py --row 8192x128256 ${ROW_ARGS:-} 2>&1 \
+    timeout ${BLOCKS_TIMEOUT:-120} python3 benchmarks/triton_block.py --row 8192x128256 ${ROW_ARGS:---row-configs 4096/8} 2>&1 \
         | tee "$OUT/row_blocks.md"
 fi
