@@ -618,24 +618,32 @@ triton = tl = libdevice = None
 _triton_kernel = None  # made by _load_triton on first use; False where it cannot run
 
 
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _triton_runs_on(device):
+    """CUDA, or CPU under Triton's interpreter (TRITON_INTERPRET=1, for tests)."""
+    import os
+
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _triton_applies(tensors):
     """Whether the Triton kernel runs for these (same-dtype) tensors: it reads every tensor at
     the same offsets, so they must have one shape (broadcast ones take the torch fast path).
     """
-    import os
-
     first = tensors[0]
     if not TRITON or _triton_kernel is False or first.numel() == 0:
         return False
-    if first.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    if first.dtype not in _TRITON_DTYPES:
         return False
     if not all(
         tensor.shape == first.shape and tensor.is_contiguous() for tensor in tensors
     ):
         return False
-    if first.device.type == "cuda":
-        return True
-    return first.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    return _triton_runs_on(first.device)
 
 
 def _load_triton():
@@ -938,18 +946,22 @@ def _launch_triton(blocks, device, arguments, **constants):
     # the reference's branch at a kink (an FMA's exact `1 - x*y` can be 1e-17 where torch's
     # is 0), and values recomputed in another pass compare equal (a Max's ties).
     constants["enable_fp_fusion"] = False
+    constants["block_size"] = TRITON_BLOCK
     try:
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                _triton_kernel[(blocks,)](
-                    *arguments, **constants, block_size=TRITON_BLOCK
-                )
-        else:
-            _triton_kernel[(blocks,)](*arguments, **constants, block_size=TRITON_BLOCK)
+        _run_kernel(_triton_kernel, blocks, device, arguments, constants)
     except Exception as error:  # any failure: fall back to torch, and say why
         _triton_failed(error)
         return False
     return True
+
+
+def _run_kernel(kernel, programs, device, arguments, constants):
+    """`kernel` over `programs` programs, in `device`'s CUDA context where it is a GPU."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            kernel[(programs,)](*arguments, **constants)
+    else:
+        kernel[(programs,)](*arguments, **constants)
 
 
 def _triton_failed(error):
@@ -1011,8 +1023,6 @@ def _load_rescale_kernel():
 def _rescale_in_place(grads, grad_output, saved_inputs):
     """Multiply the gradients by grad_output in place with the rescale kernel; False where it
     does not run (then nothing was changed)."""
-    import os
-
     global _rescale_kernel
     tensors = [grad for grad in grads if grad is not None and grad.numel()]
     device = grad_output.device
@@ -1026,15 +1036,10 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
         if storage in seen:
             return False
         seen.add(storage)
-    if not (
-        device.type == "cuda"
-        or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
-    ):
+    if not _triton_runs_on(device):
         return False
     if not all(
-        grad.device == device
-        and grad.is_contiguous()
-        and grad.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        grad.device == device and grad.is_contiguous() and grad.dtype in _TRITON_DTYPES
         for grad in tensors
     ):
         return False
@@ -1054,11 +1059,7 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
             "enable_fp_fusion": False,
         }
         try:
-            if device.type == "cuda":
-                with torch.cuda.device(device):
-                    _rescale_kernel[(programs,)](*arguments, **constants)
-            else:
-                _rescale_kernel[(programs,)](*arguments, **constants)
+            _run_kernel(_rescale_kernel, programs, device, arguments, constants)
         except Exception as error:
             _rescale_failed(error)
             if index == 0:

@@ -351,11 +351,7 @@ def _row_triton_context(derived: DerivedLoss) -> dict[str, object]:
     model = derived.model
     row: RowKernelCode | None = row_kernel_code(derived)
     if row is None:
-        return {
-            "row_triton": None,
-            "row_in_place": None,
-            "launch_constants": ", block_size=TRITON_BLOCK",
-        }
+        return {"row_triton": None, "row_in_place": None}
     computed = {gradient.name for gradient in row.gradients}
     like = _like(model)
     in_place = next((g for g in row.gradients if g.name == like), None)
@@ -363,7 +359,6 @@ def _row_triton_context(derived: DerivedLoss) -> dict[str, object]:
     declined = " or ".join(f"needs_grad[{index}]" for index in row.declined)
     return {
         "row_triton": row,
-        "launch_constants": "",
         "row_declined": declined,
         "row_in_place_position": next(
             (i for i, a in enumerate(model.differentiable) if a.name == like), None
