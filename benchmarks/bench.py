@@ -36,6 +36,9 @@ generated loss's on the same inputs; one that differs is dropped (and listed und
 
 On CUDA, "bound" is the time one fused pass needs at the copy bandwidth measured at the start
 (a device-to-device copy of 2**28 floats): each tensor read once, one gradient written once.
+"generated host ms" is the host's time per generated step: until the last step's Python
+returned, before the sync that ends a sample. With `--back-to-back K`, where it is about the
+step's time, the host sets the pace (the GPU waits for it); where it is well below, the GPU does.
 
 Rounds are interleaved (every variant once per round, in a rotated order) and the median over
 rounds is reported; ratios are taken between medians of the same run. Peak extra memory is the
@@ -189,6 +192,7 @@ class Variant:
     name: str
     steps: Steps  # (drop the last step's gradients, one forward+backward)
     times: list[float] = field(default_factory=list)
+    host_times: list[float] = field(default_factory=list)  # see timed
     peak_bytes: int | None = None
 
 
@@ -565,7 +569,10 @@ def synchronize(device: str) -> None:
 BACK_TO_BACK = 1
 
 
-def timed(steps: Steps, device: str) -> float:
+def timed(steps: Steps, device: str) -> tuple[float, float]:
+    """Seconds per step, and the host's seconds per step: until the last step's Python
+    returned, before waiting for the GPU. Where the two agree, the host sets the pace.
+    """
     reset, step = steps
     reset()  # freeing the last gradient is not part of the step
     synchronize(device)
@@ -574,8 +581,9 @@ def timed(steps: Steps, device: str) -> float:
         if index:
             reset()
         step()
+    queued = time.perf_counter()
     synchronize(device)
-    return (time.perf_counter() - start) / BACK_TO_BACK
+    return (time.perf_counter() - start) / BACK_TO_BACK, (queued - start) / BACK_TO_BACK
 
 
 def peak_extra_bytes(steps: Steps, device: str) -> int:
@@ -618,7 +626,9 @@ def measure(
     for round_index in range(repeats):
         shift = round_index % len(order)
         for variant in order[shift:] + order[:shift]:
-            variant.times.append(timed(variant.steps, device))
+            elapsed, host = timed(variant.steps, device)
+            variant.times.append(elapsed)
+            variant.host_times.append(host)
         for variant in order:  # each round starts with no gradients held
             variant.steps[0]()
 
@@ -651,8 +661,8 @@ def table(rows: list[Row], itemsize: int, columns: Sequence[str]) -> str:
     header += ["eager / generated", "compile / generated", "builtin / generated"]
     header += ["eager / reference"]
     bounded = any(row.bound_ms is not None for row in rows)
-    if bounded:
-        header += ["bound ms", "bound / generated"]
+    if bounded:  # CUDA: also the host's time per generated step (see timed)
+        header += ["bound ms", "bound / generated", "generated host ms"]
     header += [f"{c} peak" for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ratios: dict[str, list[float]] = {
@@ -689,6 +699,8 @@ def table(rows: list[Row], itemsize: int, columns: Sequence[str]) -> str:
                 cells += [_ms(row.bound_ms), f"{100 * fraction:.0f}%"]
             else:
                 cells += ["", ""]
+            host = statistics.median(base.host_times) if base is not None else None
+            cells.append(_ms(1e3 * host) if host is not None else "")
         for c in columns:
             v = row.variants.get(c)
             cells.append(
@@ -703,7 +715,7 @@ def table(rows: list[Row], itemsize: int, columns: Sequence[str]) -> str:
             cells.append(
                 f"**{statistics.median(ratios[c]):.2f}x**" if ratios[c] else ""
             )
-        cells += [""] * (len(columns) + (2 if bounded else 0))
+        cells += [""] * (len(columns) + (3 if bounded else 0))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
