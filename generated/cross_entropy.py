@@ -172,9 +172,10 @@ _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
 
 
-def _use_fused(tensors, params, reduction):
+def _use_fused(tensors, params, reduction, along):
     """Whether the fused path applies: plain float tensors of one dtype and device that
-    broadcast together, scalar params."""
+    broadcast together, scalar params, or 1-D ones along their dim (`along`: each param's
+    dim, or None) with one value for each position there (class weights)."""
     if not FUSED or reduction not in ("mean", "sum"):
         return False
     if _is_compiling is None or _is_compiling():
@@ -194,10 +195,10 @@ def _use_fused(tensors, params, reduction):
             and tensor.device == first.device
         ):
             return False
-    for param in params:
+    for param, dim in zip(params, along):
         if isinstance(param, torch.Tensor) and not (
             type(param) in (torch.Tensor, nn.Parameter)
-            and param.dim() == 0
+            and (param.dim() == 0 or (param.dim() == 1 and dim is not None))
             and param.dtype == first.dtype
             and param.device == first.device
         ):
@@ -211,6 +212,12 @@ def _use_fused(tensors, params, reduction):
             RuntimeError
         ):  # the reference Function raises it, outside the compiled code
             return False
+    for param, dim in zip(params, along):
+        if isinstance(param, torch.Tensor) and param.dim() == 1:
+            # where _lay_along puts it: at `dim` of the first tensor, counted from the right
+            at = dim - first.dim() if dim >= 0 else dim
+            if not -first.dim() <= at < 0 or param.numel() != shape[at]:
+                return False  # as above: the reference Function raises it
     return shape.numel() >= FUSED_MIN_NUMEL
 
 
@@ -598,10 +605,10 @@ _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def _triton_runs_on(device):
     """CUDA, or CPU under Triton's interpreter (TRITON_INTERPRET=1, for tests)."""
-    import os
-
     if device.type == "cuda":
         return True
+    import os
+
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -772,6 +779,8 @@ def _run_triton(
         return None  # it needs the weighted mean's total loss: the torch fast path
     if not _triton_applies([input]):
         return None
+    if weight.dim():
+        return None  # one weight per class: the kernel loads one value, the torch fast path does not
     if input.dim() != 2:
         return None  # rows are not contiguous: the reduced dim is not the last
     if input.shape[-1] < ROW_MIN:
@@ -817,11 +826,11 @@ def _run_triton(
         rows,
         input.device,
         (
-            input.detach(),
-            target.detach(),
-            weight.detach(),
-            label_smoothing.detach(),
-            ignore_index.detach(),
+            input,
+            target,
+            weight,
+            label_smoothing,
+            ignore_index,
             upstream,
             loss_rows,
             grad_input,
@@ -833,7 +842,7 @@ def _run_triton(
         or grad_label_smoothing is not None
         or grad_ignore_index is not None,
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
-        row_block=min(ROW_BLOCK, triton.next_power_of_2(row_size)),
+        row_block=min(ROW_BLOCK, 1 << (row_size - 1).bit_length()),  # a power of 2
         num_warps=ROW_WARPS,
     )
     if not launched:
@@ -946,10 +955,12 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
     """Multiply the gradients by grad_output in place with the rescale kernel; False where it
     does not run (then nothing was changed)."""
     global _rescale_kernel
-    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     device = grad_output.device
     if not TRITON or _rescale_kernel is False or grad_output.numel() != 1:
         return False
+    if not _triton_runs_on(device):
+        return False
+    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
     # for two equal gradients, which a multiply in place would change or scale twice.
     seen = {tensor.untyped_storage().data_ptr() for tensor in saved_inputs}
@@ -958,8 +969,6 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
         if storage in seen:
             return False
         seen.add(storage)
-    if not _triton_runs_on(device):
-        return False
     if not all(
         grad.device == device and grad.is_contiguous() and grad.dtype in _TRITON_DTYPES
         for grad in tensors
@@ -973,8 +982,9 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
         if _rescale_kernel is False:
             return False
     for index, grad in enumerate(tensors):
-        programs = min(triton.cdiv(grad.numel(), RESCALE_BLOCK), RESCALE_PROGRAMS)
-        arguments = (grad, grad_output, grad.numel(), programs * RESCALE_BLOCK)
+        numel = grad.numel()
+        programs = min((numel + RESCALE_BLOCK - 1) // RESCALE_BLOCK, RESCALE_PROGRAMS)
+        arguments = (grad, grad_output, numel, programs * RESCALE_BLOCK)
         constants = {
             "compute_dtype": tl.float64 if grad.dtype == torch.float64 else tl.float32,
             "block_size": RESCALE_BLOCK,
@@ -1125,7 +1135,16 @@ def cross_entropy(
 
     Takes the fused fast path where it applies, else CrossEntropyFunction.
     """
-    if _use_fused([input], [weight, label_smoothing, ignore_index], reduction):
+    if _use_fused(
+        [input],
+        [weight, label_smoothing, ignore_index],
+        reduction,
+        along=(
+            1,
+            None,
+            None,
+        ),
+    ):
         return _CrossEntropyFused.apply(
             input, target, weight, label_smoothing, ignore_index, reduction
         )

@@ -411,10 +411,10 @@ _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def _triton_runs_on(device):
     """CUDA, or CPU under Triton's interpreter (TRITON_INTERPRET=1, for tests)."""
-    import os
-
     if device.type == "cuda":
         return True
+    import os
+
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -583,9 +583,9 @@ def _run_triton(similarity, positive, temperature, reduction, needs_grad):
         rows,
         similarity.device,
         (
-            similarity.detach(),
-            positive.detach(),
-            temperature.detach(),
+            similarity,
+            positive,
+            temperature,
             upstream,
             loss_rows,
             grad_similarity,
@@ -594,7 +594,7 @@ def _run_triton(similarity, positive, temperature, reduction, needs_grad):
         ),
         last_pass=grad_similarity is not None or grad_temperature is not None,
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
-        row_block=min(ROW_BLOCK, triton.next_power_of_2(row_size)),
+        row_block=min(ROW_BLOCK, 1 << (row_size - 1).bit_length()),  # a power of 2
         num_warps=ROW_WARPS,
     )
     if not launched:
@@ -699,10 +699,12 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
     """Multiply the gradients by grad_output in place with the rescale kernel; False where it
     does not run (then nothing was changed)."""
     global _rescale_kernel
-    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     device = grad_output.device
     if not TRITON or _rescale_kernel is False or grad_output.numel() != 1:
         return False
+    if not _triton_runs_on(device):
+        return False
+    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
     # for two equal gradients, which a multiply in place would change or scale twice.
     seen = {tensor.untyped_storage().data_ptr() for tensor in saved_inputs}
@@ -711,8 +713,6 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
         if storage in seen:
             return False
         seen.add(storage)
-    if not _triton_runs_on(device):
-        return False
     if not all(
         grad.device == device and grad.is_contiguous() and grad.dtype in _TRITON_DTYPES
         for grad in tensors
@@ -726,8 +726,9 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
         if _rescale_kernel is False:
             return False
     for index, grad in enumerate(tensors):
-        programs = min(triton.cdiv(grad.numel(), RESCALE_BLOCK), RESCALE_PROGRAMS)
-        arguments = (grad, grad_output, grad.numel(), programs * RESCALE_BLOCK)
+        numel = grad.numel()
+        programs = min((numel + RESCALE_BLOCK - 1) // RESCALE_BLOCK, RESCALE_PROGRAMS)
+        arguments = (grad, grad_output, numel, programs * RESCALE_BLOCK)
         constants = {
             "compute_dtype": tl.float64 if grad.dtype == torch.float64 else tl.float32,
             "block_size": RESCALE_BLOCK,

@@ -271,10 +271,10 @@ _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def _triton_runs_on(device):
     """CUDA, or CPU under Triton's interpreter (TRITON_INTERPRET=1, for tests)."""
-    import os
-
     if device.type == "cuda":
         return True
+    import os
+
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -360,7 +360,7 @@ def _run_triton(input, target, reduction, needs_grad):
         if _triton_kernel is False:
             return None
     numel = input.numel()
-    blocks = triton.cdiv(numel, TRITON_BLOCK)
+    blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
     partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     loss_partials = input.new_empty(blocks, dtype=partial_dtype)
@@ -373,14 +373,7 @@ def _run_triton(input, target, reduction, needs_grad):
     launched = _launch_triton(
         blocks,
         input.device,
-        (
-            input.detach(),
-            target.detach(),
-            loss_partials,
-            grad_input,
-            grad_target,
-            numel,
-        ),
+        (input, target, loss_partials, grad_input, grad_target, numel),
         reduce_mean=reduction == "mean",
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
     )
@@ -482,10 +475,12 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
     """Multiply the gradients by grad_output in place with the rescale kernel; False where it
     does not run (then nothing was changed)."""
     global _rescale_kernel
-    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     device = grad_output.device
     if not TRITON or _rescale_kernel is False or grad_output.numel() != 1:
         return False
+    if not _triton_runs_on(device):
+        return False
+    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
     # for two equal gradients, which a multiply in place would change or scale twice.
     seen = {tensor.untyped_storage().data_ptr() for tensor in saved_inputs}
@@ -494,8 +489,6 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
         if storage in seen:
             return False
         seen.add(storage)
-    if not _triton_runs_on(device):
-        return False
     if not all(
         grad.device == device and grad.is_contiguous() and grad.dtype in _TRITON_DTYPES
         for grad in tensors
@@ -509,8 +502,9 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
         if _rescale_kernel is False:
             return False
     for index, grad in enumerate(tensors):
-        programs = min(triton.cdiv(grad.numel(), RESCALE_BLOCK), RESCALE_PROGRAMS)
-        arguments = (grad, grad_output, grad.numel(), programs * RESCALE_BLOCK)
+        numel = grad.numel()
+        programs = min((numel + RESCALE_BLOCK - 1) // RESCALE_BLOCK, RESCALE_PROGRAMS)
+        arguments = (grad, grad_output, numel, programs * RESCALE_BLOCK)
         constants = {
             "compute_dtype": tl.float64 if grad.dtype == torch.float64 else tl.float32,
             "block_size": RESCALE_BLOCK,

@@ -820,6 +820,94 @@ def test_fused_path_against_torch(loss: str, reduction: str, monkeypatch) -> Non
     _compare(functional, theirs, tensors, grads, reduction, **TIGHT)
 
 
+def _ignoring(t: torch.Tensor) -> torch.Tensor:
+    t.view(-1)[::5] = -100  # ignored rows: not counted in the weighted mean
+    return t
+
+
+# loss: (torch's loss with weight=, make float64 (logits, labels, class weights) of >= 65536
+# elements); torch has no gradient for a class weight, so that one is checked against the
+# generated reference Function
+WEIGHTED = {
+    "CrossEntropy": (
+        lambda x, t, w, reduction: F.cross_entropy(
+            x, t, w, label_smoothing=0.1, reduction=reduction
+        ),
+        lambda x, t, w, reduction: generated.cross_entropy(
+            x, t, w, 0.1, reduction=reduction
+        ),
+        lambda g: [logits(g, BIG_NC), _ignoring(classes(g, BIG_NC))],
+    ),
+    "NLL": (
+        lambda x, t, w, reduction: F.nll_loss(x, t, w, reduction=reduction),
+        lambda x, t, w, reduction: generated.nll(x, t, w, reduction=reduction),
+        lambda g: [
+            torch.log_softmax(logits(g, BIG_NC), 1),
+            _ignoring(classes(g, BIG_NC)),
+        ],
+    ),
+    "MultiLabelSoftMargin": (
+        lambda x, y, w, reduction: F.multilabel_soft_margin_loss(
+            x, y, weight=w, reduction=reduction
+        ),
+        lambda x, y, w, reduction: generated.multi_label_soft_margin(
+            x, y, w, reduction=reduction
+        ),
+        lambda g: [logits(g, BIG_NC), mask(g, BIG_NC, soft=True)],
+    ),
+    "MultiMargin": (
+        lambda x, t, w, reduction: F.multi_margin_loss(
+            x, t, margin=0.7, weight=w, reduction=reduction
+        ),
+        lambda x, t, w, reduction: generated.multi_margin(
+            x, t, w, 0.7, reduction=reduction
+        ),
+        lambda g: [logits(g, BIG_NC, 1.0), classes(g, BIG_NC)],
+    ),
+}
+
+
+def _weighted_case(loss: str, monkeypatch):
+    theirs, ours, make = WEIGHTED[loss]
+    module = importlib.import_module(f"generated.{MODELS[loss].snake_name}")
+    monkeypatch.setattr(module, "COMPILE", False)  # see test_fused_path_against_torch
+    g = _seeded(f"{loss} weighted")
+    return module, theirs, ours, [*make(g), class_weights(g, BIG_NC[1])]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("loss", sorted(WEIGHTED))
+def test_class_weights_take_the_fused_path(loss: str, reduction: str, monkeypatch):
+    # A 1-D weight along the class dim (F.cross_entropy's weight=) is one value per class:
+    # the fused path lays it along dim 1 as the reference does.
+    module, theirs, ours, tensors = _weighted_case(loss, monkeypatch)
+    value, _, _ = _run(ours, tensors, (0,), reduction)
+    assert "Fused" in type(value.grad_fn).__name__
+    _compare(ours, theirs, tensors, (0,), reduction, **TIGHT)
+    # the weight's own gradient, against the reference Function's
+    fused = _run(ours, tensors, (0, 2), reduction)
+    monkeypatch.setattr(module, "FUSED", False)
+    reference = _run(ours, tensors, (0, 2), reduction)
+    assert "Fused" not in type(reference[0].grad_fn).__name__
+    assert fused[1][1].shape == tensors[2].shape
+    for a, b in zip(fused[:2], reference[:2]):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
+@pytest.mark.parametrize("loss", sorted(WEIGHTED))
+def test_class_weights_of_another_length_are_left_to_the_reference(loss, monkeypatch):
+    module, _, ours, tensors = _weighted_case(loss, monkeypatch)
+    x, target, weight = tensors
+    functional = getattr(module, MODELS[loss].snake_name)
+    along = tuple(p.along for p in MODELS[loss].params)
+    params = [weight[:-1]] + [p.default for p in MODELS[loss].params[1:]]
+    assert module._use_fused([x], [weight] + params[1:], "mean", along)
+    assert not module._use_fused([x], params, "mean", along)
+    assert not module._use_fused([x], [weight[:, None]] + params[1:], "mean", along)
+    with pytest.raises(RuntimeError):  # the reference Function's broadcast error
+        functional(x, target, weight[:-1])
+
+
 # --- the three interfaces --------------------------------------------------------------------
 
 MODELS = {model.name: model for model in load_models([SPEC])}

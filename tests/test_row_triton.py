@@ -343,9 +343,17 @@ def test_the_row_kernel_applies_only_where_it_can(interpreted, monkeypatch) -> N
     # rows not contiguous
     run(rows.t().contiguous().t(), classes)
     assert launches == []
-    # a class weight tensor (the fused path wants scalar params)
-    run(rows, classes, weight=torch.rand(ROW, dtype=torch.float64))
+    # a class weight per class: the kernel loads one value, so the torch fast path runs
+    weight = torch.rand(ROW, dtype=torch.float64, generator=generator)
+    value, grad = run(rows, classes, weight=weight)
     assert launches == []
+    y = rows.clone().requires_grad_()
+    expected = torch.nn.functional.cross_entropy(y, classes, weight)
+    expected.backward()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(grad, y.grad)
+    x = rows.clone().requires_grad_()
+    assert "Fused" in type(module.cross_entropy(x, classes, weight).grad_fn).__name__
     # the class weight's gradient needs the weighted mean's total loss: left to torch
     weight = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
     x = rows.clone().requires_grad_()
