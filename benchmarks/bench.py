@@ -33,6 +33,8 @@ distances, ...), class indices drawn in range, params at their defaults; their e
 is the expression as written printed over the generated module's helpers and reduced by its
 `_reduce` (see `eager_function`). Before timing, each built-in's value is compared with the
 generated loss's on the same inputs; one that differs is dropped (and listed under the table).
+With `--class-weights`, params declared along a dim (CrossEntropy's, NLL's, ... `weight`) are
+one random weight per class, in [0.5, 2), and the built-ins get the same `weight=`.
 
 On CUDA, "bound" is the time one fused pass needs at the copy bandwidth measured at the start
 (a device-to-device copy of 2**28 floats): each tensor read once, one gradient written once.
@@ -90,8 +92,10 @@ Step = Callable[[], None]
 Steps = tuple[Step, Step]
 
 
-def _per_class(weight: float, input: torch.Tensor) -> torch.Tensor:
-    """A scalar class weight as torch's one weight per class of dim 1."""
+def _per_class(weight: float | torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    """A class weight as torch's one weight per class of dim 1 (--class-weights: already)."""
+    if isinstance(weight, torch.Tensor):
+        return weight
     return torch.full((input.shape[1],), weight, dtype=input.dtype, device=input.device)
 
 
@@ -112,20 +116,20 @@ BUILTINS: dict[str, Callable[..., torch.Tensor]] = {
     "PoissonNLL": _poisson,
     "SoftMargin": lambda input, target: F.soft_margin_loss(input, target),
     "GaussianNLL": lambda input, target, var: F.gaussian_nll_loss(input, target, var),
-    # Losses over dims (specs/reductions.py). A scalar class weight cancels in the weighted
-    # mean of CrossEntropy/NLL, so torch's unweighted loss is the same value; where it does
-    # not cancel it is passed as one weight per class.
+    # Losses over dims (specs/reductions.py). A class weight goes to torch as one weight per
+    # class.
     "SoftCrossEntropy": lambda input, target: F.cross_entropy(input, target),
     "CrossEntropy": lambda input, target, weight, label_smoothing, ignore_index: (
         F.cross_entropy(
             input,
             target,
+            weight=_per_class(weight, input),
             ignore_index=int(ignore_index),
             label_smoothing=label_smoothing,
         )
     ),
     "NLL": lambda input, target, weight, ignore_index: F.nll_loss(
-        input, target, ignore_index=int(ignore_index)
+        input, target, weight=_per_class(weight, input), ignore_index=int(ignore_index)
     ),
     "ChannelsLastCrossEntropy": lambda input, target: F.cross_entropy(
         input.movedim(-1, 1), target
@@ -368,6 +372,12 @@ def make_inputs(
         )
         for p in model.params
     ]
+    if CLASS_WEIGHTS:  # one weight per class, in [0.5, 2)
+        for index, p in enumerate(model.params):
+            if p.along is not None:
+                count = full[p.along]
+                weights = 0.5 + 1.5 * torch.rand(count, generator=generator)
+                params[index] = weights.to(device=device, dtype=dtype)
     return tensors, params, grad_positions
 
 
@@ -490,7 +500,7 @@ def contenders(
             ),
         )
     # Params become tensors for the printed expression (the printer's convention).
-    param_tensors = [torch.tensor(p, dtype=dtype, device=device) for p in params]
+    param_tensors = [torch.as_tensor(p, dtype=dtype, device=device) for p in params]
     eager = eager_function(model, module)
     variants["eager"] = Variant("eager", stepper(eager, tensors, param_tensors, grads))
     if model.name in BUILTINS:
@@ -562,6 +572,9 @@ def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
+
+# --class-weights: params declared along a dim (class weights) are 1-D tensors, not scalars.
+CLASS_WEIGHTS = False
 
 # Steps per timed sample (--back-to-back): 1 waits for the GPU after every step, so the host's
 # Python counts in full; more let the host queue the next step's kernels while the GPU runs
@@ -761,6 +774,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--grad-all", action="store_true")
+    parser.add_argument(
+        "--class-weights",
+        action="store_true",
+        help="class weights (params declared along a dim) as one random weight per class",
+    )
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument(
         "--cross-entropy",
@@ -781,8 +799,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    global BACK_TO_BACK
+    global BACK_TO_BACK, CLASS_WEIGHTS
     BACK_TO_BACK = args.back_to_back
+    CLASS_WEIGHTS = args.class_weights
     device = args.device
     cuda = device.startswith("cuda")
     dtype = getattr(torch, args.dtype)
