@@ -3,7 +3,7 @@
 # reference on the GPU, then the CUDA benchmarks. Run from the repository root on a CUDA
 # machine; results go to $OUT (default ./cuda-results). Wheels for packages the machine lacks
 # (black and its needs, liger-kernel) may wait in .whl/. Settings, from the environment: LOSSES,
-# STEPS (check,bench,blocks), BENCH_ARGS (default --back-to-back 10), BLOCK_ARGS, ROW_ARGS
+# STEPS (check,host,bench,blocks), HOST_LOSSES, BENCH_ARGS (default --back-to-back 10), BLOCK_ARGS, ROW_ARGS
 # (default --row-configs 4096/8), CHECK_TESTS, CHECK_TIMEOUT, BENCH_TIMEOUT, BLOCKS_TIMEOUT.
 set -uo pipefail
 OUT=${OUT:-cuda-results}
@@ -16,10 +16,15 @@ fi
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 LOSSES=${LOSSES:-Huber,MSE,BCEWithLogits,LogCosh,SigmoidFocal,GaussianNLL}
-STEPS=${STEPS:-check,bench,blocks}
+STEPS=${STEPS:-check,host,bench,blocks}
 if [[ $STEPS == *check* ]]; then
     timeout ${CHECK_TIMEOUT:-240} python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_triton_cuda.py ${CHECK_TESTS:-} 2>&1 \
         | tee "$OUT/check.log" | tail -25
+fi
+if [[ $STEPS == *host* ]]; then
+    # the host's time per step where the GPU's is a few microseconds, and where it goes
+    timeout ${HOST_TIMEOUT:-120} python3 benchmarks/host_time.py --device cuda --profile \
+        ${HOST_LOSSES:-Huber MSE SigmoidFocal CrossEntropy} 2>&1 | tee "$OUT/host.md" | head -40
 fi
 if [[ $STEPS == *bench* ]]; then
     timeout ${BENCH_TIMEOUT:-360} python3 benchmarks/bench.py --device cuda --generated generated \
