@@ -599,7 +599,7 @@ def _run_triton(input, target, weight, margin, reduction, needs_grad):
     if not _triton_applies([input]):
         return None
     if weight.dim():
-        return None  # one weight per class: the kernel loads one value, the torch fast path does not
+        return None  # one weight per class: the kernel loads only one
     if input.dim() != 2:
         return None  # rows are not contiguous: the reduced dim is not the last
     if input.shape[-1] < ROW_MIN:
