@@ -268,3 +268,28 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     difference = torch.linalg.vector_norm((got - want).detach()[finite].double())
     scale = torch.linalg.vector_norm(want.detach()[finite].double())
     return float(difference / scale) if scale > 0 else float(difference > 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_class_weights_take_the_compiled_path_on_gpu(dtype, monkeypatch) -> None:
+    # One weight per class: the row kernel loads one value, so it declines, and the fused
+    # path runs torch.compile of _fused on the GPU instead.
+    module = module_of(ROW_MODELS["CrossEntropy"])
+    launches = counted_launches(module, monkeypatch)
+    generator = torch.Generator(device="cuda").manual_seed(41)
+    logits = torch.randn(512, 2048, device="cuda", dtype=dtype, generator=generator)
+    target = torch.randint(0, 2048, (512,), device="cuda", generator=generator)
+    target[::9] = -100
+    weight = torch.rand(2048, device="cuda", dtype=dtype, generator=generator) + 0.5
+    ours = logits.clone().requires_grad_()
+    value = module.cross_entropy(ours, target, weight, 0.1)
+    value.backward()
+    assert type(value.grad_fn).__name__.startswith("_CrossEntropyFused")
+    assert launches == []
+    theirs = logits.clone().requires_grad_()
+    expected = torch.nn.functional.cross_entropy(
+        theirs, target, weight, label_smoothing=0.1
+    )
+    expected.backward()
+    assert_agree(value, expected, TOLERANCE[dtype], "loss")
+    assert_agree(ours.grad, theirs.grad, TOLERANCE[dtype], "gradient")
