@@ -19,7 +19,7 @@ reduction="none" returns it without the dims every term reduced (dim 1):
     d loss / d margin = (1 - OneHot(target))*Heaviside(margin + input - Sum(input*OneHot(target), dim=1), 0)*Sum(weight*OneHot(target), dim=1)/size_1
         LaTeX: \frac{\left(1 - \operatorname{OneHot}\left(target\right)\right) \theta\left(margin + input - \operatorname{Sum}_{1}\left(input \operatorname{OneHot}\left(target\right)\right), 0\right) \operatorname{Sum}_{1}\left(weight \operatorname{OneHot}\left(target\right)\right)}{size_{1}}
 
-Operations per element: 13 in the forward, 26 in the backward
+Operations per element: 13 in the forward, 27 in the backward
 (every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
@@ -137,6 +137,34 @@ def _pick(value, index, dim, shape):
     """
     in_range = (index >= 0) & (index < shape[dim])
     return torch.where(in_range, value, 0)
+
+
+def _spread(value, index, dim, shape, like, argument_shape):
+    """OneHot(index) * E summed to an argument's shape (as _sum_to), given `value`, E at the
+    index (see _at): E at the index along `dim`, 0 elsewhere and where the index is out of
+    range. An argument constant along `dim` gets the picked values summed; one of the whole
+    shape a scatter into zeros, not a one-hot product (compiled on CPU: half the time,
+    benchmarks/RESULTS.md); the rest a product summed over the other dims (compiled, one
+    fused reduction: a scatter would first fill a tensor as large as the one-hot)."""
+    dim = dim % len(shape)
+    # times a 1 of like's dtype: the dtype of the one-hot's (like's dtype) product
+    value = _pick(value * like.new_ones(1), index, dim, shape)
+    sizes = list(shape)
+    sizes[dim] = 1
+    value = value.expand(sizes)
+    argument = (1,) * (len(shape) - len(argument_shape)) + tuple(argument_shape)
+    if argument[dim] == 1:
+        return value.sum_to_size(argument_shape)
+    if tuple(argument) != tuple(shape):
+        sizes = [1] * len(shape)
+        sizes[dim] = shape[dim]
+        positions = torch.arange(shape[dim], device=index.device).view(sizes)
+        return torch.where(index == positions, value, 0).sum_to_size(argument_shape)
+    grad = value.new_zeros(shape)
+    if shape[dim] > 0:
+        index = index.clamp(0, shape[dim] - 1).long().expand(sizes)
+        grad = grad.scatter(dim, index, value)
+    return grad.sum_to_size(argument_shape)
 
 
 def _lay_along(value, dim, ndim):
@@ -332,15 +360,17 @@ class MultiMarginFunction(torch.autograd.Function):
                 input.shape,
             )
         if ctx.needs_input_grad[2]:
-            grad_weight = _sum_to(
-                tmp0
-                * upstream
+            grad_weight = _spread(
+                _at(upstream, target, 1, shape)
                 * torch.mean(
                     _expand_along(tmp1 * torch.relu(tmp2), 1, shape),
                     dim=1,
                     keepdim=True,
                 ),
+                target,
+                1,
                 shape,
+                input,
                 weight.shape,
             ).reshape(_weight_shape)
         if ctx.needs_input_grad[3]:
@@ -385,7 +415,14 @@ def _fused(input, target, weight, margin, reduction, needs_grad):
         )
     grad_weight = None
     if needs_grad[2]:
-        grad_weight = _sum_to(tmp1 * tmp4 * upstream, shape, weight.shape)
+        grad_weight = _spread(
+            _at(tmp4, target, 1, shape) * _at(upstream, target, 1, shape),
+            target,
+            1,
+            shape,
+            input,
+            weight.shape,
+        )
     grad_margin = None
     if needs_grad[3]:
         grad_margin = _sum_to(tmp5 * tmp6, shape, margin.shape)

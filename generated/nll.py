@@ -19,7 +19,7 @@ reduction="none" returns it without the dims every term reduced (dim 1):
     d loss / d ignore_index = 0
         LaTeX: 0
 
-Operations per element: 7 in the forward, 11 in the backward
+Operations per element: 7 in the forward, 17 in the backward
 (every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
@@ -103,14 +103,6 @@ def _expand_along(value, dims, shape):
     return value.expand([shape[d] if d in dims else -1 for d in range(len(shape))])
 
 
-def _one_hot(index, dim, shape, like):
-    """1 where the position along `dim` equals the class index (unsqueezed there), else 0."""
-    sizes = [1] * len(shape)
-    sizes[dim] = shape[dim]
-    positions = torch.arange(shape[dim], device=index.device).view(sizes)
-    return (index == positions).to(like.dtype)
-
-
 def _at(value, index, dim, shape):
     """`value` at the class `index` along `dim` (a gather, leaving size 1 there), for _pick;
     as it is where it has size 1 along `dim`. The index is clamped into range, as _pick
@@ -137,6 +129,34 @@ def _pick(value, index, dim, shape):
     """
     in_range = (index >= 0) & (index < shape[dim])
     return torch.where(in_range, value, 0)
+
+
+def _spread(value, index, dim, shape, like, argument_shape):
+    """OneHot(index) * E summed to an argument's shape (as _sum_to), given `value`, E at the
+    index (see _at): E at the index along `dim`, 0 elsewhere and where the index is out of
+    range. An argument constant along `dim` gets the picked values summed; one of the whole
+    shape a scatter into zeros, not a one-hot product (compiled on CPU: half the time,
+    benchmarks/RESULTS.md); the rest a product summed over the other dims (compiled, one
+    fused reduction: a scatter would first fill a tensor as large as the one-hot)."""
+    dim = dim % len(shape)
+    # times a 1 of like's dtype: the dtype of the one-hot's (like's dtype) product
+    value = _pick(value * like.new_ones(1), index, dim, shape)
+    sizes = list(shape)
+    sizes[dim] = 1
+    value = value.expand(sizes)
+    argument = (1,) * (len(shape) - len(argument_shape)) + tuple(argument_shape)
+    if argument[dim] == 1:
+        return value.sum_to_size(argument_shape)
+    if tuple(argument) != tuple(shape):
+        sizes = [1] * len(shape)
+        sizes[dim] = shape[dim]
+        positions = torch.arange(shape[dim], device=index.device).view(sizes)
+        return torch.where(index == positions, value, 0).sum_to_size(argument_shape)
+    grad = value.new_zeros(shape)
+    if shape[dim] > 0:
+        index = index.clamp(0, shape[dim] - 1).long().expand(sizes)
+        grad = grad.scatter(dim, index, value)
+    return grad.sum_to_size(argument_shape)
 
 
 def _lay_along(value, dim, ndim):
@@ -336,19 +356,35 @@ class NLLFunction(torch.autograd.Function):
         upstream_weight = grad_output.new_zeros(())
         if weight_total is not None:
             upstream_weight = -grad_output * output / weight_total
-        tmp0 = _one_hot(target, 1, shape, input)
         tmp1 = ignore_index != target
         grad_input = None
         grad_weight = None
         grad_ignore_index = None
         if ctx.needs_input_grad[0]:
-            grad_input = _sum_to(
-                torch.where(tmp1, -weight * tmp0 * upstream, 0), shape, input.shape
+            grad_input = _spread(
+                torch.where(
+                    _at(tmp1, target, 1, shape),
+                    -_at(weight, target, 1, shape) * _at(upstream, target, 1, shape),
+                    0,
+                ),
+                target,
+                1,
+                shape,
+                input,
+                input.shape,
             )
         if ctx.needs_input_grad[2]:
-            grad_weight = _sum_to(
-                torch.where(tmp1, tmp0 * (-upstream * input + upstream_weight), 0),
+            grad_weight = _spread(
+                torch.where(
+                    _at(tmp1, target, 1, shape),
+                    -_at(upstream, target, 1, shape) * _at(input, target, 1, shape)
+                    + _at(upstream_weight, target, 1, shape),
+                    0,
+                ),
+                target,
+                1,
                 shape,
+                input,
                 weight.shape,
             ).reshape(_weight_shape)
         if ctx.needs_input_grad[3]:
@@ -385,7 +421,6 @@ def _fused(input, target, weight, ignore_index, reduction, needs_grad):
         )
         upstream = 1 / weight_total
     tmp0 = ignore_index != target
-    tmp1 = _one_hot(target, 1, shape, input)
     loss = _reduce(
         torch.where(
             tmp0,
@@ -406,14 +441,31 @@ def _fused(input, target, weight, ignore_index, reduction, needs_grad):
         upstream_weight = -loss / weight_total
     grad_input = None
     if needs_grad[0]:
-        grad_input = _sum_to(
-            torch.where(tmp0, -weight * tmp1 * upstream, 0), shape, input.shape
+        grad_input = _spread(
+            torch.where(
+                _at(tmp0, target, 1, shape),
+                -_at(weight, target, 1, shape) * _at(upstream, target, 1, shape),
+                0,
+            ),
+            target,
+            1,
+            shape,
+            input,
+            input.shape,
         )
     grad_weight = None
     if needs_grad[2]:
-        grad_weight = _sum_to(
-            torch.where(tmp0, tmp1 * (-upstream * input + upstream_weight), 0),
+        grad_weight = _spread(
+            torch.where(
+                _at(tmp0, target, 1, shape),
+                -_at(upstream, target, 1, shape) * _at(input, target, 1, shape)
+                + _at(upstream_weight, target, 1, shape),
+                0,
+            ),
+            target,
+            1,
             shape,
+            input,
             weight.shape,
         )
     grad_ignore_index = None

@@ -33,6 +33,7 @@ from lossgen.reductions import (
     constant_dims,
     covers,
     pick_parts,
+    spread_parts,
 )
 from lossgen.vocabulary import TensorSymbol, clamp, guarded, relu
 
@@ -454,3 +455,30 @@ def print_torch(
 ) -> str:
     """Print one expression; see TorchCodePrinter."""
     return TorchCodePrinter(names, like, compiled=compiled).doprint(expr)
+
+
+def print_spread(
+    expr: sp.Basic, names: Mapping[sp.Symbol, str], like: str, compiled: bool = False
+) -> tuple[str, str, int] | None:
+    """(E at the class index, the index, its dim), printed, where `expr` is OneHot(t) * E
+    (see reductions.spread_parts); None otherwise.
+
+    For a gradient that is a Pick's (NLL's): the template scatters E into zeros with the
+    generated helper _spread, where the one-hot product would compute every element of a
+    tensor as large as the one-hot (measured 2x slower compiled on CPU, benchmarks/RESULTS.md).
+    """
+    parts = spread_parts(expr)
+    if parts is None:
+        return None
+    missing = unsupported_nodes(expr)
+    if missing:
+        raise UnsupportedExpressionError(
+            "cannot print as torch code: " + ", ".join(missing)
+        )
+    one_hot, value = parts
+    printer = TorchCodePrinter(names, like, compiled=compiled)
+    index = printer._print(one_hot.args[0])
+    code = _AtIndexPrinter(printer, index, one_hot.dim)._print(value)
+    if not value.free_symbols:
+        code = printer._constant_tensor(code)
+    return code, index, one_hot.dim

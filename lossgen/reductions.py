@@ -208,11 +208,27 @@ def pick_parts(node: sp.Basic) -> tuple[OneHot, sp.Expr] | None:
     if not isinstance(node, Sum) or node.dims == ALL or len(node.dims) != 1:
         return None
     (dim,) = node.dims
-    for one_hot in _outside_reductions_atoms(node.body, OneHot):
-        if getattr(one_hot.args[0], "index_of", None) != dim:
+    return _one_hot_factor(node.body, dim)
+
+
+def spread_parts(expr: sp.Basic) -> tuple[OneHot, sp.Expr] | None:
+    """(OneHot(t), E) where `expr` is OneHot(t) * E: 0 wherever the one-hot is 0 (as in
+    pick_parts, but not summed). Such an expression is E at the index along the one-hot's dim
+    and 0 elsewhere: a scatter into zeros, never a one-hot as large as it (a gradient of a
+    Pick, e.g. NLL's). None otherwise.
+    """
+    return _one_hot_factor(expr, None)
+
+
+def _one_hot_factor(body: sp.Basic, dim: int | None) -> tuple[OneHot, sp.Expr] | None:
+    """The first one-hot (along `dim`, or any dim for None) outside reductions that `body` is
+    0 without, and `body` with it at 1; see pick_parts."""
+    for one_hot in _outside_reductions_atoms(body, OneHot):
+        along = getattr(one_hot.args[0], "index_of", None)
+        if along is None or (dim is not None and along != dim):
             continue  # along another dim (or SymPy's stand-in for the index, mid-rewrite)
-        if replace_outside_reductions(node.body, one_hot, sp.S.Zero) == 0:
-            return one_hot, replace_outside_reductions(node.body, one_hot, sp.S.One)
+        if replace_outside_reductions(body, one_hot, sp.S.Zero) == 0:
+            return one_hot, replace_outside_reductions(body, one_hot, sp.S.One)
     return None
 
 

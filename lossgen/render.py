@@ -17,8 +17,8 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 from lossgen.backprop import UPSTREAM, UPSTREAM_WEIGHT
 from lossgen.derive import DerivedLoss, Program, Step
 from lossgen.model import Argument, LossModel
-from lossgen.printer import UnsupportedExpressionError, print_torch
-from lossgen.reductions import ALL
+from lossgen.printer import UnsupportedExpressionError, print_spread, print_torch
+from lossgen.reductions import ALL, spread_parts
 from lossgen.row_kernel import RowKernelCode, row_kernel_code
 from lossgen.triton_printer import print_triton
 
@@ -42,6 +42,7 @@ class GradientCode:
         str  # the gradient of the reduced loss: `factor * upstream`, or `code` itself
     )
     reshape: str  # back to a param's own shape where it was laid along a dim
+    summed: bool = False  # `code` is already summed to the argument's shape (_spread)
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,36 @@ def render_loss(derived: DerivedLoss) -> str:
             f"torch.full(torch.broadcast_shapes({shapes}), {forward_code}, "
             f"dtype={like}.dtype, device={like}.device)"
         )
-    shared_lines = lines(derived.shared_backward_steps)
+    spreads, needed = _spreads(
+        [
+            *derived.shared_backward_steps,
+            *(step for g in derived.gradients for step in g.program.steps),
+        ],
+        [g.program.result for g in derived.gradients],
+    )
+    shared_lines = lines(
+        [s for s in derived.shared_backward_steps if s.symbol in needed]
+    )
     gradients = []
-    for gradient in derived.gradients:
-        body, code = program(gradient.program)
+    for gradient, spread in zip(derived.gradients, spreads):
+        body = lines([s for s in gradient.program.steps if s.symbol in needed])
         index = model.arguments.index(gradient.argument)
+        if spread is not None:
+            code = _spread_code(spread, names, like, gradient.argument, compiled=False)
+            gradients.append(
+                GradientCode(
+                    index,
+                    gradient.argument,
+                    body,
+                    code,
+                    code,
+                    code,
+                    _reshape(gradient.argument),
+                    summed=True,
+                )
+            )
+            continue
+        code = print_torch(gradient.program.result, names, like)
         binds_tightly = precedence(gradient.program.result) >= PRECEDENCE["Mul"]
         factor = code if binds_tightly else f"({code})"
         scaled = _scaled(model, code, factor, not gradient.program.result.free_symbols)
@@ -171,7 +197,12 @@ def render_loss(derived: DerivedLoss) -> str:
         "uses_upstream_weight": derived.uses_upstream_weight,
         "saves_output": derived.uses_upstream_weight,
         "uses_one_hot": any("_one_hot(" in code for code in code_so_far),
-        "uses_pick": any("_pick(" in code for code in code_so_far),
+        "uses_pick": any(
+            helper in code
+            for code in code_so_far
+            for helper in ("_pick(", "_at(", "_spread(")
+        ),
+        "uses_spread": any("_spread(" in code for code in code_so_far),
         "uses_xlogy": any("_xlogy(" in code for code in code_so_far),
         "along_params": along,
         "triton": _triton_code(derived),
@@ -257,6 +288,51 @@ class FusedGradient:
     factor: str  # `code`, parenthesized where precedence needs it
     constant: bool  # no symbols: the gradient must be broadcast to a full tensor
     scaled: str  # see GradientCode.scaled
+    summed: bool = False  # see GradientCode.summed
+
+
+def _spreads(
+    steps: Sequence[Step], results: Sequence[sp.Expr], roots: Sequence[sp.Expr] = ()
+) -> tuple[list[sp.Expr | None], set[sp.Symbol]]:
+    """Each result as a one-hot product (printer.print_spread), or None where it is not one;
+    and the symbols of the steps still needed, by these and by `roots`.
+
+    Derive's CSE takes OneHot(t) out into a temporary wherever two gradients share it: steps
+    that are one-hot products themselves are put back into the results first. A step that
+    only such a result used is no longer needed (the scatter does not read it).
+    """
+    inline: dict[sp.Basic, sp.Basic] = {}
+    for step in steps:
+        expr = step.expr.xreplace(inline)
+        if spread_parts(expr) is not None:
+            inline[step.symbol] = expr
+    spreads: list[sp.Expr | None] = []
+    for result in results:
+        inlined = result.xreplace(inline)
+        spreads.append(inlined if spread_parts(inlined) is not None else None)
+    used = [*roots, *(s if s is not None else r for s, r in zip(spreads, results))]
+    wanted: set[sp.Basic] = set().union(*(expr.free_symbols for expr in used))
+    needed: set[sp.Symbol] = set()
+    for step in reversed(steps):
+        if step.symbol in wanted:
+            needed.add(step.symbol)
+            wanted |= step.expr.free_symbols
+    return spreads, needed
+
+
+def _spread_code(
+    expr: sp.Expr,
+    names: dict[sp.Symbol, str],
+    like: str,
+    argument: Argument,
+    compiled: bool,
+) -> str:
+    """A one-hot product gradient (see _spreads) as the generated helper _spread, which also
+    sums it to the argument's shape."""
+    printed = print_spread(expr, names, like, compiled=compiled)
+    assert printed is not None, "a spread is a one-hot product"
+    value, index, dim = printed
+    return f"_spread({value}, {index}, {dim}, shape, {like}, {argument.name}.shape)"
 
 
 def _fused_code(
@@ -267,15 +343,31 @@ def _fused_code(
     names = _names(model)
     like = _like(model)
     fused = derived.fused
-    for step in fused.steps:
+    spreads, needed = _spreads(fused.steps, fused.gradients, [fused.loss])
+    steps = [s for s in fused.steps if s.symbol in needed]
+    for step in steps:
         names[step.symbol] = step.symbol.name
     # printed for torch.compile, which compiles _fused (see TorchCodePrinter._print_xlogy)
     lines = tuple(
         Line(s.symbol.name, print_torch(s.expr, names, like, compiled=True))
-        for s in fused.steps
+        for s in steps
     )
     gradients = []
-    for gradient, result in zip(derived.gradients, fused.gradients):
+    for gradient, result, spread in zip(derived.gradients, fused.gradients, spreads):
+        if spread is not None:
+            code = _spread_code(spread, names, like, gradient.argument, compiled=True)
+            gradients.append(
+                FusedGradient(
+                    model.arguments.index(gradient.argument),
+                    gradient.argument,
+                    code,
+                    code,
+                    False,
+                    code,
+                    summed=True,
+                )
+            )
+            continue
         code = print_torch(result, names, like, compiled=True)
         binds_tightly = precedence(result) >= PRECEDENCE["Mul"]
         factor = code if binds_tightly else f"({code})"
