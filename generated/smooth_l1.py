@@ -74,8 +74,9 @@ def _sum_to(grad, shape, argument_shape):
 # and device, broadcasting together) with a "mean"/"sum" reduction, the functional form and the
 # Module instead call a fused Function that computes the loss and the gradients in one pass
 # during forward (compiled with torch.compile on first use, which takes seconds, or run as
-# plain torch where compiling fails), saves only those gradients (each summed to its tensor's
-# shape), and in backward hands them on, rescaled only when grad_output is not 1. Double backward and torch.func transforms take the reference path.
+# plain torch where compiling fails, with a warning), saves only those gradients (each summed
+# to its tensor's shape), and in backward hands them on, rescaled only when grad_output is
+# not 1. Double backward and torch.func transforms take the reference path.
 # Set FUSED = False to always take the reference path; COMPILE = False to skip torch.compile.
 FUSED = True
 COMPILE = True
@@ -271,12 +272,22 @@ def _run_fused(*args):
         _compiled_fused = torch.compile(_fused, fullgraph=True)
     try:
         return _compiled_fused(*args)
-    except Exception:
+    except Exception as error:
         # A caller's error (class indices of the wrong shape) raises here too, unchanged,
-        # and leaves compiling on; where the plain code runs, there is no compiler for this
-        # device: it is used from now on.
+        # and leaves compiling on; where the plain code runs, compiling failed (no compiler
+        # for this device, a graph break): the plain code is used from now on, with a warning,
+        # since it is several times slower.
         computed = _fused(*args)
         _compiled_fused = _fused
+        import warnings
+
+        reason = str(error).partition("\n")[0]
+        warnings.warn(
+            f"SmoothL1: torch.compile of the fused path failed, running it uncompiled: "
+            f"{type(error).__name__}: {reason}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return computed
 
 

@@ -12,6 +12,7 @@ import importlib
 import math
 import shutil
 import types
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -288,6 +289,39 @@ def test_a_callers_shape_error_leaves_compiling_on(monkeypatch) -> None:
     expected.backward()
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(x.grad, y.grad)
+
+
+def test_a_failing_compile_runs_uncompiled_and_says_so(monkeypatch) -> None:
+    # No compiler for the device, or a graph break under fullgraph=True: the fused body runs
+    # as plain torch from then on, several times slower, so the user is told, once.
+    model, module = modules()["Huber"]
+    monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(module, "_compiled_fused", None)
+
+    def broken(function, **options):
+        def call(*args):
+            raise RuntimeError("no C++ compiler found\n(the rest of a long message)")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    input, target, _ = arguments(model, module, 64, torch.float64, seed=12)
+    x = input.clone().requires_grad_()
+    with pytest.warns(
+        RuntimeWarning, match="Huber: torch.compile of the fused path"
+    ) as seen:
+        value = module.huber(x, target)
+    assert str(seen[0].message).endswith("RuntimeError: no C++ compiler found")
+    assert module._compiled_fused is module._fused
+    value.backward()
+    y = input.clone().requires_grad_()
+    expected = module.HuberFunction.apply(y, target, 1.0, "mean")
+    expected.backward()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(x.grad, y.grad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module.huber(x, target)  # once only
 
 
 def test_torch_compile_of_a_caller_traces_the_reference_function(monkeypatch) -> None:
