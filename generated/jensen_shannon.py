@@ -16,7 +16,7 @@ reduction="none" returns it without the dims every term reduced (dim 1):
     d loss / d logits_q = ((logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1) + log(2))*exp(logits_q - LogSumExp(logits_q, dim=1)) - exp(logits_p - LogSumExp(logits_p, dim=1))*exp(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1)) - exp(logits_q - LogSumExp(logits_q, dim=1))*expm1(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1)) + exp(logits_q - LogSumExp(logits_q, dim=1))*Sum(-(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1) + log(2))*exp(logits_q - LogSumExp(logits_q, dim=1)) + exp(logits_p - LogSumExp(logits_p, dim=1))*exp(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1)) + exp(logits_q - LogSumExp(logits_q, dim=1))*expm1(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1)), dim=1))/2
         LaTeX: \frac{\left(logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) + \log{\left(2 \right)}\right) e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} - e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} e^{logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} - e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} \operatorname{expm}_{1}{\left(logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} + e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} \operatorname{Sum}_{1}\left(- \left(logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) + \log{\left(2 \right)}\right) e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} + e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} e^{logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} + e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} \operatorname{expm}_{1}{\left(logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)}\right)}{2}
 
-Operations per element: 21 in the forward, 54 in the backward
+Operations per element: 19 in the forward, 52 in the backward
 (every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
@@ -216,9 +216,7 @@ class JensenShannonFunction(torch.autograd.Function):
         tmp1 = logits_q - torch.logsumexp(
             _expand_along(logits_q, 1, shape), dim=1, keepdim=True
         )
-        tmp2 = -torch.logsumexp(
-            torch.stack(torch.broadcast_tensors(tmp0, tmp1)), dim=0
-        ) + math.log(2)
+        tmp2 = -torch.logaddexp(tmp0, tmp1) + math.log(2)
         loss = (
             torch.sum(
                 _expand_along(
@@ -253,7 +251,7 @@ class JensenShannonFunction(torch.autograd.Function):
         tmp3 = torch.exp(tmp2)
         tmp4 = torch.logsumexp(_expand_along(logits_q, 1, shape), dim=1, keepdim=True)
         tmp5 = -tmp4 + logits_q
-        tmp6 = torch.logsumexp(torch.stack(torch.broadcast_tensors(tmp2, tmp5)), dim=0)
+        tmp6 = torch.logaddexp(tmp2, tmp5)
         tmp7 = -tmp6 + math.log(2)
         tmp11 = torch.exp(tmp5)
         grad_logits_p = None
@@ -316,7 +314,7 @@ def _fused(logits_p, logits_q, reduction, needs_grad):
     tmp2 = torch.exp(tmp1)
     tmp3 = torch.logsumexp(_expand_along(logits_q, 1, shape), dim=1, keepdim=True)
     tmp4 = -tmp3 + logits_q
-    tmp5 = torch.logsumexp(torch.stack(torch.broadcast_tensors(tmp1, tmp4)), dim=0)
+    tmp5 = torch.logaddexp(tmp1, tmp4)
     tmp6 = -tmp5 + math.log(2)
     tmp7 = tmp2 * (tmp1 + tmp6)
     tmp8 = torch.exp(tmp4)

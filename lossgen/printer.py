@@ -279,7 +279,9 @@ class TorchCodePrinter(ConditionPrinter):
         return self._print_Function(expr)
 
     def _print_logsumexp(self, expr: logsumexp) -> str:
-        # torch.stack needs equal shapes: broadcast first; numbers become 0-dim tensors.
+        # Pairwise torch.logaddexp: elementwise, broadcasting. A torch.stack of the arguments
+        # would be a tensor as large as all of them together (JensenShannon's compiled step
+        # peaked at 5 inputs' memory with it). Numbers become 0-dim tensors.
         parts = [
             (
                 f"{self._like}.new_full((), {self._print(arg)})"
@@ -288,8 +290,10 @@ class TorchCodePrinter(ConditionPrinter):
             )
             for arg in expr.args
         ]
-        stacked = f"torch.stack(torch.broadcast_tensors({', '.join(parts)}))"
-        return f"torch.logsumexp({stacked}, dim=0)"
+        code = parts[0]
+        for part in parts[1:]:
+            code = f"torch.logaddexp({code}, {part})"
+        return code
 
     def _print_sign(self, expr: sp.sign) -> str:
         return f"torch.sign({self._print(expr.args[0])})"

@@ -278,6 +278,24 @@ def test_stable_functions(expr: sp.Expr, expected: Callable) -> None:
     check(expr, expected)
 
 
+def test_logsumexp_of_terms_is_elementwise_and_stable() -> None:
+    # Pairwise logaddexp, not a torch.stack of its arguments: the stack is a tensor as large
+    # as all of them (JensenShannon's compiled step peaked at 5 inputs' memory).
+    code = print_torch(logsumexp(x, y, 2), {x: "x", y: "y"}, like="x")
+    assert "stack" not in code
+    big = torch.tensor(
+        [1000.0, -1000.0, -math.inf, math.inf, math.nan], dtype=torch.float64
+    )
+    other = torch.tensor([1000.0, 5.0, -math.inf, 1.0, 0.0], dtype=torch.float64)
+    got = eval(
+        code, {"torch": torch, "x": big, "y": other}
+    )  # noqa: S307 - our printer's
+    expected = torch.logsumexp(
+        torch.stack([big, other, torch.full_like(big, 2.0)]), dim=0
+    )
+    torch.testing.assert_close(got, expected, equal_nan=True, rtol=1e-15, atol=0)
+
+
 def test_xlogy_prints_the_written_out_helper_for_torch_compile() -> None:
     names = {s: s.name for s in SYMBOLS}
     compiled = print_torch(2 * xlogy(x, z + 1), names, like="x", compiled=True)
