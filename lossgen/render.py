@@ -266,7 +266,7 @@ def _fused_code(
     model = derived.model
     names = _names(model)
     like = _like(model)
-    fused = derived.fused
+    fused = derived.compiled_fused
     for step in fused.steps:
         names[step.symbol] = step.symbol.name
     # printed for torch.compile, which compiles _fused (see TorchCodePrinter._print_xlogy)
