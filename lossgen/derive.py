@@ -240,7 +240,12 @@ def shared_exponentials(exprs: list[sp.Expr]) -> list[sp.Expr]:
         value = sp.Max(argument, 0) + log1p(e)
         return -value if isinstance(node, logsigmoid) else value
 
-    return [expr.replace(lambda n: isinstance(n, kinds), lowered) for expr in exprs]
+    result = [expr.replace(lambda n: isinstance(n, kinds), lowered) for expr in exprs]
+    # A condition on a Piecewise argument becomes an ITE, which the printer lacks: keep the
+    # torch functions there.
+    if any(unsupported_nodes(expr) for expr in result):
+        return exprs
+    return result
 
 
 def _magnitude(argument: sp.Expr) -> sp.Expr:

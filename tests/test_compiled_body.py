@@ -250,3 +250,12 @@ def test_compiled_fused_body_is_one_loop_over_the_inputs(
     (code,) = codes
     loops = re.findall(r"for\s*\(\s*int64_t x0\s*=[^;]*;\s*x0\s*<\s*[^;]*4096", code)
     assert len(loops) == 1, code
+
+
+def test_an_argument_with_a_branch_keeps_the_torch_functions() -> None:
+    # Found by test_fuzz: (u >= 0) for u = Piecewise(...) + ... is an ITE, which the printer
+    # cannot print; the fused body then keeps torch.sigmoid and softplus.
+    p = sp.Symbol("p", real=True)
+    u = sp.Piecewise((x, p > 0), (p, True)) + sp.exp(sp.tanh(x))
+    exprs = [softplus(-sp.Abs(u)), sigmoid(-sp.Abs(u)) * sp.sign(u)]
+    assert shared_exponentials(exprs) == exprs
