@@ -283,27 +283,24 @@ def _fused(input, target, weight, reduction, needs_grad):
     weight = _lay_along(weight, 1, input.dim())
     shape = torch.broadcast_shapes(input.shape, target.shape, weight.shape)
     upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
-    tmp0 = torch.exp(-torch.abs(input))
-    tmp1 = -input * target + torch.log1p(tmp0) + torch.clamp(input, min=0)
-    tmp2 = upstream / shape[1]
-    tmp3 = weight * tmp2
+    tmp0 = -input * target + torch.nn.functional.softplus(input)
+    tmp1 = upstream / shape[1]
+    tmp2 = weight * tmp1
     grad_input = None
     if needs_grad[0]:
         grad_input = _sum_to(
-            tmp3 * (-target + torch.where(input >= 0, 1, tmp0) / (tmp0 + 1)),
-            shape,
-            input.shape,
+            tmp2 * (-target + torch.sigmoid(input)), shape, input.shape
         )
     grad_target = None
     if needs_grad[1]:
-        grad_target = _sum_to(-tmp3 * input, shape, target.shape)
+        grad_target = _sum_to(-tmp2 * input, shape, target.shape)
     grad_weight = None
     if needs_grad[2]:
-        grad_weight = _sum_to(tmp1 * tmp2, shape, weight.shape)
+        grad_weight = _sum_to(tmp0 * tmp1, shape, weight.shape)
     # The loss last: torch.compile (with reorder_for_locality off, see _run_fused) then
     # computes the gradients and the loss's sum in one loop over the inputs, not two.
     loss = _reduce(
-        torch.mean(_expand_along(weight * tmp1, 1, shape), dim=1, keepdim=True),
+        torch.mean(_expand_along(weight * tmp0, 1, shape), dim=1, keepdim=True),
         reduction,
         shape,
     )

@@ -155,7 +155,6 @@ SHARING = [
     "NaiveSoftMargin",
     "NaiveBCE",
     "SigmoidFocal",
-    "MultiLabelSoftMargin",
 ]
 
 
@@ -192,9 +191,8 @@ def test_fused_body_matches_the_reference_at_extreme_logits(
     monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
     monkeypatch.setattr(module, "COMPILE", False)
     logits, target = logits_and_targets(dtype)
-    shape = (len(logits) // 4, 4) if model.reduces else logits.shape
-    tensors = {"input": logits.reshape(shape), "target": target.reshape(shape)}
-    tensors["label"] = torch.where(target > 0.5, 1.0, -1.0).to(dtype).reshape(shape)
+    tensors = {"input": logits, "target": target}
+    tensors["label"] = torch.where(target > 0.5, 1.0, -1.0).to(dtype)
     args = []
     for argument in model.arguments:
         if argument.is_tensor:
@@ -259,3 +257,20 @@ def test_an_argument_with_a_branch_keeps_the_torch_functions() -> None:
     u = sp.Piecewise((x, p > 0), (p, True)) + sp.exp(sp.tanh(x))
     exprs = [softplus(-sp.Abs(u)), sigmoid(-sp.Abs(u)) * sp.sign(u)]
     assert shared_exponentials(exprs) == exprs
+
+
+def test_a_loss_over_dims_shares_only_between_sigmoids() -> None:
+    # Its loss's sums over a dim and its elementwise gradient take separate loops: an
+    # exp(-|u|) that only the sharing makes both need would be stored as a whole tensor.
+    assert shared_exponentials([softplus(x), sigmoid(x)], sigmoids_only=True) == [
+        softplus(x),
+        sigmoid(x),
+    ]
+    lowered = shared_exponentials([sigmoid(x), sigmoid(-x)], sigmoids_only=True)
+    assert set().union(*(exponentials(e) for e in lowered)) == {sp.exp(-sp.Abs(x))}
+    _, module = module_of("MultiLabelSoftMargin")
+    source = inspect.getsource(module._fused)
+    assert "torch.sigmoid(" in source and "softplus(" in source
+    for name in ("Dice", "Tversky", "FocalTversky"):
+        source = inspect.getsource(module_of(name)[1]._fused)
+        assert "sigmoid" not in source and source.count("torch.exp(") == 1, name
