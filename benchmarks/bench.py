@@ -24,7 +24,9 @@ differentiable tensor require grad) it times one step, `loss = f(...); loss.back
 - eager: the loss expression exactly as written in the spec, printed by `lossgen.printer`
   (no CSE, no simplification) and run as eager torch ops differentiated by autograd,
 - builtin: PyTorch's own loss where one computes the same thing (table `BUILTINS`),
-- compile: `torch.compile` of the eager function (compiled and warmed up before timing).
+- compile: `torch.compile` of the eager function (compiled and warmed up before timing),
+- baseline (`--baseline DIR`): the generated functional form imported from DIR (e.g. the
+  committed generated/ of an older commit), for before/after ratios within one run.
 
 Losses over dims (`model.reduces`, e.g. `python benchmarks/bench.py specs/reductions.py`) get
 N elements in the layout they are used with (`REDUCTION_SHAPES`: (N/1024, 1024) logits,
@@ -209,7 +211,7 @@ class Row:
 
 
 def generated_modules(
-    models: Sequence[LossModel], directory: str | None
+    models: Sequence[LossModel], directory: str | None, prefix: str = "bench_"
 ) -> dict[str, types.ModuleType]:
     """Each loss's generated module, imported from a file on disk (triton reads a kernel's
     source from its file): from `directory` where given, else generated into a temporary one.
@@ -228,7 +230,7 @@ def generated_modules(
     modules = {}
     for model in models:
         path = target / f"{model.snake_name}.py"
-        spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+        spec = importlib.util.spec_from_file_location(f"{prefix}{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         sys.modules.setdefault(module.__name__, module)
@@ -449,6 +451,7 @@ def contenders(
     grad_all: bool,
     use_compile: bool,
     notes: list[str],
+    baseline: types.ModuleType | None = None,
 ) -> tuple[dict[str, Variant], int]:
     # Each loss compiles from a fresh dynamo: torch 2.11 wrapped every eager function in one
     # shared frame, and from the 9th loss on its recompile limit (8) ran them eagerly.
@@ -462,6 +465,11 @@ def contenders(
             "reference", stepper(function.apply, tensors, [*params, "mean"], grads)
         ),
     }
+    if baseline is not None:
+        variants["baseline"] = Variant(
+            "baseline",
+            stepper(getattr(baseline, model.snake_name), tensors, params, grads),
+        )
     # Switches a module lacks (no fused path for class indices, no Triton kernel for a loss
     # with reductions) stay unset.
     triton = {"TRITON": False} if hasattr(module, "TRITON") else {}
@@ -654,6 +662,7 @@ def median_ms(variant: Variant) -> float:
 
 COLUMNS = (
     "generated",
+    "baseline",
     "generated-sync",
     "generated-multiply",
     "fused-eager",
@@ -673,6 +682,9 @@ def table(rows: list[Row], itemsize: int, columns: Sequence[str]) -> str:
     header = ["loss"] + [f"{c} ms" for c in columns]
     header += ["eager / generated", "compile / generated", "builtin / generated"]
     header += ["eager / reference"]
+    before = "baseline" in columns  # before/after: the baseline's own ratio to compile
+    if before:
+        header += ["baseline / generated", "compile / baseline"]
     bounded = any(row.bound_ms is not None for row in rows)
     if bounded:  # CUDA: also the host's time per generated step (see timed)
         header += ["bound ms", "bound / generated", "generated host ms"]
@@ -683,6 +695,8 @@ def table(rows: list[Row], itemsize: int, columns: Sequence[str]) -> str:
         "compile": [],
         "builtin": [],
         "reference": [],
+        "baseline": [],
+        "compile-baseline": [],
     }
     for row in rows:
         cells = [row.loss]
@@ -706,6 +720,19 @@ def table(rows: list[Row], itemsize: int, columns: Sequence[str]) -> str:
             cells.append(f"{ratio:.2f}x")
         else:
             cells.append("")
+        if before:
+            old = row.variants.get("baseline")
+            pairs = [
+                (old, base, "baseline"),
+                (row.variants.get("compile"), old, "compile-baseline"),
+            ]
+            for numerator, denominator, key in pairs:
+                if numerator is not None and denominator is not None:
+                    ratio = median_ms(numerator) / median_ms(denominator)
+                    ratios[key].append(ratio)
+                    cells.append(f"{ratio:.2f}x")
+                else:
+                    cells.append("")
         if bounded:
             if row.bound_ms is not None and base is not None:
                 fraction = row.bound_ms / median_ms(base)
@@ -724,7 +751,9 @@ def table(rows: list[Row], itemsize: int, columns: Sequence[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if any(ratios.values()):
         cells = ["**median over losses**"] + [""] * len(columns)
-        for c in ("eager", "compile", "builtin", "reference"):
+        medians = ["eager", "compile", "builtin", "reference"]
+        medians += ["baseline", "compile-baseline"] if before else []
+        for c in medians:
             cells.append(
                 f"**{statistics.median(ratios[c]):.2f}x**" if ratios[c] else ""
             )
@@ -795,6 +824,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="import the generated files from this directory (e.g. the committed generated/) "
         "instead of generating them (no black needed)",
     )
+    parser.add_argument(
+        "--baseline",
+        help="also time the generated files in this directory (e.g. an older commit's "
+        "generated/) as the column `baseline`, for before/after ratios within one run",
+    )
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -812,13 +846,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     models = [m for m in load_models(specs) if wanted is None or m.name in wanted]
     modules = generated_modules(models, args.generated)
+    baselines = (
+        generated_modules(models, args.baseline, "bench_baseline_")
+        if args.baseline
+        else {}
+    )
     bandwidth = copy_bandwidth() if cuda else None
     rows: list[Row] = []
     notes: list[str] = []
     for model in models:
         module = modules[model.name]
         variants, elements = contenders(
-            model, module, n, device, dtype, args.grad_all, use_compile, notes
+            model,
+            module,
+            n,
+            device,
+            dtype,
+            args.grad_all,
+            use_compile,
+            notes,
+            baselines.get(model.name),
         )
         if args.variants:  # "generated" stays: the ratios are taken against it
             keep = {"generated", *args.variants.split(",")}

@@ -342,7 +342,7 @@ def _fused_code(
     model = derived.model
     names = _names(model)
     like = _like(model)
-    fused = derived.fused
+    fused = derived.compiled_fused
     spreads, needed = _spreads(fused.steps, fused.gradients, [fused.loss])
     steps = [s for s in fused.steps if s.symbol in needed]
     for step in steps:

@@ -216,9 +216,7 @@ TORCH = {
     softplus(x): "torch.nn.functional.softplus(x)",
     logsigmoid(x): "(-torch.nn.functional.softplus(-x))",
     xlogy(x, y): "torch.xlogy(x, y)",
-    logsumexp(0, x, y): (
-        "torch.logsumexp(torch.stack(torch.broadcast_tensors(x.new_full((), 0), x, y)), dim=0)"
-    ),
+    logsumexp(0, x, y): "torch.logaddexp(torch.logaddexp(x.new_full((), 0), x), y)",
 }
 
 

@@ -1,0 +1,276 @@
+"""The fused body as torch.compile runs it (`_fused`): what it computes and how it compiles.
+
+Two things make it faster on CPU than torch.compile of the eager expression, and both are
+checked here without timing anything:
+- softplus and sigmoid of one argument share one exp(-|u|) (derive.shared_exponentials), with
+  the accuracy of torch's own functions at every magnitude;
+- the gradients come before the loss and Inductor's reorder_for_locality is off, so its CPU
+  backend computes the gradients and the loss's sum in one loop over the inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import re
+import shutil
+import types
+
+import mpmath
+import pytest
+import sympy as sp
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual spelling
+
+from conftest import ROOT
+from lossgen.api import load_models
+from lossgen.derive import shared_exponentials
+from lossgen.functions import logsigmoid, sigmoid, softplus
+from lossgen.model import LossModel
+from lossgen.printer import print_torch
+
+x = sp.Symbol("x", real=True)
+y = sp.Symbol("y", real=True)
+HAS_COMPILER = bool(
+    shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+)
+
+
+@functools.cache
+def models() -> dict[str, LossModel]:
+    specs = sorted(str(path) for path in (ROOT / "specs").glob("*.py"))
+    return {model.name: model for model in load_models(specs)}
+
+
+def module_of(name: str) -> tuple[LossModel, types.ModuleType]:
+    """The committed generated module (test_golden keeps it what lossgen builds)."""
+    model = models()[name]
+    return model, importlib.import_module(f"generated.{model.snake_name}")
+
+
+def exponentials(expr: sp.Basic) -> set[sp.Basic]:
+    return set(expr.atoms(sp.exp))
+
+
+# --- the rewrite ------------------------------------------------------------------------------
+
+
+def test_softplus_and_sigmoid_of_one_argument_share_one_exponential() -> None:
+    loss, gradient = shared_exponentials([softplus(-x * y), -y * sigmoid(-x * y)])
+    assert not (loss.atoms(softplus) | gradient.atoms(sigmoid))
+    assert exponentials(loss) == exponentials(gradient) == {sp.exp(-sp.Abs(x * y))}
+
+
+def test_both_signs_and_logsigmoid_share_it_too() -> None:
+    exprs = [logsigmoid(x), sigmoid(-x), sigmoid(x)]
+    lowered = shared_exponentials(exprs)
+    assert not any(e.atoms(softplus, sigmoid, logsigmoid) for e in lowered)
+    assert set().union(*(exponentials(e) for e in lowered)) == {sp.exp(-sp.Abs(x))}
+    # |x| in the argument: SymPy keeps Abs(-Abs(x)), the key must not
+    lowered = shared_exponentials([softplus(x), sigmoid(-sp.Abs(x))])
+    assert set().union(*(exponentials(e) for e in lowered)) == {sp.exp(-sp.Abs(x))}
+
+
+@pytest.mark.parametrize(
+    "exprs",
+    [[sigmoid(x)], [softplus(x) + x], [softplus(x), sigmoid(y)], [x**2, sp.exp(x)]],
+    ids=["sigmoid alone", "softplus alone", "different arguments", "neither"],
+)
+def test_what_shares_nothing_is_left_as_it_is(exprs: list[sp.Expr]) -> None:
+    # torch.sigmoid alone is one exp and one division: cheaper than the shared form
+    assert shared_exponentials(exprs) == exprs
+
+
+def special_values(dtype: torch.dtype) -> torch.Tensor:
+    limit = 800 if dtype == torch.float64 else 110  # past exp's overflow and underflow
+    ramp = torch.linspace(-limit, limit, 4001, dtype=torch.float64)
+    tiny = torch.logspace(-30, 1, 200, dtype=torch.float64)
+    fixed = [0.0, -0.0, 1e-300, 20.0, 88.7, 88.8, -88.8, -103.9, 1e30, -1e30]
+    return torch.cat([ramp, tiny, -tiny, torch.tensor(fixed, dtype=torch.float64)]).to(
+        dtype
+    )
+
+
+def exact(function: str, value: float) -> float:
+    """The exactly rounded value at 50 digits (mpmath), as a Python float."""
+    with mpmath.workdps(50):
+        v = mpmath.mpf(value)
+        if function == "sigmoid":
+            return float(1 / (1 + mpmath.exp(-v)))
+        if function == "softplus":
+            return float(mpmath.log1p(mpmath.exp(v)))
+        return float(-mpmath.log1p(mpmath.exp(-v)))  # logsigmoid
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_shared_forms_are_as_accurate_as_torch_at_every_magnitude(
+    dtype: torch.dtype,
+) -> None:
+    # Printed as the fused body prints them, run eagerly; each value's error against the
+    # exact value is at most torch's own error (sigmoid, softplus, logsigmoid) or 2 ulp.
+    functions = {
+        "sigmoid": (sigmoid(x), torch.sigmoid),
+        "softplus": (softplus(x), F.softplus),
+        "logsigmoid": (logsigmoid(x), F.logsigmoid),
+    }
+    lowered = shared_exponentials([f for f, _ in functions.values()])
+    values = special_values(dtype)
+    ulp = torch.finfo(dtype).eps
+    tiny = torch.finfo(dtype).tiny  # below it (subnormals) compare absolutely
+    for (name, (_, theirs)), expr in zip(functions.items(), lowered):
+        code = print_torch(expr, {x: "x"}, "x", compiled=True)
+        ours = eval(
+            code, {"torch": torch, "x": values}
+        )  # noqa: S307 - our own printout
+        truth = torch.tensor(
+            [exact(name, v) for v in values.tolist()], dtype=torch.float64
+        )
+        scale = truth.abs().clamp_min(tiny)
+        our_error = ((ours.double() - truth).abs() / scale).nan_to_num(0.0)
+        their_error = ((theirs(values).double() - truth).abs() / scale).nan_to_num(0.0)
+        bad = our_error > torch.maximum(their_error, torch.full_like(truth, 2 * ulp))
+        assert not bad.any(), (name, values[bad], ours[bad], truth[bad])
+        assert torch.isfinite(ours).all()
+
+
+def test_shared_forms_keep_torchs_special_values() -> None:
+    values = torch.tensor([0.0, -0.0, torch.inf, -torch.inf, torch.nan])
+    lowered = shared_exponentials([sigmoid(x), softplus(x), logsigmoid(x)])
+    theirs = [torch.sigmoid, F.softplus, F.logsigmoid]
+    for expr, function in zip(lowered, theirs):
+        code = print_torch(expr, {x: "x"}, "x", compiled=True)
+        ours = eval(
+            code, {"torch": torch, "x": values}
+        )  # noqa: S307 - our own printout
+        torch.testing.assert_close(ours, function(values), equal_nan=True)
+
+
+# --- the generated fused bodies ---------------------------------------------------------------
+
+SHARING = [
+    "BCEWithLogits",
+    "WeightedBCEWithLogits",
+    "SoftMargin",
+    "NaiveSoftMargin",
+    "NaiveBCE",
+    "SigmoidFocal",
+]
+
+
+@pytest.mark.parametrize("name", SHARING)
+def test_generated_fused_body_computes_one_exponential_of_the_logit(name: str) -> None:
+    # The readable Function keeps torch.sigmoid and softplus; _fused computes exp(-|u|) once.
+    _, module = module_of(name)
+    source = inspect.getsource(module._fused)
+    assert "sigmoid" not in source and "softplus" not in source
+    # SigmoidFocal also exponentiates its gamma terms: exp(-gamma * ...), four of them
+    assert source.count("torch.exp(") == (5 if name == "SigmoidFocal" else 1)
+
+
+def logits_and_targets(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    grid = torch.linspace(-100, 100, 201, dtype=torch.float64)
+    spread = torch.randn(199, generator=generator, dtype=torch.float64)
+    spread *= torch.logspace(-3, 2, 199, dtype=torch.float64)
+    logits = torch.cat([grid, spread]).to(dtype)
+    target = torch.rand(logits.shape, generator=generator, dtype=dtype)
+    target[::3] = 0.0
+    target[1::3] = 1.0
+    return logits, target
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", SHARING)
+def test_fused_body_matches_the_reference_at_extreme_logits(
+    name: str, dtype: torch.dtype, monkeypatch
+) -> None:
+    # Logits up to |x| = 100 (exp overflows float32 past 88), every gradient, against the
+    # readable Function with its torch.sigmoid and softplus.
+    model, module = module_of(name)
+    monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(module, "COMPILE", False)
+    logits, target = logits_and_targets(dtype)
+    tensors = {"input": logits, "target": target}
+    tensors["label"] = torch.where(target > 0.5, 1.0, -1.0).to(dtype)
+    args = []
+    for argument in model.arguments:
+        if argument.is_tensor:
+            args.append(tensors[argument.name])
+        else:
+            args.append(torch.tensor(argument.default or 0.7, dtype=dtype))
+    wanted = [argument.differentiable for argument in model.arguments]
+    for reduction in ("mean", "sum"):
+        ours = [a.clone().requires_grad_(w) for a, w in zip(args, wanted)]
+        theirs = [a.clone().requires_grad_(w) for a, w in zip(args, wanted)]
+        value = getattr(module, model.snake_name)(*ours, reduction=reduction)
+        assert type(value.grad_fn).__name__.endswith("FusedBackward")
+        expected = getattr(module, f"{model.name}Function").apply(*theirs, reduction)
+        grads = torch.autograd.grad(value, [a for a in ours if a.requires_grad])
+        expected_grads = torch.autograd.grad(
+            expected, [a for a in theirs if a.requires_grad]
+        )
+        torch.testing.assert_close(value, expected)
+        for got, want in zip(grads, expected_grads):
+            assert torch.isfinite(got).all()
+            torch.testing.assert_close(got, want)
+
+
+# --- how Inductor compiles it -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["Cauchy", "SoftMargin"])
+def test_compiled_fused_body_is_one_loop_over_the_inputs(
+    name: str, monkeypatch
+) -> None:
+    # Inductor's CPU backend fuses a pointwise node into a later reduction's loop only: with
+    # the loss's sum first (its reorder_for_locality pass puts it first), the gradient takes a
+    # second loop that reads every input again. 4096 elements: no vector tail loop.
+    from torch._inductor.utils import run_and_get_code
+
+    model, module = module_of(name)
+    monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(module, "_compiled_fused", None)
+    generator = torch.Generator().manual_seed(4)
+    tensors = [torch.randn(4096, generator=generator) for _ in model.tensors]
+    params = [torch.tensor(0.9) for _ in model.params]
+    needs_grad = (True,) + (False,) * (len(model.arguments) - 1)
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        (loss, grad, *_), codes = run_and_get_code(
+            module._run_fused, *tensors, *params, "mean", needs_grad
+        )
+    expected = module._fused(*tensors, *params, "mean", needs_grad)
+    torch.testing.assert_close(loss, expected[0])
+    torch.testing.assert_close(grad, expected[1])
+    if not HAS_COMPILER:  # no C++ compiler: _run_fused fell back to plain torch
+        assert module._compiled_fused is module._fused
+        return
+    (code,) = codes
+    loops = re.findall(r"for\s*\(\s*int64_t x0\s*=[^;]*;\s*x0\s*<\s*[^;]*4096", code)
+    assert len(loops) == 1, code
+
+
+def test_an_argument_with_a_branch_keeps_the_torch_functions() -> None:
+    # Found by test_fuzz: (u >= 0) for u = Piecewise(...) + ... is an ITE, which the printer
+    # cannot print; the fused body then keeps torch.sigmoid and softplus.
+    p = sp.Symbol("p", real=True)
+    u = sp.Piecewise((x, p > 0), (p, True)) + sp.exp(sp.tanh(x))
+    exprs = [softplus(-sp.Abs(u)), sigmoid(-sp.Abs(u)) * sp.sign(u)]
+    assert shared_exponentials(exprs) == exprs
+
+
+def test_a_loss_over_dims_shares_only_between_sigmoids() -> None:
+    # Its loss's sums over a dim and its elementwise gradient take separate loops: an
+    # exp(-|u|) that only the sharing makes both need would be stored as a whole tensor.
+    assert shared_exponentials([softplus(x), sigmoid(x)], sigmoids_only=True) == [
+        softplus(x),
+        sigmoid(x),
+    ]
+    lowered = shared_exponentials([sigmoid(x), sigmoid(-x)], sigmoids_only=True)
+    assert set().union(*(exponentials(e) for e in lowered)) == {sp.exp(-sp.Abs(x))}
+    _, module = module_of("MultiLabelSoftMargin")
+    source = inspect.getsource(module._fused)
+    assert "torch.sigmoid(" in source and "softplus(" in source
+    for name in ("Dice", "Tversky", "FocalTversky"):
+        source = inspect.getsource(module_of(name)[1]._fused)
+        assert "sigmoid" not in source and source.count("torch.exp(") == 1, name
