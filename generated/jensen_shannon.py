@@ -107,6 +107,18 @@ def _sum_to(grad, shape, argument_shape):
     return grad.expand(shape).sum_to_size(argument_shape)
 
 
+def _expm1(value):
+    """torch.expm1, written out where torch.compile traces it (the fast path): Inductor's CPU
+    code computes exp(x) - 1, which loses every digit near 0. For |x| < 0.5 this is Kahan's
+    (e - 1) * (x / log(e)) with e = exp(x), or x where e rounds to 1; beyond, e - 1 loses at
+    most a bit or two. Within 2 ulps of torch.expm1 in float32 and float64."""
+    if _is_compiling is not None and _is_compiling():
+        exp = torch.exp(value)
+        kahan = torch.where(exp == 1, value, (exp - 1) * (value / torch.log(exp)))
+        return torch.where(torch.abs(value) < 0.5, kahan, exp - 1)
+    return torch.expm1(value)
+
+
 # The fast path. The Function below is the readable reference; for large inputs (of one dtype
 # and device, broadcasting together) with a "mean"/"sum" reduction, the functional form and the
 # Module instead call a fused Function that computes the loss and the gradients in one pass
@@ -321,11 +333,11 @@ def _fused(logits_p, logits_q, reduction, needs_grad):
     tmp9 = tmp8 * (tmp4 + tmp6)
     tmp10 = upstream / 2
     tmp11 = -tmp0 - tmp5 + logits_p
-    tmp12 = tmp2 * torch.expm1(tmp11)
+    tmp12 = tmp2 * _expm1(tmp11)
     tmp13 = tmp8 * torch.exp(tmp11)
     tmp14 = -tmp3 - tmp5 + logits_q
     tmp15 = tmp2 * torch.exp(tmp14)
-    tmp16 = tmp8 * torch.expm1(tmp14)
+    tmp16 = tmp8 * _expm1(tmp14)
     grad_logits_p = None
     if needs_grad[0]:
         grad_logits_p = _sum_to(

@@ -204,6 +204,7 @@ def render_loss(derived: DerivedLoss) -> str:
         ),
         "uses_spread": any("_spread(" in code for code in code_so_far),
         "uses_xlogy": any("_xlogy(" in code for code in code_so_far),
+        "uses_expm1": any("_expm1(" in code for code in code_so_far),
         "along_params": along,
         "triton": _triton_code(derived),
         **_row_triton_context(derived),

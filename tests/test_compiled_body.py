@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
 import re
 import shutil
 import types
@@ -274,3 +275,50 @@ def test_a_loss_over_dims_shares_only_between_sigmoids() -> None:
     for name in ("Dice", "Tversky", "FocalTversky"):
         source = inspect.getsource(module_of(name)[1]._fused)
         assert "sigmoid" not in source and source.count("torch.exp(") == 1, name
+
+
+# --- expm1 where torch.compile runs it ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_written_out_expm1_is_torchs_within_two_ulps(dtype: torch.dtype) -> None:
+    # Inductor's CPU code computes expm1 as exp(x) - 1: at 1e-9 that is 0. The generated
+    # _expm1, compiled, keeps every digit (Welsch's and JensenShannon's fused bodies use it).
+    _, module = module_of("Welsch")
+    compiled = torch.compile(module._expm1, fullgraph=True)
+    x = torch.cat(
+        [
+            torch.logspace(-12, 2.3, 20000, dtype=dtype),
+            -torch.logspace(-12, 3, 20000, dtype=dtype),
+            torch.tensor(
+                [0.0, -0.0, 1e-30, -1e-30, 0.5, -0.5, 88.0, 700.0], dtype=dtype
+            ),
+        ]
+    )
+    got = compiled(x)
+    want = torch.expm1(x.double())
+    finite = torch.isfinite(want.to(dtype)) & (want != 0)
+    error = (got.double() - want).abs()[finite] / want.abs()[finite]
+    assert float(error.max()) <= 2 * torch.finfo(dtype).eps
+    special = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan], dtype=dtype)
+    expected = torch.expm1(special)
+    result = compiled(special)
+    assert torch.equal(result.isnan(), expected.isnan())
+    assert torch.equal(result.nan_to_num(), expected.nan_to_num())
+    assert torch.equal(result.signbit(), expected.signbit())
+
+
+@pytest.mark.skipif(
+    not HAS_COMPILER, reason="torch.compile on CPU needs a C++ compiler"
+)
+def test_compiled_welsch_keeps_the_loss_of_small_residuals(monkeypatch) -> None:
+    _, module = module_of("Welsch")
+    monkeypatch.setattr(module, "_compiled_fused", None)
+    input = torch.zeros(1 << 16, dtype=torch.float32, requires_grad=True)
+    target = torch.full((1 << 16,), 1e-4)
+    value = module.welsch(input, target)
+    assert "Fused" in type(value.grad_fn).__name__
+    assert module._compiled_fused is not module._fused  # compiled, not the fallback
+    expected = module.WelschFunction.apply(input, target, 1.0, "mean")
+    # float32 sums of 65536 terms in another order (it was 0 with Inductor's expm1)
+    torch.testing.assert_close(value, expected, rtol=1e-4, atol=0)
