@@ -10,6 +10,7 @@ computes each gradient after the shared steps and that gradient's own steps.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import sympy as sp
@@ -485,7 +486,7 @@ def common_subexpressions(
         else:
             inline[symbol] = expr
     results = tuple(r.xreplace(inline) for r in reduced)
-    kept = _needed(kept, results)
+    kept = needed_steps(kept, results)
     if not inline:
         return tuple(Step(s, e) for s, e in kept), results
     fresh = sp.numbered_symbols(INTERMEDIATE_PREFIX, real=True)
@@ -495,13 +496,14 @@ def common_subexpressions(
     return steps, tuple(r.xreplace(inline) for r in reduced)
 
 
-def _needed(
-    steps: list[tuple[sp.Symbol, sp.Basic]], roots: tuple[sp.Basic, ...]
+def needed_steps(
+    steps: list[tuple[sp.Symbol, sp.Basic]], roots: Iterable[sp.Basic]
 ) -> list[tuple[sp.Symbol, sp.Basic]]:
     """The steps that `roots` use, directly or through other steps, in their order.
 
-    SymPy can fold a result while CSE runs (a Piecewise whose condition is a > a): a step
-    nothing uses any more would be dead code (and a lint error) in the generated file.
+    SymPy can fold a result while CSE runs (a Piecewise whose condition is a > a), and
+    render puts one-hot steps back into the gradients that scatter them: a step nothing
+    uses any more would be dead code (and a lint error) in the generated file.
     """
     wanted: set[sp.Basic] = set().union(*(root.free_symbols for root in roots))
     kept = []

@@ -15,7 +15,7 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 
 from lossgen.backprop import UPSTREAM, UPSTREAM_WEIGHT
-from lossgen.derive import DerivedLoss, Program, Step
+from lossgen.derive import DerivedLoss, Program, Step, needed_steps
 from lossgen.model import Argument, LossModel
 from lossgen.printer import UnsupportedExpressionError, print_spread, print_torch
 from lossgen.reductions import ALL, spread_parts
@@ -312,13 +312,8 @@ def _spreads(
         inlined = result.xreplace(inline)
         spreads.append(inlined if spread_parts(inlined) is not None else None)
     used = [*roots, *(s if s is not None else r for s, r in zip(spreads, results))]
-    wanted: set[sp.Basic] = set().union(*(expr.free_symbols for expr in used))
-    needed: set[sp.Symbol] = set()
-    for step in reversed(steps):
-        if step.symbol in wanted:
-            needed.add(step.symbol)
-            wanted |= step.expr.free_symbols
-    return spreads, needed
+    kept = needed_steps([(step.symbol, step.expr) for step in steps], used)
+    return spreads, {symbol for symbol, _ in kept}
 
 
 def _spread_code(
