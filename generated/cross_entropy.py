@@ -209,9 +209,9 @@ def _use_fused(tensors, params, reduction, along):
     if any(tensor.shape != shape for tensor in tensors):
         try:
             shape = torch.broadcast_shapes(*(tensor.shape for tensor in tensors))
-        except (
-            RuntimeError
-        ):  # the reference Function raises it, outside the compiled code
+        except RuntimeError:
+            # Shapes that do not broadcast: the reference Function raises the error, outside
+            # the compiled code.
             return False
     for param, dim in zip(params, along):
         if isinstance(param, torch.Tensor) and param.dim() == 1:

@@ -126,9 +126,9 @@ def _use_fused(tensors, params, reduction):
     if any(tensor.shape != shape for tensor in tensors):
         try:
             shape = torch.broadcast_shapes(*(tensor.shape for tensor in tensors))
-        except (
-            RuntimeError
-        ):  # the reference Function raises it, outside the compiled code
+        except RuntimeError:
+            # Shapes that do not broadcast: the reference Function raises the error, outside
+            # the compiled code.
             return False
     return shape.numel() >= FUSED_MIN_NUMEL
 
