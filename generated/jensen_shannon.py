@@ -346,32 +346,56 @@ def _fused(logits_p, logits_q, reduction, needs_grad):
     tmp16 = tmp8 * _expm1(tmp14)
     grad_logits_p = None
     if needs_grad[0]:
+        # Computed again for this gradient: shared with a sum's loop (or another gradient's),
+        # torch.compile would store each of them as a whole tensor between the two loops.
+        tmp17 = -tmp0 + logits_p
+        tmp18 = torch.exp(tmp17)
+        tmp19 = -tmp3 + logits_q
+        tmp20 = torch.logaddexp(tmp17, tmp19)
+        tmp21 = -tmp20 + math.log(2)
+        tmp22 = tmp18 * (tmp17 + tmp21)
+        tmp23 = torch.exp(tmp19)
+        tmp24 = -tmp0 - tmp20 + logits_p
+        tmp25 = tmp18 * _expm1(tmp24)
+        tmp26 = tmp23 * torch.exp(tmp24)
         grad_logits_p = _sum_to(
             tmp10
             * (
-                -tmp12
-                - tmp13
-                + tmp2
+                tmp18
                 * torch.sum(
                     _expand_along(tmp12 + tmp13 - tmp7, 1, shape), dim=1, keepdim=True
                 )
-                + tmp7
+                + tmp22
+                - tmp25
+                - tmp26
             ),
             shape,
             logits_p.shape,
         )
     grad_logits_q = None
     if needs_grad[1]:
+        # Computed again for this gradient: shared with a sum's loop (or another gradient's),
+        # torch.compile would store each of them as a whole tensor between the two loops.
+        tmp27 = -tmp0 + logits_p
+        tmp28 = torch.exp(tmp27)
+        tmp29 = -tmp3 + logits_q
+        tmp30 = torch.logaddexp(tmp27, tmp29)
+        tmp31 = -tmp30 + math.log(2)
+        tmp32 = torch.exp(tmp29)
+        tmp33 = tmp32 * (tmp29 + tmp31)
+        tmp34 = -tmp3 - tmp30 + logits_q
+        tmp35 = tmp28 * torch.exp(tmp34)
+        tmp36 = tmp32 * _expm1(tmp34)
         grad_logits_q = _sum_to(
             tmp10
             * (
-                -tmp15
-                - tmp16
-                + tmp8
+                tmp32
                 * torch.sum(
                     _expand_along(tmp15 + tmp16 - tmp9, 1, shape), dim=1, keepdim=True
                 )
-                + tmp9
+                + tmp33
+                - tmp35
+                - tmp36
             ),
             shape,
             logits_q.shape,

@@ -10,7 +10,7 @@ computes each gradient after the shared steps and that gradient's own steps.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import sympy as sp
@@ -18,12 +18,20 @@ from sympy.codegen.cfunctions import expm1, log1p
 
 from lossgen.backprop import UPSTREAM, UPSTREAM_WEIGHT, backprop
 from lossgen.errors import SpecError
-from lossgen.functions import logsigmoid, sigmoid, softplus, xlogy
+from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
 from lossgen.model import Argument, LossModel
 from lossgen.printer import unsupported_nodes
-from lossgen.reductions import DimSize, hide_picks, outside_reductions, show_picks
+from lossgen.reductions import (
+    DimSize,
+    OneHot,
+    Picked,
+    Reduction,
+    hide_picks,
+    outside_reductions,
+    show_picks,
+)
 from lossgen.rewrite import candidates
-from lossgen.vocabulary import clamp, guarded, relu
+from lossgen.vocabulary import TensorSymbol, clamp, guarded, relu
 
 INTERMEDIATE_PREFIX = "tmp"
 # SymPy's simplify explores case splits, exponential in the number of distinct kinks: the
@@ -74,6 +82,8 @@ class FusedProgram:
     steps: tuple[Step, ...]
     loss: sp.Expr
     gradients: tuple[sp.Expr, ...]  # in the order of DerivedLoss.gradients
+    # Steps each gradient computes for itself, after `steps` (see recomputed_after_reductions)
+    gradient_steps: tuple[tuple[Step, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,15 +185,18 @@ def _derive_reducing(model: LossModel, loss: sp.Expr) -> DerivedLoss:
             model.differentiable, gradients, private, results
         )
     )
+    fused = fused_program([loss, *safe])
+    compiled = compiled_program([loss, *safe], sigmoids_only=True)
+    recomputed = recomputed_after_reductions(compiled or fused)
     return DerivedLoss(
         model,
         loss,
         Program(forward_steps, forward_result),
         shared,
         derived_gradients,
-        fused_program([loss, *safe]),
+        fused,
         mean_weight,
-        compiled_program([loss, *safe], sigmoids_only=True),
+        compiled if recomputed is fused else recomputed,
     )
 
 
@@ -201,6 +214,182 @@ def compiled_program(
     if shared == exprs:
         return None
     return fused_program(shared)
+
+
+def recomputed_after_reductions(program: FusedProgram) -> FusedProgram:
+    """`program` where a gradient recomputes, as steps of its own, the whole-tensor values
+    outside its reductions that another loop also reads, where two or more of them are
+    transcendental.
+
+    For the fused body that torch.compile runs. Inductor's CPU backend computes a reduction
+    over a dim in one loop over the inputs, and the elementwise gradient that needs its
+    result in a later loop; a value that both loops read (or two gradients' loops) is stored
+    as a whole tensor in between: on CPU, any value with an exp or a log that two nodes read
+    (its `should_realize_on_reuse`). JensenShannon's softmax weights and their products were
+    three such tensors, 4 inputs' memory at the peak with the gradient. Recomputed as
+    separate nodes (torch.compile does not merge them back), the gradient's loop computes
+    them from the inputs and the per-row values, and the gradient is the only whole tensor.
+    One such value alone stays shared: Inductor writes the gradient over its tensor once it
+    is read (the peak is 1 input then), and recomputing it in Dice's gradient cost a second
+    tensor (its reductions' loop stored it anyway) and 2.6x the time. Reductions are not
+    copied: one in a copied step becomes a step of its own, computed once.
+    """
+    # whole tensors: a value tensor, or a whole-tensor step, outside every reduction
+    whole: set[sp.Basic] = set()
+    for step in program.steps:
+        outside = _outside_reduction_symbols(step.expr)
+        if any(_is_value_tensor(s) or s in whole for s in outside):
+            whole.add(step.symbol)
+    # the steps some reduction's body reads, directly or through other steps
+    inside: set[sp.Basic] = set()
+    for expr in (*(s.expr for s in program.steps), program.loss, *program.gradients):
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, (Reduction, Picked)):
+                inside |= node.args[0].free_symbols
+    for step in reversed(program.steps):
+        if step.symbol in inside:
+            inside |= step.expr.free_symbols
+    # the steps each gradient reads outside its reductions, directly or through other steps
+    used: list[set[sp.Basic]] = []
+    for gradient in program.gradients:
+        found = _outside_reduction_symbols(gradient)
+        for step in reversed(program.steps):
+            if step.symbol in found:
+                found |= _outside_reduction_symbols(step.expr)
+        used.append(found)
+    copied: list[set[sp.Basic]] = []
+    for index, found in enumerate(used):
+        others = set().union(*(u for i, u in enumerate(used) if i != index))
+        mine: set[sp.Basic] = set()
+        transcendental = 0
+        for step in program.steps:
+            if step.symbol in whole and step.symbol in found:
+                if (
+                    step.symbol in inside
+                    or step.symbol in others
+                    or _outside_reduction_symbols(step.expr) & mine
+                ):
+                    mine.add(step.symbol)
+                    transcendental += _is_transcendental(step.expr)
+        copied.append(mine if transcendental >= 2 else set())
+    if not any(copied):
+        return program
+    fresh = _fresh_symbols(program)
+    lifted: dict[sp.Basic, sp.Symbol] = {}
+    steps: list[Step] = []
+    for step in program.steps:
+        expr = step.expr
+        if any(step.symbol in mine for mine in copied):
+            for node in _outermost_reductions(expr):
+                if node not in lifted:
+                    lifted[node] = next(fresh)
+                    steps.append(Step(lifted[node], node))
+            expr = _xreplace_outside_reductions(expr, lifted)
+        steps.append(Step(step.symbol, expr))
+    gradient_steps = []
+    gradients = []
+    for gradient, mine in zip(program.gradients, copied):
+        copies: dict[sp.Basic, sp.Symbol] = {}
+        own = []
+        for step in steps:
+            if step.symbol in mine:
+                copies[step.symbol] = next(fresh)
+                own.append(Step(copies[step.symbol], step.expr.xreplace(copies)))
+        gradient_steps.append(tuple(own))
+        gradients.append(_xreplace_outside_reductions(gradient, copies))
+    # numbered again in the order they are computed
+    numbered = sp.numbered_symbols(INTERMEDIATE_PREFIX, real=True)
+    order = [*steps, *(step for own in gradient_steps for step in own)]
+    rename = {step.symbol: next(numbered) for step in order}
+
+    def renamed(steps: Iterable[Step]) -> tuple[Step, ...]:
+        return tuple(Step(rename[s.symbol], s.expr.xreplace(rename)) for s in steps)
+
+    return FusedProgram(
+        renamed(steps),
+        program.loss.xreplace(rename),
+        tuple(g.xreplace(rename) for g in gradients),
+        tuple(renamed(own) for own in gradient_steps),
+    )
+
+
+# What Inductor's CPU backend counts as heavy (an exp or a log inside), as derive spells them
+_TRANSCENDENTAL = (
+    sp.exp,
+    sp.log,
+    sp.tanh,
+    expm1,
+    log1p,
+    sigmoid,
+    softplus,
+    logsigmoid,
+    logsumexp,
+    xlogy,
+)
+
+
+def _is_transcendental(expr: sp.Basic) -> bool:
+    """Whether `expr` computes an exp or a log itself (outside reductions and other steps)."""
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _TRANSCENDENTAL):
+            return True
+        if not isinstance(node, (Reduction, OneHot, Picked)):
+            stack.extend(node.args)
+    return False
+
+
+def _is_value_tensor(symbol: sp.Basic) -> bool:
+    """A tensor of values (class indices are constant along their dim: not whole)."""
+    return isinstance(symbol, TensorSymbol) and symbol.index_of is None
+
+
+def _outside_reduction_symbols(expr: sp.Basic) -> set[sp.Basic]:
+    """The free symbols `expr` reads outside every reduction (and one-hot)."""
+    found: set[sp.Basic] = set()
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, sp.Symbol):
+            found.add(node)
+        elif not isinstance(node, (Reduction, OneHot, Picked)):
+            stack.extend(node.args)
+    return found
+
+
+def _outermost_reductions(expr: sp.Basic) -> list[sp.Basic]:
+    """The reductions in `expr` that no other reduction contains, in a fixed order."""
+    found: list[sp.Basic] = []
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (Reduction, Picked)):
+            if node not in found:
+                found.append(node)
+        elif not isinstance(node, OneHot):
+            stack.extend(node.args)
+    return sorted(found, key=sp.default_sort_key)
+
+
+def _xreplace_outside_reductions(
+    expr: sp.Basic, mapping: dict[sp.Basic, sp.Symbol]
+) -> sp.Basic:
+    """`expr.xreplace(mapping)`, except inside reductions (and one-hot)."""
+    if expr in mapping:
+        return mapping[expr]
+    if not expr.args or isinstance(expr, (Reduction, OneHot, Picked)):
+        return expr
+    args = [_xreplace_outside_reductions(arg, mapping) for arg in expr.args]
+    if all(a is b for a, b in zip(args, expr.args)):
+        return expr
+    return expr.func(*args)
+
+
+def _fresh_symbols(program: FusedProgram) -> Iterator[sp.Symbol]:
+    """Symbols that none of `program`'s steps has (the result is numbered again)."""
+    taken = {step.symbol.name for step in program.steps}
+    return (s for s in sp.numbered_symbols("_fresh", real=True) if s.name not in taken)
 
 
 def shared_exponentials(

@@ -171,6 +171,7 @@ def render_loss(derived: DerivedLoss) -> str:
     code_so_far = [forward_code, *(g.code for g in gradients)]
     code_so_far += [line.code for line in (*forward_lines, *shared_lines, *fused_lines)]
     code_so_far += [fused_loss, *(g.code for g in fused_gradients)]
+    code_so_far += [line.code for g in fused_gradients for line in g.lines]
     code_so_far += [line.code for g in gradients for line in g.lines]
     forward_ops = count_operations([*forward_lines, forward_code])
     backward_ops = count_operations(
@@ -290,6 +291,8 @@ class FusedGradient:
     constant: bool  # no symbols: the gradient must be broadcast to a full tensor
     scaled: str  # see GradientCode.scaled
     summed: bool = False  # see GradientCode.summed
+    # its own steps, before it: see derive.recomputed_after_reductions
+    lines: tuple[Line, ...] = ()
 
 
 def _spreads(
@@ -339,17 +342,25 @@ def _fused_code(
     names = _names(model)
     like = _like(model)
     fused = derived.compiled_fused
-    spreads, needed = _spreads(fused.steps, fused.gradients, [fused.loss])
-    steps = [s for s in fused.steps if s.symbol in needed]
-    for step in steps:
+    own_steps = fused.gradient_steps or tuple(() for _ in fused.gradients)
+    every_step = [*fused.steps, *(step for own in own_steps for step in own)]
+    spreads, needed = _spreads(every_step, fused.gradients, [fused.loss])
+    for step in every_step:
         names[step.symbol] = step.symbol.name
-    # printed for torch.compile, which compiles _fused (see TorchCodePrinter._print_xlogy)
-    lines = tuple(
-        Line(s.symbol.name, print_torch(s.expr, names, like, compiled=True))
-        for s in steps
-    )
+
+    def printed(steps: Sequence[Step]) -> tuple[Line, ...]:
+        # printed for torch.compile, which compiles _fused (see TorchCodePrinter._print_xlogy)
+        return tuple(
+            Line(s.symbol.name, print_torch(s.expr, names, like, compiled=True))
+            for s in steps
+            if s.symbol in needed
+        )
+
+    lines = printed(fused.steps)
     gradients = []
-    for gradient, result, spread in zip(derived.gradients, fused.gradients, spreads):
+    for gradient, result, spread, own in zip(
+        derived.gradients, fused.gradients, spreads, own_steps
+    ):
         if spread is not None:
             code = _spread_code(spread, names, like, gradient.argument, compiled=True)
             gradients.append(
@@ -361,6 +372,7 @@ def _fused_code(
                     False,
                     code,
                     summed=True,
+                    lines=printed(own),
                 )
             )
             continue
@@ -376,6 +388,7 @@ def _fused_code(
                 factor,
                 constant,
                 _scaled(model, code, factor, constant),
+                lines=printed(own),
             )
         )
     loss = print_torch(fused.loss, names, like, compiled=True)

@@ -25,8 +25,13 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual spelling
 
 from conftest import ROOT
+from lossgen import LogSumExp, Sum, Tensor
 from lossgen.api import load_models
-from lossgen.derive import shared_exponentials
+from lossgen.derive import (
+    fused_program,
+    recomputed_after_reductions,
+    shared_exponentials,
+)
 from lossgen.functions import logsigmoid, sigmoid, softplus
 from lossgen.model import LossModel
 from lossgen.printer import print_torch
@@ -322,3 +327,97 @@ def test_compiled_welsch_keeps_the_loss_of_small_residuals(monkeypatch) -> None:
     expected = module.WelschFunction.apply(input, target, 1.0, "mean")
     # float32 sums of 65536 terms in another order (it was 0 with Inductor's expm1)
     torch.testing.assert_close(value, expected, rtol=1e-4, atol=0)
+
+
+# --- what Inductor stores between a reduction's loop and the gradient's -----------------------
+
+
+def _read_by_reductions(program) -> set[sp.Basic]:
+    """The steps some reduction's body reads, directly or through other steps."""
+    read: set[sp.Basic] = set()
+    for expr in (*(s.expr for s in program.steps), program.loss, *program.gradients):
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, Sum | LogSumExp):
+                read |= node.args[0].free_symbols
+    for step in reversed(program.steps):
+        if step.symbol in read:
+            read |= step.expr.free_symbols
+    return read
+
+
+def test_values_a_sum_and_the_gradient_read_are_recomputed_for_the_gradient() -> None:
+    # Two transcendental values (a softmax weight a and log1p(a)) in the sum and outside it.
+    t = Tensor("t")
+    u = Tensor("u")
+    a = sp.exp(u - LogSumExp(u, 1))
+    terms = a * t * sp.log(1 + a)
+    program = fused_program([Sum(terms, 1), terms - a * Sum(terms, 1)])
+    assert not program.gradient_steps
+    recomputed = recomputed_after_reductions(program)
+    (own,) = recomputed.gradient_steps
+    (gradient,) = recomputed.gradients
+    outside = gradient.xreplace({node: 0 for node in gradient.atoms(Sum)})
+    shared = {s.symbol for s in recomputed.steps} & outside.free_symbols
+    assert not shared & _read_by_reductions(recomputed)
+    # the same values, and the LogSumExp computed once: taken out of the copied step
+    every = [*recomputed.steps, *own]
+    assert sum(len(s.expr.atoms(LogSumExp)) for s in every) == 1
+    assert sum(len(s.expr.atoms(sp.exp)) for s in own) == 1
+    values = {t: sp.Rational(1, 3), u: sp.Rational(1, 2)}
+    lse = sp.Symbol("lse")
+
+    def value(expr: sp.Basic, steps) -> sp.Basic:
+        for step in reversed(steps):
+            expr = expr.xreplace({step.symbol: step.expr})
+        expr = expr.replace(lambda n: isinstance(n, Sum), lambda n: n.args[0])
+        return expr.replace(lambda n: isinstance(n, LogSumExp), lambda n: lse)
+
+    before = value(program.gradients[0], program.steps).subs(values)
+    after = value(gradient, every).subs(values)
+    assert sp.simplify(before - after) == 0
+
+
+def test_one_transcendental_value_stays_shared() -> None:
+    # Inductor writes the gradient over the one tensor it stores: recomputing gains no memory
+    # (Dice: 2.6x the time and a second tensor, see the docstring)
+    t = Tensor("t")
+    u = Tensor("u")
+    a = sp.exp(-u)
+    program = fused_program([Sum(a * t, 1) / Sum(a, 1), a * (1 - a) * t / Sum(a, 1)])
+    assert recomputed_after_reductions(program) is program
+    for name in ("Dice", "Tversky", "FocalTversky", "SoftCrossEntropy", "CrossEntropy"):
+        source = inspect.getsource(module_of(name)[1]._fused)
+        assert "Computed again" not in source, name
+
+
+@pytest.mark.skipif(
+    not HAS_COMPILER, reason="torch.compile on CPU needs a C++ compiler"
+)
+@pytest.mark.parametrize("needs_grad", [(True, False), (True, True)], ids=["p", "both"])
+def test_jensen_shannon_stores_no_whole_tensor_but_its_gradients(
+    needs_grad: tuple[bool, bool], monkeypatch
+) -> None:
+    # Its softmax weights (exp), their log-mean (logaddexp) and their products are read by the
+    # loop of a sum over the classes and by the gradient's later loop: shared, Inductor stored
+    # each as a whole tensor (4 of them for one gradient, 7 for both); recomputed in each
+    # gradient's own steps (derive.recomputed_after_reductions), only the gradients are.
+    from torch._inductor.utils import run_and_get_code
+
+    _, module = module_of("JensenShannon")
+    monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(module, "_compiled_fused", None)
+    generator = torch.Generator().manual_seed(5)
+    rows, classes = 48, 160
+    p, q = (torch.randn(rows, classes, generator=generator) for _ in range(2))
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        (loss, *grads), codes = run_and_get_code(
+            module._run_fused, p, q, "mean", needs_grad
+        )
+    assert module._compiled_fused is not module._fused  # compiled, not the fallback
+    expected = module._fused(p, q, "mean", needs_grad)
+    torch.testing.assert_close(loss, expected[0])
+    for got, want in zip(grads, expected[1:]):
+        torch.testing.assert_close(got, want)
+    (code,) = codes
+    whole = re.findall(rf"empty_strided_cpu\(\({rows}, {classes}\)", code)
+    assert len(whole) == sum(needs_grad), code
