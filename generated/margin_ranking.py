@@ -516,8 +516,10 @@ def _launch_triton(blocks, device, arguments, **constants):
 
 
 def _run_kernel(kernel, programs, device, arguments, constants):
-    """`kernel` over `programs` programs, in `device`'s CUDA context where it is a GPU."""
-    if device.type == "cuda":
+    """`kernel` over `programs` programs, in `device`'s CUDA context where it is a GPU. Triton
+    launches on the current device: switched only where the tensors are on another (making
+    the switch costs microseconds of Python per launch)."""
+    if device.type == "cuda" and device.index != torch.cuda.current_device():
         with torch.cuda.device(device):
             kernel[(programs,)](*arguments, **constants)
     else:

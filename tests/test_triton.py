@@ -378,6 +378,41 @@ def test_triton_applies_only_where_it_can(interpreted, monkeypatch) -> None:
     assert launches == [2]
 
 
+def test_a_launch_switches_the_cuda_device_only_where_it_must(monkeypatch) -> None:
+    # Triton launches on the current CUDA device: tensors on another need a switch to
+    # theirs (torch.cuda.device), which costs microseconds per launch where it is not needed.
+    # CUDA stood in for (no GPU here): the current device, the switch, the kernel.
+    _, module = modules()["Huber"]
+    events: list[object] = []
+
+    class Switch:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            events.append(("into", self.device.index))
+
+        def __exit__(self, *exception):
+            events.append(("out", self.device.index))
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *arguments, **constants: events.append(("launch", grid))
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "device", Switch)
+    for index in (1, 0):
+        module._run_kernel(Kernel(), 3, torch.device("cuda", index), (), {})
+    module._run_kernel(Kernel(), 2, torch.device("cpu"), (), {})
+    assert events == [
+        ("launch", (3,)),  # on the current device: no switch
+        ("into", 0),
+        ("launch", (3,)),
+        ("out", 0),
+        ("launch", (2,)),
+    ]
+
+
 def test_a_failing_kernel_falls_back_to_torch_with_a_warning(monkeypatch) -> None:
     model, module = modules()["Huber"]
     monkeypatch.setenv("TRITON_INTERPRET", "1")
