@@ -588,20 +588,24 @@ def _fused(input, heatmap, omega, theta, epsilon, power, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, heatmap, omega, theta, epsilon, power, reduction, needs_grad):
-    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
-    global _compiled_fused
-    computed = _run_triton(
-        input, heatmap, omega, theta, epsilon, power, reduction, needs_grad
-    )
-    if computed is not None:  # None where the Triton kernel does not apply
-        return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
+def _with_tensor_params(
+    input, heatmap, omega, theta, epsilon, power, reduction, needs_grad
+):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
     omega = _as_tensor(omega, input)
     theta = _as_tensor(theta, input)
     epsilon = _as_tensor(epsilon, input)
     power = _as_tensor(power, input)
-    args = (input, heatmap, omega, theta, epsilon, power, reduction, needs_grad)
+    return input, heatmap, omega, theta, epsilon, power, reduction, needs_grad
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
+        return computed
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -737,13 +741,13 @@ def _load_triton():
         input_ptr,
         heatmap_ptr,
         omega_ptr,
-        omega_value,
+        _omega_number,
         theta_ptr,
-        theta_value,
+        _theta_number,
         epsilon_ptr,
-        epsilon_value,
+        _epsilon_number,
         power_ptr,
-        power_value,
+        _power_number,
         loss_ptr,
         grad_input_ptr,
         grad_omega_ptr,
@@ -766,19 +770,19 @@ def _load_triton():
         if omega_ptr is not None:
             omega = tl.load(omega_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            omega = tl.cast(omega_value, compute_dtype)
+            omega = tl.cast(_omega_number, compute_dtype)
         if theta_ptr is not None:
             theta = tl.load(theta_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            theta = tl.cast(theta_value, compute_dtype)
+            theta = tl.cast(_theta_number, compute_dtype)
         if epsilon_ptr is not None:
             epsilon = tl.load(epsilon_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            epsilon = tl.cast(epsilon_value, compute_dtype)
+            epsilon = tl.cast(_epsilon_number, compute_dtype)
         if power_ptr is not None:
             power = tl.load(power_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            power = tl.cast(power_value, compute_dtype)
+            power = tl.cast(_power_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -963,10 +967,10 @@ def _run_triton(input, heatmap, omega, theta, epsilon, power, reduction, needs_g
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    omega_ptr, omega_value = _kernel_param(omega, input)
-    theta_ptr, theta_value = _kernel_param(theta, input)
-    epsilon_ptr, epsilon_value = _kernel_param(epsilon, input)
-    power_ptr, power_value = _kernel_param(power, input)
+    omega_ptr, _omega_number = _kernel_param(omega, input)
+    theta_ptr, _theta_number = _kernel_param(theta, input)
+    epsilon_ptr, _epsilon_number = _kernel_param(epsilon, input)
+    power_ptr, _power_number = _kernel_param(power, input)
     numel = input.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -994,13 +998,13 @@ def _run_triton(input, heatmap, omega, theta, epsilon, power, reduction, needs_g
             input,
             heatmap,
             omega_ptr,
-            omega_value,
+            _omega_number,
             theta_ptr,
-            theta_value,
+            _theta_number,
             epsilon_ptr,
-            epsilon_value,
+            _epsilon_number,
             power_ptr,
-            power_value,
+            _power_number,
             loss_partials,
             grad_input,
             grad_omega,

@@ -300,16 +300,20 @@ def _fused(input, target, tau, sigma, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, tau, sigma, reduction, needs_grad):
-    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
-    global _compiled_fused
-    computed = _run_triton(input, target, tau, sigma, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
-        return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
+def _with_tensor_params(input, target, tau, sigma, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
     tau = _as_tensor(tau, input)
     sigma = _as_tensor(sigma, input)
-    args = (input, target, tau, sigma, reduction, needs_grad)
+    return input, target, tau, sigma, reduction, needs_grad
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
+        return computed
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -445,9 +449,9 @@ def _load_triton():
         input_ptr,
         target_ptr,
         tau_ptr,
-        tau_value,
+        _tau_number,
         sigma_ptr,
-        sigma_value,
+        _sigma_number,
         loss_ptr,
         grad_input_ptr,
         grad_target_ptr,
@@ -469,11 +473,11 @@ def _load_triton():
         if tau_ptr is not None:
             tau = tl.load(tau_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            tau = tl.cast(tau_value, compute_dtype)
+            tau = tl.cast(_tau_number, compute_dtype)
         if sigma_ptr is not None:
             sigma = tl.load(sigma_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            sigma = tl.cast(sigma_value, compute_dtype)
+            sigma = tl.cast(_sigma_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -517,8 +521,8 @@ def _run_triton(input, target, tau, sigma, reduction, needs_grad):
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    tau_ptr, tau_value = _kernel_param(tau, input)
-    sigma_ptr, sigma_value = _kernel_param(sigma, input)
+    tau_ptr, _tau_number = _kernel_param(tau, input)
+    sigma_ptr, _sigma_number = _kernel_param(sigma, input)
     numel = input.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -543,9 +547,9 @@ def _run_triton(input, target, tau, sigma, reduction, needs_grad):
             input,
             target,
             tau_ptr,
-            tau_value,
+            _tau_number,
             sigma_ptr,
-            sigma_value,
+            _sigma_number,
             loss_partials,
             grad_input,
             grad_target,

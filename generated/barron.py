@@ -330,18 +330,22 @@ def _fused(input, target, barron_alpha, barron_scale, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, barron_alpha, barron_scale, reduction, needs_grad):
-    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
-    global _compiled_fused
-    computed = _run_triton(
-        input, target, barron_alpha, barron_scale, reduction, needs_grad
-    )
-    if computed is not None:  # None where the Triton kernel does not apply
-        return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
+def _with_tensor_params(
+    input, target, barron_alpha, barron_scale, reduction, needs_grad
+):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
     barron_alpha = _as_tensor(barron_alpha, input)
     barron_scale = _as_tensor(barron_scale, input)
-    args = (input, target, barron_alpha, barron_scale, reduction, needs_grad)
+    return input, target, barron_alpha, barron_scale, reduction, needs_grad
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
+        return computed
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -477,9 +481,9 @@ def _load_triton():
         input_ptr,
         target_ptr,
         barron_alpha_ptr,
-        barron_alpha_value,
+        _barron_alpha_number,
         barron_scale_ptr,
-        barron_scale_value,
+        _barron_scale_number,
         loss_ptr,
         grad_input_ptr,
         grad_target_ptr,
@@ -501,11 +505,11 @@ def _load_triton():
         if barron_alpha_ptr is not None:
             barron_alpha = tl.load(barron_alpha_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            barron_alpha = tl.cast(barron_alpha_value, compute_dtype)
+            barron_alpha = tl.cast(_barron_alpha_number, compute_dtype)
         if barron_scale_ptr is not None:
             barron_scale = tl.load(barron_scale_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            barron_scale = tl.cast(barron_scale_value, compute_dtype)
+            barron_scale = tl.cast(_barron_scale_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -570,8 +574,8 @@ def _run_triton(input, target, barron_alpha, barron_scale, reduction, needs_grad
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    barron_alpha_ptr, barron_alpha_value = _kernel_param(barron_alpha, input)
-    barron_scale_ptr, barron_scale_value = _kernel_param(barron_scale, input)
+    barron_alpha_ptr, _barron_alpha_number = _kernel_param(barron_alpha, input)
+    barron_scale_ptr, _barron_scale_number = _kernel_param(barron_scale, input)
     numel = input.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -596,9 +600,9 @@ def _run_triton(input, target, barron_alpha, barron_scale, reduction, needs_grad
             input,
             target,
             barron_alpha_ptr,
-            barron_alpha_value,
+            _barron_alpha_number,
             barron_scale_ptr,
-            barron_scale_value,
+            _barron_scale_number,
             loss_partials,
             grad_input,
             grad_target,

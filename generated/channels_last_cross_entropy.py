@@ -323,13 +323,12 @@ def _fused(input, target, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, reduction, needs_grad):
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(input, target, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    args = (input, target, reduction, needs_grad)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -491,7 +490,7 @@ def _load_triton():
         input_ptr,
         target_ptr,
         upstream_ptr,
-        upstream_value,
+        _upstream_number,
         loss_ptr,
         grad_input_ptr,
         row_size,
@@ -510,7 +509,7 @@ def _load_triton():
         if upstream_ptr is not None:
             upstream = tl.load(upstream_ptr).to(compute_dtype)
         else:
-            upstream = tl.cast(upstream_value, compute_dtype)
+            upstream = tl.cast(_upstream_number, compute_dtype)
         target = tl.load(target_ptr + row)
         # the row's elements at its class index (a OneHot's sum, gathered): 0 outside the row
         _input_at_target = tl.load(
@@ -594,7 +593,7 @@ def _run_triton(input, target, reduction, needs_grad):
     partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     loss_rows = input.new_empty(rows, dtype=partial_dtype)
     upstream = 1 / _keepdim_shape(input.shape).numel() if reduction == "mean" else 1.0
-    upstream_ptr, upstream_value = _kernel_param(upstream, loss_rows)
+    upstream_ptr, _upstream_number = _kernel_param(upstream, loss_rows)
     # GRAD_IN_PLACE: see there
     in_place = (
         GRAD_IN_PLACE
@@ -608,7 +607,15 @@ def _run_triton(input, target, reduction, needs_grad):
     launched = _launch_triton(
         rows,
         input.device,
-        (input, target, upstream_ptr, upstream_value, loss_rows, grad_input, row_size),
+        (
+            input,
+            target,
+            upstream_ptr,
+            _upstream_number,
+            loss_rows,
+            grad_input,
+            row_size,
+        ),
         last_pass=grad_input is not None,
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
         row_block=min(ROW_BLOCK, 1 << (row_size - 1).bit_length()),  # a power of 2

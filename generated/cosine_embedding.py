@@ -340,15 +340,19 @@ def _fused(input1, input2, y, margin, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input1, input2, y, margin, reduction, needs_grad):
+def _with_tensor_params(input1, input2, y, margin, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    margin = _as_tensor(margin, input1)
+    return input1, input2, y, margin, reduction, needs_grad
+
+
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(input1, input2, y, margin, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
-    margin = _as_tensor(margin, input1)
-    args = (input1, input2, y, margin, reduction, needs_grad)
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -511,9 +515,9 @@ def _load_triton():
         input2_ptr,
         y_ptr,
         margin_ptr,
-        margin_value,
+        _margin_number,
         upstream_ptr,
-        upstream_value,
+        _upstream_number,
         loss_ptr,
         grad_input1_ptr,
         grad_input2_ptr,
@@ -533,11 +537,11 @@ def _load_triton():
         if upstream_ptr is not None:
             upstream = tl.load(upstream_ptr).to(compute_dtype)
         else:
-            upstream = tl.cast(upstream_value, compute_dtype)
+            upstream = tl.cast(_upstream_number, compute_dtype)
         if margin_ptr is not None:
             margin = tl.load(margin_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            margin = tl.cast(margin_value, compute_dtype)
+            margin = tl.cast(_margin_number, compute_dtype)
         # pass 1 over the row: tmp0, tmp1, tmp2, tmp3
         # (each block of the row reduced to one value, combined into the row's as the loop goes)
         _tmp0_sum = tl.full([], 0.0, compute_dtype)
@@ -630,8 +634,8 @@ def _run_triton(input1, input2, y, margin, reduction, needs_grad):
     partial_dtype = torch.float64 if input1.dtype == torch.float64 else torch.float32
     loss_rows = input1.new_empty(rows, dtype=partial_dtype)
     upstream = 1 / _keepdim_shape(input1.shape).numel() if reduction == "mean" else 1.0
-    upstream_ptr, upstream_value = _kernel_param(upstream, loss_rows)
-    margin_ptr, margin_value = _kernel_param(margin, input1)
+    upstream_ptr, _upstream_number = _kernel_param(upstream, loss_rows)
+    margin_ptr, _margin_number = _kernel_param(margin, input1)
     # GRAD_IN_PLACE: see there
     in_place = (
         GRAD_IN_PLACE
@@ -656,9 +660,9 @@ def _run_triton(input1, input2, y, margin, reduction, needs_grad):
             input2,
             y,
             margin_ptr,
-            margin_value,
+            _margin_number,
             upstream_ptr,
-            upstream_value,
+            _upstream_number,
             loss_rows,
             grad_input1,
             grad_input2,

@@ -542,21 +542,23 @@ def _fused(input, target, weight, label_smoothing, ignore_index, reduction, need
 _compiled_fused = None
 
 
-def _run_fused(
+def _with_tensor_params(
     input, target, weight, label_smoothing, ignore_index, reduction, needs_grad
 ):
-    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
-    global _compiled_fused
-    computed = _run_triton(
-        input, target, weight, label_smoothing, ignore_index, reduction, needs_grad
-    )
-    if computed is not None:  # None where the Triton kernel does not apply
-        return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
     weight = _as_tensor(weight, input)
     label_smoothing = _as_tensor(label_smoothing, input)
     ignore_index = _as_tensor(ignore_index, input)
-    args = (input, target, weight, label_smoothing, ignore_index, reduction, needs_grad)
+    return input, target, weight, label_smoothing, ignore_index, reduction, needs_grad
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
+        return computed
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -713,13 +715,13 @@ def _load_triton():
         input_ptr,
         target_ptr,
         weight_ptr,
-        weight_value,
+        _weight_number,
         label_smoothing_ptr,
-        label_smoothing_value,
+        _label_smoothing_number,
         ignore_index_ptr,
-        ignore_index_value,
+        _ignore_index_number,
         upstream_ptr,
-        upstream_value,
+        _upstream_number,
         loss_ptr,
         grad_input_ptr,
         grad_label_smoothing_ptr,
@@ -740,20 +742,20 @@ def _load_triton():
         if upstream_ptr is not None:
             upstream = tl.load(upstream_ptr).to(compute_dtype)
         else:
-            upstream = tl.cast(upstream_value, compute_dtype)
+            upstream = tl.cast(_upstream_number, compute_dtype)
         target = tl.load(target_ptr + row)
         if weight_ptr is not None:
             weight = tl.load(weight_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            weight = tl.cast(weight_value, compute_dtype)
+            weight = tl.cast(_weight_number, compute_dtype)
         if label_smoothing_ptr is not None:
             label_smoothing = tl.load(label_smoothing_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            label_smoothing = tl.cast(label_smoothing_value, compute_dtype)
+            label_smoothing = tl.cast(_label_smoothing_number, compute_dtype)
         if ignore_index_ptr is not None:
             ignore_index = tl.load(ignore_index_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            ignore_index = tl.cast(ignore_index_value, compute_dtype)
+            ignore_index = tl.cast(_ignore_index_number, compute_dtype)
         # the row's elements at its class index (a OneHot's sum, gathered): 0 outside the row
         _input_at_target = tl.load(
             input_ptr + row_offset + target,
@@ -833,6 +835,13 @@ def _load_triton():
     return _cross_entropy_row_kernel
 
 
+def _broadcast_shape(*values):
+    """The broadcast shape of the tensors among `values` (a number broadcasts to any)."""
+    return torch.broadcast_shapes(
+        *(value.shape for value in values if isinstance(value, torch.Tensor))
+    )
+
+
 def _weight_total(input, target, weight, label_smoothing, ignore_index, shape=None):
     """The weighted mean's denominator, as _fused computes it (before the kernel): one
     gather per row (_pick), never a one-hot as large as the logits. `shape`: the arguments'
@@ -845,16 +854,7 @@ def _weight_total(input, target, weight, label_smoothing, ignore_index, shape=No
     target = target.unsqueeze(1)
     weight = _lay_along(weight, 1, input.dim())
     if shape is None:
-        arguments = (
-            input,
-            target,
-            weight,
-            label_smoothing,
-            ignore_index,
-        )
-        shape = torch.broadcast_shapes(
-            *(a.shape for a in arguments if isinstance(a, torch.Tensor))
-        )
+        shape = _broadcast_shape(input, target, weight, label_smoothing, ignore_index)
     return (
         (
             torch.where(
@@ -902,15 +902,16 @@ def _run_triton(
     upstream = 1.0
     if reduction == "mean":
         # every argument broadcasts to input's shape here (the checks above)
-        total = _weight_total(
+        upstream = _weight_total(
             input, target, weight, label_smoothing, ignore_index, shape=input.shape
         )
-        upstream = total if total.dtype == partial_dtype else total.to(partial_dtype)
-        upstream = upstream.reciprocal()  # 1 / total: the same value, one op less
-    upstream_ptr, upstream_value = _kernel_param(upstream, loss_rows)
-    weight_ptr, weight_value = _kernel_param(weight, input)
-    label_smoothing_ptr, label_smoothing_value = _kernel_param(label_smoothing, input)
-    ignore_index_ptr, ignore_index_value = _kernel_param(ignore_index, input)
+        if upstream.dtype != partial_dtype:
+            upstream = upstream.to(partial_dtype)
+        upstream = upstream.reciprocal()  # 1 / the total: the same value, one op less
+    upstream_ptr, _upstream_number = _kernel_param(upstream, loss_rows)
+    weight_ptr, _weight_number = _kernel_param(weight, input)
+    label_smoothing_ptr, _label_smoothing_number = _kernel_param(label_smoothing, input)
+    ignore_index_ptr, _ignore_index_number = _kernel_param(ignore_index, input)
     # GRAD_IN_PLACE: see there
     in_place = (
         GRAD_IN_PLACE
@@ -934,13 +935,13 @@ def _run_triton(
             input,
             target,
             weight_ptr,
-            weight_value,
+            _weight_number,
             label_smoothing_ptr,
-            label_smoothing_value,
+            _label_smoothing_number,
             ignore_index_ptr,
-            ignore_index_value,
+            _ignore_index_number,
             upstream_ptr,
-            upstream_value,
+            _upstream_number,
             loss_rows,
             grad_input,
             grad_label_smoothing,

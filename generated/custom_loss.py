@@ -238,15 +238,19 @@ def _fused(inputs, targets, weight, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(inputs, targets, weight, reduction, needs_grad):
+def _with_tensor_params(inputs, targets, weight, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    weight = _as_tensor(weight, inputs)
+    return inputs, targets, weight, reduction, needs_grad
+
+
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(inputs, targets, weight, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
-    weight = _as_tensor(weight, inputs)
-    args = (inputs, targets, weight, reduction, needs_grad)
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -382,7 +386,7 @@ def _load_triton():
         inputs_ptr,
         targets_ptr,
         weight_ptr,
-        weight_value,
+        _weight_number,
         loss_ptr,
         grad_inputs_ptr,
         grad_targets_ptr,
@@ -403,7 +407,7 @@ def _load_triton():
         if weight_ptr is not None:
             weight = tl.load(weight_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            weight = tl.cast(weight_value, compute_dtype)
+            weight = tl.cast(_weight_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -435,7 +439,7 @@ def _run_triton(inputs, targets, weight, reduction, needs_grad):
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    weight_ptr, weight_value = _kernel_param(weight, inputs)
+    weight_ptr, _weight_number = _kernel_param(weight, inputs)
     numel = inputs.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -457,7 +461,7 @@ def _run_triton(inputs, targets, weight, reduction, needs_grad):
             inputs,
             targets,
             weight_ptr,
-            weight_value,
+            _weight_number,
             loss_partials,
             grad_inputs,
             grad_targets,

@@ -315,13 +315,12 @@ def _fused(distances, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(distances, reduction, needs_grad):
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(distances, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    args = (distances, reduction, needs_grad)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -482,7 +481,7 @@ def _load_triton():
     def _directed_chamfer_row_kernel(
         distances_ptr,
         upstream_ptr,
-        upstream_value,
+        _upstream_number,
         loss_ptr,
         grad_distances_ptr,
         row_size,
@@ -500,7 +499,7 @@ def _load_triton():
         if upstream_ptr is not None:
             upstream = tl.load(upstream_ptr).to(compute_dtype)
         else:
-            upstream = tl.cast(upstream_value, compute_dtype)
+            upstream = tl.cast(_upstream_number, compute_dtype)
         # pass 1 over the row: tmp0
         # (each block of the row reduced to one value, combined into the row's as the loop goes)
         tmp0 = tl.full([], float("inf"), compute_dtype)
@@ -561,7 +560,7 @@ def _run_triton(distances, reduction, needs_grad):
     upstream = (
         1 / _keepdim_shape(distances.shape).numel() if reduction == "mean" else 1.0
     )
-    upstream_ptr, upstream_value = _kernel_param(upstream, loss_rows)
+    upstream_ptr, _upstream_number = _kernel_param(upstream, loss_rows)
     # GRAD_IN_PLACE: see there
     in_place = (
         GRAD_IN_PLACE
@@ -575,7 +574,14 @@ def _run_triton(distances, reduction, needs_grad):
     launched = _launch_triton(
         rows,
         distances.device,
-        (distances, upstream_ptr, upstream_value, loss_rows, grad_distances, row_size),
+        (
+            distances,
+            upstream_ptr,
+            _upstream_number,
+            loss_rows,
+            grad_distances,
+            row_size,
+        ),
         last_pass=grad_distances is not None,
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
         row_block=min(ROW_BLOCK, 1 << (row_size - 1).bit_length()),  # a power of 2

@@ -253,15 +253,19 @@ def _fused(input, target, c, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, c, reduction, needs_grad):
+def _with_tensor_params(input, target, c, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    c = _as_tensor(c, input)
+    return input, target, c, reduction, needs_grad
+
+
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(input, target, c, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
-    c = _as_tensor(c, input)
-    args = (input, target, c, reduction, needs_grad)
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -397,7 +401,7 @@ def _load_triton():
         input_ptr,
         target_ptr,
         c_ptr,
-        c_value,
+        _c_number,
         loss_ptr,
         grad_input_ptr,
         grad_target_ptr,
@@ -418,7 +422,7 @@ def _load_triton():
         if c_ptr is not None:
             c = tl.load(c_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            c = tl.cast(c_value, compute_dtype)
+            c = tl.cast(_c_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -454,7 +458,7 @@ def _run_triton(input, target, c, reduction, needs_grad):
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    c_ptr, c_value = _kernel_param(c, input)
+    c_ptr, _c_number = _kernel_param(c, input)
     numel = input.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -476,7 +480,7 @@ def _run_triton(input, target, c, reduction, needs_grad):
             input,
             target,
             c_ptr,
-            c_value,
+            _c_number,
             loss_partials,
             grad_input,
             grad_target,

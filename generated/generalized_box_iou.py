@@ -472,7 +472,7 @@ def _fused(
 _compiled_fused = None
 
 
-def _run_fused(
+def _with_tensor_params(
     x1,
     y1,
     x2,
@@ -485,38 +485,30 @@ def _run_fused(
     reduction,
     needs_grad,
 ):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    eps = _as_tensor(eps, x1)
+    return (
+        x1,
+        y1,
+        x2,
+        y2,
+        target_x1,
+        target_y1,
+        target_x2,
+        target_y2,
+        eps,
+        reduction,
+        needs_grad,
+    )
+
+
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(
-        x1,
-        y1,
-        x2,
-        y2,
-        target_x1,
-        target_y1,
-        target_x2,
-        target_y2,
-        eps,
-        reduction,
-        needs_grad,
-    )
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
-    eps = _as_tensor(eps, x1)
-    args = (
-        x1,
-        y1,
-        x2,
-        y2,
-        target_x1,
-        target_y1,
-        target_x2,
-        target_y2,
-        eps,
-        reduction,
-        needs_grad,
-    )
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -658,7 +650,7 @@ def _load_triton():
         target_x2_ptr,
         target_y2_ptr,
         eps_ptr,
-        eps_value,
+        _eps_number,
         loss_ptr,
         grad_x1_ptr,
         grad_y1_ptr,
@@ -687,7 +679,7 @@ def _load_triton():
         if eps_ptr is not None:
             eps = tl.load(eps_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            eps = tl.cast(eps_value, compute_dtype)
+            eps = tl.cast(_eps_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -781,7 +773,7 @@ def _run_triton(
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    eps_ptr, eps_value = _kernel_param(eps, x1)
+    eps_ptr, _eps_number = _kernel_param(eps, x1)
     numel = x1.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -815,7 +807,7 @@ def _run_triton(
             target_x2,
             target_y2,
             eps_ptr,
-            eps_value,
+            _eps_number,
             loss_partials,
             grad_x1,
             grad_y1,

@@ -263,15 +263,19 @@ def _fused(input, y, embedding_margin, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, y, embedding_margin, reduction, needs_grad):
+def _with_tensor_params(input, y, embedding_margin, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    embedding_margin = _as_tensor(embedding_margin, input)
+    return input, y, embedding_margin, reduction, needs_grad
+
+
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(input, y, embedding_margin, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
-    embedding_margin = _as_tensor(embedding_margin, input)
-    args = (input, y, embedding_margin, reduction, needs_grad)
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -407,7 +411,7 @@ def _load_triton():
         input_ptr,
         y_ptr,
         embedding_margin_ptr,
-        embedding_margin_value,
+        _embedding_margin_number,
         loss_ptr,
         grad_input_ptr,
         grad_embedding_margin_ptr,
@@ -427,7 +431,7 @@ def _load_triton():
         if embedding_margin_ptr is not None:
             embedding_margin = tl.load(embedding_margin_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            embedding_margin = tl.cast(embedding_margin_value, compute_dtype)
+            embedding_margin = tl.cast(_embedding_margin_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -464,7 +468,7 @@ def _run_triton(input, y, embedding_margin, reduction, needs_grad):
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    embedding_margin_ptr, embedding_margin_value = _kernel_param(
+    embedding_margin_ptr, _embedding_margin_number = _kernel_param(
         embedding_margin, input
     )
     numel = input.numel()
@@ -485,7 +489,7 @@ def _run_triton(input, y, embedding_margin, reduction, needs_grad):
             input,
             y,
             embedding_margin_ptr,
-            embedding_margin_value,
+            _embedding_margin_number,
             loss_partials,
             grad_input,
             grad_embedding_margin,

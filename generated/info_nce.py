@@ -350,15 +350,19 @@ def _fused(similarity, positive, temperature, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(similarity, positive, temperature, reduction, needs_grad):
+def _with_tensor_params(similarity, positive, temperature, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    temperature = _as_tensor(temperature, similarity)
+    return similarity, positive, temperature, reduction, needs_grad
+
+
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(similarity, positive, temperature, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
-    temperature = _as_tensor(temperature, similarity)
-    args = (similarity, positive, temperature, reduction, needs_grad)
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -520,9 +524,9 @@ def _load_triton():
         similarity_ptr,
         positive_ptr,
         temperature_ptr,
-        temperature_value,
+        _temperature_number,
         upstream_ptr,
-        upstream_value,
+        _upstream_number,
         loss_ptr,
         grad_similarity_ptr,
         grad_temperature_ptr,
@@ -542,12 +546,12 @@ def _load_triton():
         if upstream_ptr is not None:
             upstream = tl.load(upstream_ptr).to(compute_dtype)
         else:
-            upstream = tl.cast(upstream_value, compute_dtype)
+            upstream = tl.cast(_upstream_number, compute_dtype)
         positive = tl.load(positive_ptr + row)
         if temperature_ptr is not None:
             temperature = tl.load(temperature_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            temperature = tl.cast(temperature_value, compute_dtype)
+            temperature = tl.cast(_temperature_number, compute_dtype)
         # the row's elements at its class index (a OneHot's sum, gathered): 0 outside the row
         _similarity_at_positive = tl.load(
             similarity_ptr + row_offset + positive,
@@ -641,8 +645,8 @@ def _run_triton(similarity, positive, temperature, reduction, needs_grad):
     upstream = (
         1 / _keepdim_shape(similarity.shape).numel() if reduction == "mean" else 1.0
     )
-    upstream_ptr, upstream_value = _kernel_param(upstream, loss_rows)
-    temperature_ptr, temperature_value = _kernel_param(temperature, similarity)
+    upstream_ptr, _upstream_number = _kernel_param(upstream, loss_rows)
+    temperature_ptr, _temperature_number = _kernel_param(temperature, similarity)
     # GRAD_IN_PLACE: see there
     in_place = (
         GRAD_IN_PLACE
@@ -666,9 +670,9 @@ def _run_triton(similarity, positive, temperature, reduction, needs_grad):
             similarity,
             positive,
             temperature_ptr,
-            temperature_value,
+            _temperature_number,
             upstream_ptr,
-            upstream_value,
+            _upstream_number,
             loss_rows,
             grad_similarity,
             grad_temperature,

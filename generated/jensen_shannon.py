@@ -392,13 +392,12 @@ def _fused(logits_p, logits_q, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(logits_p, logits_q, reduction, needs_grad):
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(logits_p, logits_q, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    args = (logits_p, logits_q, reduction, needs_grad)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -560,7 +559,7 @@ def _load_triton():
         logits_p_ptr,
         logits_q_ptr,
         upstream_ptr,
-        upstream_value,
+        _upstream_number,
         loss_ptr,
         grad_logits_p_ptr,
         grad_logits_q_ptr,
@@ -579,7 +578,7 @@ def _load_triton():
         if upstream_ptr is not None:
             upstream = tl.load(upstream_ptr).to(compute_dtype)
         else:
-            upstream = tl.cast(upstream_value, compute_dtype)
+            upstream = tl.cast(_upstream_number, compute_dtype)
         # pass 1 over the row: tmp0, tmp1
         # (each block of the row reduced to one value, combined into the row's as the loop goes)
         _tmp0_max = tl.full([], float("-inf"), compute_dtype)
@@ -743,7 +742,7 @@ def _run_triton(logits_p, logits_q, reduction, needs_grad):
     upstream = (
         1 / _keepdim_shape(logits_p.shape).numel() if reduction == "mean" else 1.0
     )
-    upstream_ptr, upstream_value = _kernel_param(upstream, loss_rows)
+    upstream_ptr, _upstream_number = _kernel_param(upstream, loss_rows)
     # GRAD_IN_PLACE: see there
     in_place = (
         GRAD_IN_PLACE
@@ -764,7 +763,7 @@ def _run_triton(logits_p, logits_q, reduction, needs_grad):
             logits_p,
             logits_q,
             upstream_ptr,
-            upstream_value,
+            _upstream_number,
             loss_rows,
             grad_logits_p,
             grad_logits_q,

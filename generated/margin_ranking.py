@@ -249,15 +249,19 @@ def _fused(input1, input2, y, margin, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input1, input2, y, margin, reduction, needs_grad):
+def _with_tensor_params(input1, input2, y, margin, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    margin = _as_tensor(margin, input1)
+    return input1, input2, y, margin, reduction, needs_grad
+
+
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(input1, input2, y, margin, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
-    margin = _as_tensor(margin, input1)
-    args = (input1, input2, y, margin, reduction, needs_grad)
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -394,7 +398,7 @@ def _load_triton():
         input2_ptr,
         y_ptr,
         margin_ptr,
-        margin_value,
+        _margin_number,
         loss_ptr,
         grad_input1_ptr,
         grad_input2_ptr,
@@ -416,7 +420,7 @@ def _load_triton():
         if margin_ptr is not None:
             margin = tl.load(margin_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            margin = tl.cast(margin_value, compute_dtype)
+            margin = tl.cast(_margin_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -448,7 +452,7 @@ def _run_triton(input1, input2, y, margin, reduction, needs_grad):
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    margin_ptr, margin_value = _kernel_param(margin, input1)
+    margin_ptr, _margin_number = _kernel_param(margin, input1)
     numel = input1.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -471,7 +475,7 @@ def _run_triton(input1, input2, y, margin, reduction, needs_grad):
             input2,
             y,
             margin_ptr,
-            margin_value,
+            _margin_number,
             loss_partials,
             grad_input1,
             grad_input2,

@@ -440,16 +440,20 @@ def _fused(input, target, weight, margin, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, weight, margin, reduction, needs_grad):
-    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
-    global _compiled_fused
-    computed = _run_triton(input, target, weight, margin, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
-        return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
+def _with_tensor_params(input, target, weight, margin, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
     weight = _as_tensor(weight, input)
     margin = _as_tensor(margin, input)
-    args = (input, target, weight, margin, reduction, needs_grad)
+    return input, target, weight, margin, reduction, needs_grad
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
+        return computed
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -611,11 +615,11 @@ def _load_triton():
         input_ptr,
         target_ptr,
         weight_ptr,
-        weight_value,
+        _weight_number,
         margin_ptr,
-        margin_value,
+        _margin_number,
         upstream_ptr,
-        upstream_value,
+        _upstream_number,
         loss_ptr,
         grad_input_ptr,
         grad_weight_ptr,
@@ -636,16 +640,16 @@ def _load_triton():
         if upstream_ptr is not None:
             upstream = tl.load(upstream_ptr).to(compute_dtype)
         else:
-            upstream = tl.cast(upstream_value, compute_dtype)
+            upstream = tl.cast(_upstream_number, compute_dtype)
         target = tl.load(target_ptr + row)
         if weight_ptr is not None:
             weight = tl.load(weight_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            weight = tl.cast(weight_value, compute_dtype)
+            weight = tl.cast(_weight_number, compute_dtype)
         if margin_ptr is not None:
             margin = tl.load(margin_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            margin = tl.cast(margin_value, compute_dtype)
+            margin = tl.cast(_margin_number, compute_dtype)
         # the row's elements at its class index (a OneHot's sum, gathered): 0 outside the row
         _input_at_target = tl.load(
             input_ptr + row_offset + target,
@@ -744,9 +748,9 @@ def _run_triton(input, target, weight, margin, reduction, needs_grad):
     partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     loss_rows = input.new_empty(rows, dtype=partial_dtype)
     upstream = 1 / _keepdim_shape(input.shape).numel() if reduction == "mean" else 1.0
-    upstream_ptr, upstream_value = _kernel_param(upstream, loss_rows)
-    weight_ptr, weight_value = _kernel_param(weight, input)
-    margin_ptr, margin_value = _kernel_param(margin, input)
+    upstream_ptr, _upstream_number = _kernel_param(upstream, loss_rows)
+    weight_ptr, _weight_number = _kernel_param(weight, input)
+    margin_ptr, _margin_number = _kernel_param(margin, input)
     # GRAD_IN_PLACE: see there
     in_place = (
         GRAD_IN_PLACE
@@ -770,11 +774,11 @@ def _run_triton(input, target, weight, margin, reduction, needs_grad):
             input,
             target,
             weight_ptr,
-            weight_value,
+            _weight_number,
             margin_ptr,
-            margin_value,
+            _margin_number,
             upstream_ptr,
-            upstream_value,
+            _upstream_number,
             loss_rows,
             grad_input,
             grad_weight,

@@ -226,13 +226,12 @@ def _fused(input, target, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, reduction, needs_grad):
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(input, target, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    args = (input, target, reduction, needs_grad)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:

@@ -274,15 +274,19 @@ def _fused(input, target, rate_eps, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, rate_eps, reduction, needs_grad):
+def _with_tensor_params(input, target, rate_eps, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    rate_eps = _as_tensor(rate_eps, input)
+    return input, target, rate_eps, reduction, needs_grad
+
+
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(input, target, rate_eps, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
-    rate_eps = _as_tensor(rate_eps, input)
-    args = (input, target, rate_eps, reduction, needs_grad)
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -418,7 +422,7 @@ def _load_triton():
         input_ptr,
         target_ptr,
         rate_eps_ptr,
-        rate_eps_value,
+        _rate_eps_number,
         loss_ptr,
         grad_input_ptr,
         grad_target_ptr,
@@ -439,7 +443,7 @@ def _load_triton():
         if rate_eps_ptr is not None:
             rate_eps = tl.load(rate_eps_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            rate_eps = tl.cast(rate_eps_value, compute_dtype)
+            rate_eps = tl.cast(_rate_eps_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -490,7 +494,7 @@ def _run_triton(input, target, rate_eps, reduction, needs_grad):
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    rate_eps_ptr, rate_eps_value = _kernel_param(rate_eps, input)
+    rate_eps_ptr, _rate_eps_number = _kernel_param(rate_eps, input)
     numel = input.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -512,7 +516,7 @@ def _run_triton(input, target, rate_eps, reduction, needs_grad):
             input,
             target,
             rate_eps_ptr,
-            rate_eps_value,
+            _rate_eps_number,
             loss_partials,
             grad_input,
             grad_target,

@@ -248,15 +248,19 @@ def _fused(input, target, tau, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, tau, reduction, needs_grad):
+def _with_tensor_params(input, target, tau, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    tau = _as_tensor(tau, input)
+    return input, target, tau, reduction, needs_grad
+
+
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(input, target, tau, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
-    tau = _as_tensor(tau, input)
-    args = (input, target, tau, reduction, needs_grad)
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -392,7 +396,7 @@ def _load_triton():
         input_ptr,
         target_ptr,
         tau_ptr,
-        tau_value,
+        _tau_number,
         loss_ptr,
         grad_input_ptr,
         grad_target_ptr,
@@ -413,7 +417,7 @@ def _load_triton():
         if tau_ptr is not None:
             tau = tl.load(tau_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            tau = tl.cast(tau_value, compute_dtype)
+            tau = tl.cast(_tau_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -448,7 +452,7 @@ def _run_triton(input, target, tau, reduction, needs_grad):
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    tau_ptr, tau_value = _kernel_param(tau, input)
+    tau_ptr, _tau_number = _kernel_param(tau, input)
     numel = input.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -470,7 +474,7 @@ def _run_triton(input, target, tau, reduction, needs_grad):
             input,
             target,
             tau_ptr,
-            tau_value,
+            _tau_number,
             loss_partials,
             grad_input,
             grad_target,

@@ -343,16 +343,20 @@ def _fused(input, target, alpha, gamma, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, alpha, gamma, reduction, needs_grad):
-    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
-    global _compiled_fused
-    computed = _run_triton(input, target, alpha, gamma, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
-        return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
+def _with_tensor_params(input, target, alpha, gamma, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
     alpha = _as_tensor(alpha, input)
     gamma = _as_tensor(gamma, input)
-    args = (input, target, alpha, gamma, reduction, needs_grad)
+    return input, target, alpha, gamma, reduction, needs_grad
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
+        return computed
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -488,9 +492,9 @@ def _load_triton():
         input_ptr,
         target_ptr,
         alpha_ptr,
-        alpha_value,
+        _alpha_number,
         gamma_ptr,
-        gamma_value,
+        _gamma_number,
         loss_ptr,
         grad_input_ptr,
         grad_target_ptr,
@@ -512,11 +516,11 @@ def _load_triton():
         if alpha_ptr is not None:
             alpha = tl.load(alpha_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            alpha = tl.cast(alpha_value, compute_dtype)
+            alpha = tl.cast(_alpha_number, compute_dtype)
         if gamma_ptr is not None:
             gamma = tl.load(gamma_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            gamma = tl.cast(gamma_value, compute_dtype)
+            gamma = tl.cast(_gamma_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -597,8 +601,8 @@ def _run_triton(input, target, alpha, gamma, reduction, needs_grad):
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    alpha_ptr, alpha_value = _kernel_param(alpha, input)
-    gamma_ptr, gamma_value = _kernel_param(gamma, input)
+    alpha_ptr, _alpha_number = _kernel_param(alpha, input)
+    gamma_ptr, _gamma_number = _kernel_param(gamma, input)
     numel = input.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -623,9 +627,9 @@ def _run_triton(input, target, alpha, gamma, reduction, needs_grad):
             input,
             target,
             alpha_ptr,
-            alpha_value,
+            _alpha_number,
             gamma_ptr,
-            gamma_value,
+            _gamma_number,
             loss_partials,
             grad_input,
             grad_target,

@@ -263,15 +263,19 @@ def _fused(input, target, beta, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, beta, reduction, needs_grad):
+def _with_tensor_params(input, target, beta, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    beta = _as_tensor(beta, input)
+    return input, target, beta, reduction, needs_grad
+
+
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(input, target, beta, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
-    beta = _as_tensor(beta, input)
-    args = (input, target, beta, reduction, needs_grad)
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -407,7 +411,7 @@ def _load_triton():
         input_ptr,
         target_ptr,
         beta_ptr,
-        beta_value,
+        _beta_number,
         loss_ptr,
         grad_input_ptr,
         grad_target_ptr,
@@ -428,7 +432,7 @@ def _load_triton():
         if beta_ptr is not None:
             beta = tl.load(beta_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            beta = tl.cast(beta_value, compute_dtype)
+            beta = tl.cast(_beta_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -464,7 +468,7 @@ def _run_triton(input, target, beta, reduction, needs_grad):
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    beta_ptr, beta_value = _kernel_param(beta, input)
+    beta_ptr, _beta_number = _kernel_param(beta, input)
     numel = input.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -486,7 +490,7 @@ def _run_triton(input, target, beta, reduction, needs_grad):
             input,
             target,
             beta_ptr,
-            beta_value,
+            _beta_number,
             loss_partials,
             grad_input,
             grad_target,

@@ -302,13 +302,12 @@ def _fused(input, target, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, reduction, needs_grad):
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(input, target, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    args = (input, target, reduction, needs_grad)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -470,7 +469,7 @@ def _load_triton():
         input_ptr,
         target_ptr,
         upstream_ptr,
-        upstream_value,
+        _upstream_number,
         loss_ptr,
         grad_input_ptr,
         grad_target_ptr,
@@ -489,7 +488,7 @@ def _load_triton():
         if upstream_ptr is not None:
             upstream = tl.load(upstream_ptr).to(compute_dtype)
         else:
-            upstream = tl.cast(upstream_value, compute_dtype)
+            upstream = tl.cast(_upstream_number, compute_dtype)
         # pass 1 over the row: tmp0, tmp1, tmp2, tmp3
         # (each block of the row reduced to one value, combined into the row's as the loop goes)
         _tmp0_max = tl.full([], float("-inf"), compute_dtype)
@@ -570,7 +569,7 @@ def _run_triton(input, target, reduction, needs_grad):
     partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     loss_rows = input.new_empty(rows, dtype=partial_dtype)
     upstream = 1 / _keepdim_shape(input.shape).numel() if reduction == "mean" else 1.0
-    upstream_ptr, upstream_value = _kernel_param(upstream, loss_rows)
+    upstream_ptr, _upstream_number = _kernel_param(upstream, loss_rows)
     # GRAD_IN_PLACE: see there
     in_place = (
         GRAD_IN_PLACE
@@ -591,7 +590,7 @@ def _run_triton(input, target, reduction, needs_grad):
             input,
             target,
             upstream_ptr,
-            upstream_value,
+            _upstream_number,
             loss_rows,
             grad_input,
             grad_target,

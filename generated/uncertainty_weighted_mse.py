@@ -254,15 +254,19 @@ def _fused(input, target, log_variance, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, log_variance, reduction, needs_grad):
+def _with_tensor_params(input, target, log_variance, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    log_variance = _as_tensor(log_variance, input)
+    return input, target, log_variance, reduction, needs_grad
+
+
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(input, target, log_variance, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
-    log_variance = _as_tensor(log_variance, input)
-    args = (input, target, log_variance, reduction, needs_grad)
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -398,7 +402,7 @@ def _load_triton():
         input_ptr,
         target_ptr,
         log_variance_ptr,
-        log_variance_value,
+        _log_variance_number,
         loss_ptr,
         grad_input_ptr,
         grad_target_ptr,
@@ -419,7 +423,7 @@ def _load_triton():
         if log_variance_ptr is not None:
             log_variance = tl.load(log_variance_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            log_variance = tl.cast(log_variance_value, compute_dtype)
+            log_variance = tl.cast(_log_variance_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -451,7 +455,7 @@ def _run_triton(input, target, log_variance, reduction, needs_grad):
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    log_variance_ptr, log_variance_value = _kernel_param(log_variance, input)
+    log_variance_ptr, _log_variance_number = _kernel_param(log_variance, input)
     numel = input.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -473,7 +477,7 @@ def _run_triton(input, target, log_variance, reduction, needs_grad):
             input,
             target,
             log_variance_ptr,
-            log_variance_value,
+            _log_variance_number,
             loss_partials,
             grad_input,
             grad_target,

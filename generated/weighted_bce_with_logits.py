@@ -260,15 +260,19 @@ def _fused(input, target, pos_weight, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, pos_weight, reduction, needs_grad):
+def _with_tensor_params(input, target, pos_weight, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    pos_weight = _as_tensor(pos_weight, input)
+    return input, target, pos_weight, reduction, needs_grad
+
+
+def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
-    computed = _run_triton(input, target, pos_weight, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
         return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
-    pos_weight = _as_tensor(pos_weight, input)
-    args = (input, target, pos_weight, reduction, needs_grad)
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -404,7 +408,7 @@ def _load_triton():
         input_ptr,
         target_ptr,
         pos_weight_ptr,
-        pos_weight_value,
+        _pos_weight_number,
         loss_ptr,
         grad_input_ptr,
         grad_target_ptr,
@@ -425,7 +429,7 @@ def _load_triton():
         if pos_weight_ptr is not None:
             pos_weight = tl.load(pos_weight_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            pos_weight = tl.cast(pos_weight_value, compute_dtype)
+            pos_weight = tl.cast(_pos_weight_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -459,7 +463,7 @@ def _run_triton(input, target, pos_weight, reduction, needs_grad):
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    pos_weight_ptr, pos_weight_value = _kernel_param(pos_weight, input)
+    pos_weight_ptr, _pos_weight_number = _kernel_param(pos_weight, input)
     numel = input.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -481,7 +485,7 @@ def _run_triton(input, target, pos_weight, reduction, needs_grad):
             input,
             target,
             pos_weight_ptr,
-            pos_weight_value,
+            _pos_weight_number,
             loss_partials,
             grad_input,
             grad_target,

@@ -336,16 +336,20 @@ def _fused(input, target, width, curvature, reduction, needs_grad):
 _compiled_fused = None
 
 
-def _run_fused(input, target, width, curvature, reduction, needs_grad):
-    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
-    global _compiled_fused
-    computed = _run_triton(input, target, width, curvature, reduction, needs_grad)
-    if computed is not None:  # None where the Triton kernel does not apply
-        return computed
-    # torch takes the params as tensors (the kernel took a number as it is)
+def _with_tensor_params(input, target, width, curvature, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
     width = _as_tensor(width, input)
     curvature = _as_tensor(curvature, input)
-    args = (input, target, width, curvature, reduction, needs_grad)
+    return input, target, width, curvature, reduction, needs_grad
+
+
+def _run_fused(*args):
+    """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
+    global _compiled_fused
+    computed = _run_triton(*args)  # None where the Triton kernel does not apply
+    if computed is not None:
+        return computed
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -481,9 +485,9 @@ def _load_triton():
         input_ptr,
         target_ptr,
         width_ptr,
-        width_value,
+        _width_number,
         curvature_ptr,
-        curvature_value,
+        _curvature_number,
         loss_ptr,
         grad_input_ptr,
         grad_target_ptr,
@@ -505,11 +509,11 @@ def _load_triton():
         if width_ptr is not None:
             width = tl.load(width_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            width = tl.cast(width_value, compute_dtype)
+            width = tl.cast(_width_number, compute_dtype)
         if curvature_ptr is not None:
             curvature = tl.load(curvature_ptr).to(compute_dtype)
         else:  # a number (see _kernel_param)
-            curvature = tl.cast(curvature_value, compute_dtype)
+            curvature = tl.cast(_curvature_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -573,8 +577,8 @@ def _run_triton(input, target, width, curvature, reduction, needs_grad):
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
-    width_ptr, width_value = _kernel_param(width, input)
-    curvature_ptr, curvature_value = _kernel_param(curvature, input)
+    width_ptr, _width_number = _kernel_param(width, input)
+    curvature_ptr, _curvature_number = _kernel_param(curvature, input)
     numel = input.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -599,9 +603,9 @@ def _run_triton(input, target, width, curvature, reduction, needs_grad):
             input,
             target,
             width_ptr,
-            width_value,
+            _width_number,
             curvature_ptr,
-            curvature_value,
+            _curvature_number,
             loss_partials,
             grad_input,
             grad_target,

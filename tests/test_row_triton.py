@@ -495,12 +495,12 @@ def test_row_kernels_compile_for_cuda(name, monkeypatch, tmp_path) -> None:
                 (
                     a
                     for a in model.arguments
-                    if parameter in (f"{a.name}_ptr", f"{a.name}_value")
+                    if parameter in (f"{a.name}_ptr", f"_{a.name}_number")
                 ),
                 None,
             )
             param = parameter == "upstream_ptr" or argument and argument.is_param
-            if parameter.endswith("_value"):
+            if parameter.endswith("_number"):
                 if numbers:
                     signature[parameter] = "fp32"
                 else:

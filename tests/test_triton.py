@@ -602,7 +602,7 @@ def compile_for_cuda(module: types.ModuleType, dtype: str, wanted: set[str]) -> 
     kernel = module._load_triton()
     assert isinstance(kernel, JITFunction)  # not interpreted
     parameters = list(inspect.signature(kernel.fn).parameters)
-    params = {name.removesuffix("_value") for name in parameters if "_value" in name}
+    params = {name[1:-7] for name in parameters if name.endswith("_number")}
     numbers = {p for p in params if p not in wanted and dtype != "fp64"}
     signature, constants = {}, {}
     for name in parameters:
@@ -610,8 +610,8 @@ def compile_for_cuda(module: types.ModuleType, dtype: str, wanted: set[str]) -> 
             signature[name], constants[name] = "constexpr", None
         elif name.removesuffix("_ptr") in numbers:
             signature[name], constants[name] = "constexpr", None
-        elif name.endswith("_value"):
-            if name.removesuffix("_value") in numbers:
+        elif name.endswith("_number"):  # _<param>_number
+            if name[1:-7] in numbers:
                 signature[name] = "fp32"
             else:
                 signature[name], constants[name] = "constexpr", None
