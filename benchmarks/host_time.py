@@ -20,12 +20,15 @@ sum a small tensor, save, and return the gradient in backward. Inputs are those 
 not run at that size is reported as such. Rounds interleave the losses (and the baseline's
 modules); each cell is the fastest round's microseconds per step, as `timeit` advises: on a
 shared machine the noise only ever adds time. `--profile` prints cProfile's 25 most costly
-functions (own time) over the first loss's steps.
+functions (own time) over the first loss's steps. `--ops` counts the torch ops of one step
+(a TorchDispatchMode, autograd's own included): each, but the views and allocations left
+out, is a kernel launch (or a copy) on CUDA; the Triton launches are not torch ops.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import glob
 import os
@@ -37,10 +40,52 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench  # noqa: E402
+
+# ops that launch nothing on CUDA: views and allocations
+NO_LAUNCH = {
+    "empty",
+    "empty_like",
+    "new_empty",
+    "view",
+    "_unsafe_view",
+    "unsqueeze",
+    "squeeze",
+    "expand",
+    "reshape",
+    "alias",
+    "detach",
+    "as_strided",
+    "select",
+    "slice",
+}
+
+
+class CountedOps(TorchDispatchMode):
+    """The torch ops run inside it, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def counted_ops(steps: bench.Steps) -> collections.Counter[str]:
+    """The ops of one step that launch on CUDA (see NO_LAUNCH), by name."""
+    reset, step = steps
+    reset()
+    with CountedOps() as counted:
+        step()
+    return collections.Counter(
+        {name: n for name, n in counted.ops.items() if name not in NO_LAUNCH}
+    )
 
 
 class _Floor(torch.autograd.Function):
@@ -98,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--repeat", type=int, default=300, help="steps per sample")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--ops", action="store_true", help="count each step's torch ops"
+    )
     args = parser.parse_args(argv)
     stub = args.device == "cpu"
     if stub:  # before the generated modules import triton: the Triton path on CPU
@@ -156,6 +204,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.baseline:
             cells.insert(0, f"{fastest['baseline ' + name]:.1f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.ops:
+        print()
+        print("| loss | torch ops per step that launch on CUDA |")
+        print("|---|---|")
+        for name, steps in contenders.items():
+            if name.startswith("floor ") or not ran[name]:
+                continue
+            ops = counted_ops(steps)
+            listed = ", ".join(f"{op} {n}" for op, n in sorted(ops.items()))
+            print(f"| {name} | {sum(ops.values())}: {listed} |")
     if args.profile and models:
         profile(contenders[models[0].name], args.repeat, args.device)
     return 0

@@ -27,6 +27,9 @@ Three ways to use it, all with the same symbolic backward:
     charbonnier(input, target, eps=0.001, reduction="mean")
 """
 
+import math
+import struct
+
 import torch
 from torch import nn
 
@@ -99,22 +102,24 @@ def _use_fused(tensors, params, reduction):
         # Under torch.func (vmap, grad, ...): the reference Function supports them.
         return False
     first = tensors[0]
+    if type(first) is not torch.Tensor:
+        return False
+    dtype, device = first.dtype, first.device  # once: each read makes a Python object
     for tensor in tensors:
         if not (
-            isinstance(tensor, torch.Tensor)
-            and type(tensor) is torch.Tensor
+            type(tensor) is torch.Tensor
             and tensor.layout == torch.strided
             and tensor.is_floating_point()
-            and tensor.dtype == first.dtype
-            and tensor.device == first.device
+            and tensor.dtype == dtype
+            and tensor.device == device
         ):
             return False
     for param in params:
         if isinstance(param, torch.Tensor) and not (
             type(param) in (torch.Tensor, nn.Parameter)
             and param.dim() == 0
-            and param.dtype == first.dtype
-            and param.device == first.device
+            and param.dtype == dtype
+            and param.device == device
         ):
             return False
     shape = first.shape
@@ -235,12 +240,19 @@ def _fused(input, target, eps, reduction, needs_grad):
 _compiled_fused = None
 
 
+def _with_tensor_params(input, target, eps, reduction, needs_grad):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    eps = _as_tensor(eps, input)
+    return input, target, eps, reduction, needs_grad
+
+
 def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
     computed = _run_triton(*args)  # None where the Triton kernel does not apply
     if computed is not None:
         return computed
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -300,6 +312,51 @@ def _triton_runs_on(device):
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+# The largest finite float32: a number within it reaches the kernel as torch.full would make it.
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _kernel_param(value, like):
+    """A param as the kernel takes it: (a tensor it loads, None) or (None, a number). A number
+    goes to the kernel as itself (as float32), rounded to like's dtype as torch.full would
+    round it: no tensor is filled per step (on CUDA, each one a launch). It becomes a 0-d
+    tensor where float32 cannot carry it so: for float64 inputs, and beyond float32's range
+    (where torch.full raises or gives inf, and for NaN)."""
+    if isinstance(value, torch.Tensor):
+        return value, None
+    if like.dtype == torch.float64 or not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:
+        return _as_tensor(value, like), None
+    value = float(value)  # float32 on the way in: to nearest, as torch.full rounds
+    if like.dtype in (torch.float16, torch.bfloat16):
+        value = _rounded(value, like.dtype)
+    return None, value
+
+
+def _rounded(value, dtype):
+    """A float rounded to float32, then to float16 or bfloat16 (to nearest, ties to even), as
+    torch.full rounds it: here, not in the kernel, where Triton's interpreter would truncate
+    a bfloat16."""
+    single = struct.unpack("<f", struct.pack("<f", value))[0]
+    if dtype == torch.float16:
+        try:
+            return struct.unpack("<e", struct.pack("<e", single))[0]
+        except OverflowError:  # beyond float16's largest: inf, as torch.full
+            return math.copysign(math.inf, value)
+    bits = struct.unpack("<I", struct.pack("<f", single))[0]
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
+def _saved(value):
+    """A param for save_for_backward: a tensor itself, None for a number (kept on ctx)."""
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _number(value):
+    """A param to keep on ctx: a number itself, None for a tensor (saved for backward)."""
+    return None if isinstance(value, torch.Tensor) else value
+
+
 def _triton_applies(tensors):
     """Whether the Triton kernel runs for these (same-dtype) tensors: it reads every tensor at
     the same offsets, so they must have one shape (broadcast ones take the torch fast path).
@@ -309,10 +366,10 @@ def _triton_applies(tensors):
         return False
     if first.dtype not in _TRITON_DTYPES:
         return False
-    if not all(
-        tensor.shape == first.shape and tensor.is_contiguous() for tensor in tensors
-    ):
-        return False
+    shape = first.shape
+    for tensor in tensors:  # a loop, not all(...): a generator costs a microsecond
+        if tensor.shape != shape or not tensor.is_contiguous():
+            return False
     return _triton_runs_on(first.device)
 
 
@@ -331,6 +388,7 @@ def _load_triton():
         input_ptr,
         target_ptr,
         eps_ptr,
+        _eps_number,
         loss_ptr,
         grad_input_ptr,
         grad_target_ptr,
@@ -341,13 +399,17 @@ def _load_triton():
         block_size: tl.constexpr,
     ):
         # A gradient pointer is None where that gradient is not wanted: Triton compiles the
-        # kernel without it.
+        # kernel without it. A param comes as a pointer or, where that is None, as a number
+        # (see _kernel_param).
         program = tl.program_id(0)
         offsets = program.to(tl.int64) * block_size + tl.arange(0, block_size)
         in_bounds = offsets < numel
         input = tl.load(input_ptr + offsets, mask=in_bounds).to(compute_dtype)
         target = tl.load(target_ptr + offsets, mask=in_bounds).to(compute_dtype)
-        eps = tl.load(eps_ptr).to(compute_dtype)
+        if eps_ptr is not None:
+            eps = tl.load(eps_ptr).to(compute_dtype)
+        else:  # a number (see _kernel_param)
+            eps = tl.cast(_eps_number, compute_dtype)
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
@@ -379,6 +441,7 @@ def _run_triton(input, target, eps, reduction, needs_grad):
         _triton_kernel = _defined_triton_kernel()
         if _triton_kernel is False:
             return None
+    eps_ptr, _eps_number = _kernel_param(eps, input)
     numel = input.numel()
     blocks = (numel + TRITON_BLOCK - 1) // TRITON_BLOCK  # not triton.cdiv: a JIT call
     # Sums of blocks (the loss, a param's gradient) are kept in float32 at least.
@@ -396,7 +459,17 @@ def _run_triton(input, target, eps, reduction, needs_grad):
     launched = _launch_triton(
         blocks,
         input.device,
-        (input, target, eps, loss_partials, grad_input, grad_target, grad_eps, numel),
+        (
+            input,
+            target,
+            eps_ptr,
+            _eps_number,
+            loss_partials,
+            grad_input,
+            grad_target,
+            grad_eps,
+            numel,
+        ),
         reduce_mean=reduction == "mean",
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
     )
@@ -404,7 +477,10 @@ def _run_triton(input, target, eps, reduction, needs_grad):
         return None
     if grad_eps is not None:
         grad_eps = grad_eps.sum().to(eps.dtype)
-    return loss_partials.sum().to(input.dtype), grad_input, grad_target, grad_eps
+    loss = loss_partials.sum()
+    if loss.dtype != input.dtype:  # not a call to .to where it would do nothing
+        loss = loss.to(input.dtype)
+    return loss, grad_input, grad_target, grad_eps
 
 
 def _defined_triton_kernel():
@@ -432,8 +508,10 @@ def _launch_triton(blocks, device, arguments, **constants):
 
 
 def _run_kernel(kernel, programs, device, arguments, constants):
-    """`kernel` over `programs` programs, in `device`'s CUDA context where it is a GPU."""
-    if device.type == "cuda":
+    """`kernel` over `programs` programs, in `device`'s CUDA context where it is a GPU. Triton
+    launches on the current device: switched only where the tensors are on another (making
+    the switch costs microseconds of Python per launch)."""
+    if device.type == "cuda" and device.index != torch.cuda.current_device():
         with torch.cuda.device(device):
             kernel[(programs,)](*arguments, **constants)
     else:
@@ -505,20 +583,26 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
         return False
     if not _triton_runs_on(device):
         return False
-    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
     # for two equal gradients, which a multiply in place would change or scale twice.
-    seen = {tensor.untyped_storage().data_ptr() for tensor in saved_inputs}
-    for grad in tensors:
+    seen = {
+        tensor.untyped_storage().data_ptr()
+        for tensor in saved_inputs
+        if tensor is not None  # a number param (see _saved)
+    }
+    tensors = []
+    for grad in grads:
+        if grad is None or not grad.numel():
+            continue
         storage = grad.untyped_storage().data_ptr()
-        if storage in seen:
+        if storage in seen or not (
+            grad.device == device
+            and grad.is_contiguous()
+            and grad.dtype in _TRITON_DTYPES
+        ):
             return False
         seen.add(storage)
-    if not all(
-        grad.device == device and grad.is_contiguous() and grad.dtype in _TRITON_DTYPES
-        for grad in tensors
-    ):
-        return False
+        tensors.append(grad)
     if _rescale_kernel is None:
         try:
             _rescale_kernel = _load_rescale_kernel()
@@ -566,10 +650,12 @@ class _CharbonnierFused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, eps, reduction):
-        eps = _as_tensor(eps, input)
+        # A number param stays one: the Triton kernel takes it so, with no tensor filled per
+        # step (_run_fused makes it a tensor for torch). It is kept on ctx, not saved.
+        ctx.numbers = (_number(eps),)
         needs_grad = ctx.needs_input_grad[:3]
         loss, *grads = _run_fused(input, target, eps, reduction, needs_grad)
-        ctx.save_for_backward(input, target, eps, *grads)
+        ctx.save_for_backward(input, target, _saved(eps), *grads)
         ctx.reduction = reduction
         ctx.rescaled_in_place = False
         return loss
@@ -581,8 +667,11 @@ class _CharbonnierFused(torch.autograd.Function):
         # the saved gradients were rescaled in place: the symbolic, differentiable path.
         recompute = torch.is_grad_enabled() or ctx.rescaled_in_place
         if recompute:
+            input, target, eps = saved[:3]
+            if eps is None:  # a number, kept on ctx (see forward)
+                eps = _as_tensor(ctx.numbers[0], input)
             reference = _SavedForBackward(
-                saved[:3], ctx.needs_input_grad, ctx.reduction
+                (input, target, eps), ctx.needs_input_grad, ctx.reduction
             )
             return CharbonnierFunction.backward(reference, grad_output)
         if _rescale_in_place(saved[3:], grad_output, saved[:3]):

@@ -31,6 +31,9 @@ Three ways to use it, all with the same symbolic backward:
     cross_entropy(input, target, weight=1.0, label_smoothing=0.0, ignore_index=-100.0, reduction="mean")
 """
 
+import math
+import struct
+
 import torch
 from torch import nn
 
@@ -144,7 +147,7 @@ def _pick(value, index, dim, shape):
 
 def _lay_along(value, dim, ndim):
     """A 1-D param tensor as a view along `dim` (like F.cross_entropy's class weights)."""
-    if value.dim() != 1:
+    if not isinstance(value, torch.Tensor) or value.dim() != 1:  # a number: as it is
         return value
     sizes = [1] * ndim
     sizes[dim] = value.numel()
@@ -186,22 +189,24 @@ def _use_fused(tensors, params, reduction, along):
         # Under torch.func (vmap, grad, ...): the reference Function supports them.
         return False
     first = tensors[0]
+    if type(first) is not torch.Tensor:
+        return False
+    dtype, device = first.dtype, first.device  # once: each read makes a Python object
     for tensor in tensors:
         if not (
-            isinstance(tensor, torch.Tensor)
-            and type(tensor) is torch.Tensor
+            type(tensor) is torch.Tensor
             and tensor.layout == torch.strided
             and tensor.is_floating_point()
-            and tensor.dtype == first.dtype
-            and tensor.device == first.device
+            and tensor.dtype == dtype
+            and tensor.device == device
         ):
             return False
     for param, dim in zip(params, along):
         if isinstance(param, torch.Tensor) and not (
             type(param) in (torch.Tensor, nn.Parameter)
             and (param.dim() == 0 or (param.dim() == 1 and dim is not None))
-            and param.dtype == first.dtype
-            and param.device == first.device
+            and param.dtype == dtype
+            and param.device == device
         ):
             return False
     shape = first.shape
@@ -537,12 +542,23 @@ def _fused(input, target, weight, label_smoothing, ignore_index, reduction, need
 _compiled_fused = None
 
 
+def _with_tensor_params(
+    input, target, weight, label_smoothing, ignore_index, reduction, needs_grad
+):
+    """_fused's arguments, its params as tensors: the Triton kernel takes a number as it is."""
+    weight = _as_tensor(weight, input)
+    label_smoothing = _as_tensor(label_smoothing, input)
+    ignore_index = _as_tensor(ignore_index, input)
+    return input, target, weight, label_smoothing, ignore_index, reduction, needs_grad
+
+
 def _run_fused(*args):
     """torch.compile(_fused), made on first use; _fused itself where compiling fails."""
     global _compiled_fused
     computed = _run_triton(*args)  # None where the Triton kernel does not apply
     if computed is not None:
         return computed
+    args = _with_tensor_params(*args)
     if not COMPILE:
         return _fused(*args)
     if _compiled_fused is None:
@@ -623,6 +639,51 @@ def _triton_runs_on(device):
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+# The largest finite float32: a number within it reaches the kernel as torch.full would make it.
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _kernel_param(value, like):
+    """A param as the kernel takes it: (a tensor it loads, None) or (None, a number). A number
+    goes to the kernel as itself (as float32), rounded to like's dtype as torch.full would
+    round it: no tensor is filled per step (on CUDA, each one a launch). It becomes a 0-d
+    tensor where float32 cannot carry it so: for float64 inputs, and beyond float32's range
+    (where torch.full raises or gives inf, and for NaN)."""
+    if isinstance(value, torch.Tensor):
+        return value, None
+    if like.dtype == torch.float64 or not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:
+        return _as_tensor(value, like), None
+    value = float(value)  # float32 on the way in: to nearest, as torch.full rounds
+    if like.dtype in (torch.float16, torch.bfloat16):
+        value = _rounded(value, like.dtype)
+    return None, value
+
+
+def _rounded(value, dtype):
+    """A float rounded to float32, then to float16 or bfloat16 (to nearest, ties to even), as
+    torch.full rounds it: here, not in the kernel, where Triton's interpreter would truncate
+    a bfloat16."""
+    single = struct.unpack("<f", struct.pack("<f", value))[0]
+    if dtype == torch.float16:
+        try:
+            return struct.unpack("<e", struct.pack("<e", single))[0]
+        except OverflowError:  # beyond float16's largest: inf, as torch.full
+            return math.copysign(math.inf, value)
+    bits = struct.unpack("<I", struct.pack("<f", single))[0]
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
+def _saved(value):
+    """A param for save_for_backward: a tensor itself, None for a number (kept on ctx)."""
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _number(value):
+    """A param to keep on ctx: a number itself, None for a tensor (saved for backward)."""
+    return None if isinstance(value, torch.Tensor) else value
+
+
 def _triton_applies(tensors):
     """Whether the Triton kernel runs for these (same-dtype) tensors: it reads every tensor at
     the same offsets, so they must have one shape (broadcast ones take the torch fast path).
@@ -632,10 +693,10 @@ def _triton_applies(tensors):
         return False
     if first.dtype not in _TRITON_DTYPES:
         return False
-    if not all(
-        tensor.shape == first.shape and tensor.is_contiguous() for tensor in tensors
-    ):
-        return False
+    shape = first.shape
+    for tensor in tensors:  # a loop, not all(...): a generator costs a microsecond
+        if tensor.shape != shape or not tensor.is_contiguous():
+            return False
     return _triton_runs_on(first.device)
 
 
@@ -654,9 +715,13 @@ def _load_triton():
         input_ptr,
         target_ptr,
         weight_ptr,
+        _weight_number,
         label_smoothing_ptr,
+        _label_smoothing_number,
         ignore_index_ptr,
+        _ignore_index_number,
         upstream_ptr,
+        _upstream_number,
         loss_ptr,
         grad_input_ptr,
         grad_label_smoothing_ptr,
@@ -668,15 +733,29 @@ def _load_triton():
     ):
         # One program per row, at an int64 offset (rows * row_size may pass 2**31). A gradient
         # pointer is None where that gradient is not wanted: Triton compiles the kernel without
-        # it. Row values (reductions, class indices, params) are scalars, the rest blocks.
+        # it. Row values (reductions, class indices, params) are scalars, the rest blocks. A
+        # param, and the upstream gradient, come as a pointer or, where that is None, as a
+        # number (see _kernel_param).
         row = tl.program_id(0).to(tl.int64)
         row_offset = row * row_size
         row_length = tl.full([], row_size, compute_dtype)
-        upstream = tl.load(upstream_ptr).to(compute_dtype)
+        if upstream_ptr is not None:
+            upstream = tl.load(upstream_ptr).to(compute_dtype)
+        else:
+            upstream = tl.cast(_upstream_number, compute_dtype)
         target = tl.load(target_ptr + row)
-        weight = tl.load(weight_ptr).to(compute_dtype)
-        label_smoothing = tl.load(label_smoothing_ptr).to(compute_dtype)
-        ignore_index = tl.load(ignore_index_ptr).to(compute_dtype)
+        if weight_ptr is not None:
+            weight = tl.load(weight_ptr).to(compute_dtype)
+        else:  # a number (see _kernel_param)
+            weight = tl.cast(_weight_number, compute_dtype)
+        if label_smoothing_ptr is not None:
+            label_smoothing = tl.load(label_smoothing_ptr).to(compute_dtype)
+        else:  # a number (see _kernel_param)
+            label_smoothing = tl.cast(_label_smoothing_number, compute_dtype)
+        if ignore_index_ptr is not None:
+            ignore_index = tl.load(ignore_index_ptr).to(compute_dtype)
+        else:  # a number (see _kernel_param)
+            ignore_index = tl.cast(_ignore_index_number, compute_dtype)
         # the row's elements at its class index (a OneHot's sum, gathered): 0 outside the row
         _input_at_target = tl.load(
             input_ptr + row_offset + target,
@@ -756,18 +835,26 @@ def _load_triton():
     return _cross_entropy_row_kernel
 
 
-def _weight_total(input, target, weight, label_smoothing, ignore_index):
+def _broadcast_shape(*values):
+    """The broadcast shape of the tensors among `values` (a number broadcasts to any)."""
+    return torch.broadcast_shapes(
+        *(value.shape for value in values if isinstance(value, torch.Tensor))
+    )
+
+
+def _weight_total(input, target, weight, label_smoothing, ignore_index, shape=None):
     """The weighted mean's denominator, as _fused computes it (before the kernel): one
-    gather per row (_pick), never a one-hot as large as the logits."""
+    gather per row (_pick), never a one-hot as large as the logits. `shape`: the arguments'
+    broadcast shape, where the caller knows it (torch.broadcast_shapes: ~12 us of Python).
+    A number param stays one where input's dtype is torch's default: there it promotes
+    and rounds as the 0-d tensor _fused gets; elsewhere it becomes that tensor."""
+    if input.dtype != torch.get_default_dtype():
+        weight = _as_tensor(weight, input)
+        ignore_index = _as_tensor(ignore_index, input)
     target = target.unsqueeze(1)
     weight = _lay_along(weight, 1, input.dim())
-    shape = torch.broadcast_shapes(
-        input.shape,
-        target.shape,
-        weight.shape,
-        label_smoothing.shape,
-        ignore_index.shape,
-    )
+    if shape is None:
+        shape = _broadcast_shape(input, target, weight, label_smoothing, ignore_index)
     return (
         (
             torch.where(
@@ -790,7 +877,7 @@ def _run_triton(
         return None  # it needs the weighted mean's total loss: the torch fast path
     if not _triton_applies([input]):
         return None
-    if weight.dim():
+    if isinstance(weight, torch.Tensor) and weight.dim():
         return None  # one weight per class: the kernel loads only one
     if input.dim() != 2:
         return None  # rows are not contiguous: the reduced dim is not the last
@@ -811,12 +898,20 @@ def _run_triton(
     rows = input.numel() // row_size
     # The loss is summed over rows in float32 at least.
     partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    upstream = torch.ones((), dtype=partial_dtype, device=input.device)
-    if reduction == "mean":
-        upstream = 1 / _weight_total(
-            input, target, weight, label_smoothing, ignore_index
-        ).to(partial_dtype)
     loss_rows = input.new_empty(rows, dtype=partial_dtype)
+    upstream = 1.0
+    if reduction == "mean":
+        # every argument broadcasts to input's shape here (the checks above)
+        upstream = _weight_total(
+            input, target, weight, label_smoothing, ignore_index, shape=input.shape
+        )
+        if upstream.dtype != partial_dtype:
+            upstream = upstream.to(partial_dtype)
+        upstream = upstream.reciprocal()  # 1 / the total: the same value, one op less
+    upstream_ptr, _upstream_number = _kernel_param(upstream, loss_rows)
+    weight_ptr, _weight_number = _kernel_param(weight, input)
+    label_smoothing_ptr, _label_smoothing_number = _kernel_param(label_smoothing, input)
+    ignore_index_ptr, _ignore_index_number = _kernel_param(ignore_index, input)
     # GRAD_IN_PLACE: see there
     in_place = (
         GRAD_IN_PLACE
@@ -839,10 +934,14 @@ def _run_triton(
         (
             input,
             target,
-            weight,
-            label_smoothing,
-            ignore_index,
-            upstream,
+            weight_ptr,
+            _weight_number,
+            label_smoothing_ptr,
+            _label_smoothing_number,
+            ignore_index_ptr,
+            _ignore_index_number,
+            upstream_ptr,
+            _upstream_number,
             loss_rows,
             grad_input,
             grad_label_smoothing,
@@ -865,13 +964,10 @@ def _run_triton(
     if in_place:
         # autograd's version counter: a backward that saved input raises, not misreads
         torch.autograd.graph.increment_version(input)
-    return (
-        loss_rows.sum().to(input.dtype),
-        grad_input,
-        None,
-        grad_label_smoothing,
-        grad_ignore_index,
-    )
+    loss = loss_rows.sum()
+    if loss.dtype != input.dtype:  # not a call to .to where it would do nothing
+        loss = loss.to(input.dtype)
+    return loss, grad_input, None, grad_label_smoothing, grad_ignore_index
 
 
 def _defined_triton_kernel():
@@ -898,8 +994,10 @@ def _launch_triton(blocks, device, arguments, **constants):
 
 
 def _run_kernel(kernel, programs, device, arguments, constants):
-    """`kernel` over `programs` programs, in `device`'s CUDA context where it is a GPU."""
-    if device.type == "cuda":
+    """`kernel` over `programs` programs, in `device`'s CUDA context where it is a GPU. Triton
+    launches on the current device: switched only where the tensors are on another (making
+    the switch costs microseconds of Python per launch)."""
+    if device.type == "cuda" and device.index != torch.cuda.current_device():
         with torch.cuda.device(device):
             kernel[(programs,)](*arguments, **constants)
     else:
@@ -971,20 +1069,26 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
         return False
     if not _triton_runs_on(device):
         return False
-    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
     # for two equal gradients, which a multiply in place would change or scale twice.
-    seen = {tensor.untyped_storage().data_ptr() for tensor in saved_inputs}
-    for grad in tensors:
+    seen = {
+        tensor.untyped_storage().data_ptr()
+        for tensor in saved_inputs
+        if tensor is not None  # a number param (see _saved)
+    }
+    tensors = []
+    for grad in grads:
+        if grad is None or not grad.numel():
+            continue
         storage = grad.untyped_storage().data_ptr()
-        if storage in seen:
+        if storage in seen or not (
+            grad.device == device
+            and grad.is_contiguous()
+            and grad.dtype in _TRITON_DTYPES
+        ):
             return False
         seen.add(storage)
-    if not all(
-        grad.device == device and grad.is_contiguous() and grad.dtype in _TRITON_DTYPES
-        for grad in tensors
-    ):
-        return False
+        tensors.append(grad)
     if _rescale_kernel is None:
         try:
             _rescale_kernel = _load_rescale_kernel()
@@ -1032,15 +1136,25 @@ class _CrossEntropyFused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, weight, label_smoothing, ignore_index, reduction):
-        weight = _as_tensor(weight, input)
-        label_smoothing = _as_tensor(label_smoothing, input)
-        ignore_index = _as_tensor(ignore_index, input)
+        # A number param stays one: the Triton kernel takes it so, with no tensor filled per
+        # step (_run_fused makes it a tensor for torch). It is kept on ctx, not saved.
+        ctx.numbers = (
+            _number(weight),
+            _number(label_smoothing),
+            _number(ignore_index),
+        )
         needs_grad = ctx.needs_input_grad[:5]
         loss, *grads = _run_fused(
             input, target, weight, label_smoothing, ignore_index, reduction, needs_grad
         )
         ctx.save_for_backward(
-            input, target, weight, label_smoothing, ignore_index, loss, *grads
+            input,
+            target,
+            _saved(weight),
+            _saved(label_smoothing),
+            _saved(ignore_index),
+            loss,
+            *grads,
         )
         ctx.reduction = reduction
         ctx.rescaled_in_place = False
@@ -1068,8 +1182,17 @@ class _CrossEntropyFused(torch.autograd.Function):
                 "which GRAD_IN_PLACE overwrote with its gradient; set GRAD_IN_PLACE = False"
             )
         if recompute:
+            input, target, weight, label_smoothing, ignore_index, output = saved[:6]
+            if weight is None:  # a number, kept on ctx (see forward)
+                weight = _as_tensor(ctx.numbers[0], input)
+            if label_smoothing is None:  # a number, kept on ctx (see forward)
+                label_smoothing = _as_tensor(ctx.numbers[1], input)
+            if ignore_index is None:  # a number, kept on ctx (see forward)
+                ignore_index = _as_tensor(ctx.numbers[2], input)
             reference = _SavedForBackward(
-                saved[:6], ctx.needs_input_grad, ctx.reduction
+                (input, target, weight, label_smoothing, ignore_index, output),
+                ctx.needs_input_grad,
+                ctx.reduction,
             )
             return CrossEntropyFunction.backward(reference, grad_output)
         # the gradient GRAD_IN_PLACE wrote over input is its own to rescale

@@ -22,6 +22,9 @@ Three ways to use it, all with the same symbolic backward:
     directed_chamfer(distances, reduction="mean")
 """
 
+import math
+import struct
+
 import torch
 from torch import nn
 
@@ -131,22 +134,24 @@ def _use_fused(tensors, params, reduction):
         # Under torch.func (vmap, grad, ...): the reference Function supports them.
         return False
     first = tensors[0]
+    if type(first) is not torch.Tensor:
+        return False
+    dtype, device = first.dtype, first.device  # once: each read makes a Python object
     for tensor in tensors:
         if not (
-            isinstance(tensor, torch.Tensor)
-            and type(tensor) is torch.Tensor
+            type(tensor) is torch.Tensor
             and tensor.layout == torch.strided
             and tensor.is_floating_point()
-            and tensor.dtype == first.dtype
-            and tensor.device == first.device
+            and tensor.dtype == dtype
+            and tensor.device == device
         ):
             return False
     for param in params:
         if isinstance(param, torch.Tensor) and not (
             type(param) in (torch.Tensor, nn.Parameter)
             and param.dim() == 0
-            and param.dtype == first.dtype
-            and param.device == first.device
+            and param.dtype == dtype
+            and param.device == device
         ):
             return False
     shape = first.shape
@@ -401,6 +406,51 @@ def _triton_runs_on(device):
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+# The largest finite float32: a number within it reaches the kernel as torch.full would make it.
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _kernel_param(value, like):
+    """A param as the kernel takes it: (a tensor it loads, None) or (None, a number). A number
+    goes to the kernel as itself (as float32), rounded to like's dtype as torch.full would
+    round it: no tensor is filled per step (on CUDA, each one a launch). It becomes a 0-d
+    tensor where float32 cannot carry it so: for float64 inputs, and beyond float32's range
+    (where torch.full raises or gives inf, and for NaN)."""
+    if isinstance(value, torch.Tensor):
+        return value, None
+    if like.dtype == torch.float64 or not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:
+        return _as_tensor(value, like), None
+    value = float(value)  # float32 on the way in: to nearest, as torch.full rounds
+    if like.dtype in (torch.float16, torch.bfloat16):
+        value = _rounded(value, like.dtype)
+    return None, value
+
+
+def _rounded(value, dtype):
+    """A float rounded to float32, then to float16 or bfloat16 (to nearest, ties to even), as
+    torch.full rounds it: here, not in the kernel, where Triton's interpreter would truncate
+    a bfloat16."""
+    single = struct.unpack("<f", struct.pack("<f", value))[0]
+    if dtype == torch.float16:
+        try:
+            return struct.unpack("<e", struct.pack("<e", single))[0]
+        except OverflowError:  # beyond float16's largest: inf, as torch.full
+            return math.copysign(math.inf, value)
+    bits = struct.unpack("<I", struct.pack("<f", single))[0]
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
+def _saved(value):
+    """A param for save_for_backward: a tensor itself, None for a number (kept on ctx)."""
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _number(value):
+    """A param to keep on ctx: a number itself, None for a tensor (saved for backward)."""
+    return None if isinstance(value, torch.Tensor) else value
+
+
 def _triton_applies(tensors):
     """Whether the Triton kernel runs for these (same-dtype) tensors: it reads every tensor at
     the same offsets, so they must have one shape (broadcast ones take the torch fast path).
@@ -410,10 +460,10 @@ def _triton_applies(tensors):
         return False
     if first.dtype not in _TRITON_DTYPES:
         return False
-    if not all(
-        tensor.shape == first.shape and tensor.is_contiguous() for tensor in tensors
-    ):
-        return False
+    shape = first.shape
+    for tensor in tensors:  # a loop, not all(...): a generator costs a microsecond
+        if tensor.shape != shape or not tensor.is_contiguous():
+            return False
     return _triton_runs_on(first.device)
 
 
@@ -431,6 +481,7 @@ def _load_triton():
     def _directed_chamfer_row_kernel(
         distances_ptr,
         upstream_ptr,
+        _upstream_number,
         loss_ptr,
         grad_distances_ptr,
         row_size,
@@ -440,10 +491,15 @@ def _load_triton():
     ):
         # One program per row, at an int64 offset (rows * row_size may pass 2**31). A gradient
         # pointer is None where that gradient is not wanted: Triton compiles the kernel without
-        # it. Row values (reductions, class indices, params) are scalars, the rest blocks.
+        # it. Row values (reductions, class indices, params) are scalars, the rest blocks. A
+        # param, and the upstream gradient, come as a pointer or, where that is None, as a
+        # number (see _kernel_param).
         row = tl.program_id(0).to(tl.int64)
         row_offset = row * row_size
-        upstream = tl.load(upstream_ptr).to(compute_dtype)
+        if upstream_ptr is not None:
+            upstream = tl.load(upstream_ptr).to(compute_dtype)
+        else:
+            upstream = tl.cast(_upstream_number, compute_dtype)
         # pass 1 over the row: tmp0
         # (each block of the row reduced to one value, combined into the row's as the loop goes)
         tmp0 = tl.full([], float("inf"), compute_dtype)
@@ -500,13 +556,11 @@ def _run_triton(distances, reduction, needs_grad):
     rows = distances.numel() // row_size
     # The loss is summed over rows in float32 at least.
     partial_dtype = torch.float64 if distances.dtype == torch.float64 else torch.float32
-    upstream = torch.full(
-        (),
-        1 / _keepdim_shape(distances.shape).numel() if reduction == "mean" else 1,
-        dtype=partial_dtype,
-        device=distances.device,
-    )
     loss_rows = distances.new_empty(rows, dtype=partial_dtype)
+    upstream = (
+        1 / _keepdim_shape(distances.shape).numel() if reduction == "mean" else 1.0
+    )
+    upstream_ptr, _upstream_number = _kernel_param(upstream, loss_rows)
     # GRAD_IN_PLACE: see there
     in_place = (
         GRAD_IN_PLACE
@@ -520,7 +574,14 @@ def _run_triton(distances, reduction, needs_grad):
     launched = _launch_triton(
         rows,
         distances.device,
-        (distances, upstream, loss_rows, grad_distances, row_size),
+        (
+            distances,
+            upstream_ptr,
+            _upstream_number,
+            loss_rows,
+            grad_distances,
+            row_size,
+        ),
         last_pass=grad_distances is not None,
         compute_dtype=tl.float64 if partial_dtype == torch.float64 else tl.float32,
         row_block=min(ROW_BLOCK, 1 << (row_size - 1).bit_length()),  # a power of 2
@@ -531,7 +592,10 @@ def _run_triton(distances, reduction, needs_grad):
     if in_place:
         # autograd's version counter: a backward that saved distances raises, not misreads
         torch.autograd.graph.increment_version(distances)
-    return loss_rows.sum().to(distances.dtype), grad_distances
+    loss = loss_rows.sum()
+    if loss.dtype != distances.dtype:  # not a call to .to where it would do nothing
+        loss = loss.to(distances.dtype)
+    return loss, grad_distances
 
 
 def _defined_triton_kernel():
@@ -558,8 +622,10 @@ def _launch_triton(blocks, device, arguments, **constants):
 
 
 def _run_kernel(kernel, programs, device, arguments, constants):
-    """`kernel` over `programs` programs, in `device`'s CUDA context where it is a GPU."""
-    if device.type == "cuda":
+    """`kernel` over `programs` programs, in `device`'s CUDA context where it is a GPU. Triton
+    launches on the current device: switched only where the tensors are on another (making
+    the switch costs microseconds of Python per launch)."""
+    if device.type == "cuda" and device.index != torch.cuda.current_device():
         with torch.cuda.device(device):
             kernel[(programs,)](*arguments, **constants)
     else:
@@ -631,20 +697,26 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
         return False
     if not _triton_runs_on(device):
         return False
-    tensors = [grad for grad in grads if grad is not None and grad.numel()]
     # Only memory of their own: torch.compile may hand back an input (x * 1) or one buffer
     # for two equal gradients, which a multiply in place would change or scale twice.
-    seen = {tensor.untyped_storage().data_ptr() for tensor in saved_inputs}
-    for grad in tensors:
+    seen = {
+        tensor.untyped_storage().data_ptr()
+        for tensor in saved_inputs
+        if tensor is not None  # a number param (see _saved)
+    }
+    tensors = []
+    for grad in grads:
+        if grad is None or not grad.numel():
+            continue
         storage = grad.untyped_storage().data_ptr()
-        if storage in seen:
+        if storage in seen or not (
+            grad.device == device
+            and grad.is_contiguous()
+            and grad.dtype in _TRITON_DTYPES
+        ):
             return False
         seen.add(storage)
-    if not all(
-        grad.device == device and grad.is_contiguous() and grad.dtype in _TRITON_DTYPES
-        for grad in tensors
-    ):
-        return False
+        tensors.append(grad)
     if _rescale_kernel is None:
         try:
             _rescale_kernel = _load_rescale_kernel()

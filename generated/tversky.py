@@ -146,22 +146,24 @@ def _use_fused(tensors, params, reduction):
         # Under torch.func (vmap, grad, ...): the reference Function supports them.
         return False
     first = tensors[0]
+    if type(first) is not torch.Tensor:
+        return False
+    dtype, device = first.dtype, first.device  # once: each read makes a Python object
     for tensor in tensors:
         if not (
-            isinstance(tensor, torch.Tensor)
-            and type(tensor) is torch.Tensor
+            type(tensor) is torch.Tensor
             and tensor.layout == torch.strided
             and tensor.is_floating_point()
-            and tensor.dtype == first.dtype
-            and tensor.device == first.device
+            and tensor.dtype == dtype
+            and tensor.device == device
         ):
             return False
     for param in params:
         if isinstance(param, torch.Tensor) and not (
             type(param) in (torch.Tensor, nn.Parameter)
             and param.dim() == 0
-            and param.dtype == first.dtype
-            and param.device == first.device
+            and param.dtype == dtype
+            and param.device == device
         ):
             return False
     shape = first.shape

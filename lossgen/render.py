@@ -195,6 +195,13 @@ def render_loss(derived: DerivedLoss) -> str:
         "prepare_lines": _prepare_lines(model, like, backward=False),
         "backward_prepare_lines": _prepare_lines(model, like, backward=True),
         "mean_weight_code": mean_weight_code,
+        # the params the weighted mean's denominator reads
+        "weight_numbers": [
+            p.name
+            for p in model.params
+            if derived.mean_weight is not None
+            and p.symbol in derived.mean_weight.free_symbols
+        ],
         "uses_upstream_weight": derived.uses_upstream_weight,
         "saves_output": derived.uses_upstream_weight,
         "uses_one_hot": any("_one_hot(" in code for code in code_so_far),

@@ -486,12 +486,28 @@ def test_row_kernels_compile_for_cuda(name, monkeypatch, tmp_path) -> None:
     assert isinstance(kernel, JITFunction)  # not interpreted
     stores = []
     for dtype, wanted in (("fp32", True), ("fp64", True), ("fp32", False)):
+        # in float32, the params and the upstream gradient as float32 numbers (their
+        # pointers None), as _kernel_param passes floats; in float64, as pointers
+        numbers = dtype == "fp32"
         signature, constants = {}, {}
         for parameter in inspect.signature(kernel.fn).parameters:
             argument = next(
-                (a for a in model.arguments if f"{a.name}_ptr" == parameter), None
+                (
+                    a
+                    for a in model.arguments
+                    if parameter in (f"{a.name}_ptr", f"_{a.name}_number")
+                ),
+                None,
             )
-            if parameter.startswith("grad_"):
+            param = parameter == "upstream_ptr" or argument and argument.is_param
+            if parameter.endswith("_number"):
+                if numbers:
+                    signature[parameter] = "fp32"
+                else:
+                    signature[parameter], constants[parameter] = "constexpr", None
+            elif param and numbers:
+                signature[parameter], constants[parameter] = "constexpr", None
+            elif parameter.startswith("grad_"):
                 if wanted:
                     signature[parameter] = f"*{dtype}"
                 else:
@@ -564,6 +580,56 @@ def test_short_rows_take_the_compiled_path(interpreted, monkeypatch) -> None:
     monkeypatch.setattr(module, "ROW_MIN", ROW)
     compare(model, module, args, [0], "mean", 1.0)
     assert launches == [5]
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str
+)
+def test_number_params_reach_the_row_kernel_as_their_tensors_would(
+    dtype: torch.dtype, interpreted, monkeypatch
+) -> None:
+    # As the elementwise kernel's (tests/test_triton.py): a number param goes to the kernel
+    # as itself, so is the upstream gradient of "sum", and the weighted mean's total keeps
+    # numbers where the logits' dtype is torch's default: bit for bit the loss and gradient
+    # of the same params as 0-d tensors, with no tensor filled for a number there.
+    model = MODELS["CrossEntropy"]
+    module = module_of(model)
+    launches = interpreted(module)
+    made: list[object] = []
+    as_tensor = module._as_tensor
+
+    def counted(value, like):
+        made.append(value)
+        return as_tensor(value, like)
+
+    monkeypatch.setattr(module, "_as_tensor", counted)
+    generator = torch.Generator().manual_seed(31)
+    input = torch.randn(6, ROW, generator=generator, dtype=torch.float64).to(dtype)
+    target = torch.randint(0, ROW, (6,), generator=generator)
+    target[[1, 4]] = 7  # ignored: ignore_index is a class here
+    target[2] = ROW + 3  # out of range: its weight is not counted
+    params = (0.7, 0.1, 7.0)  # weight, label_smoothing, ignore_index
+    for reduction in ("mean", "sum"):
+        made.clear()
+        value, (grad,) = value_and_grads(
+            module.cross_entropy, [input, target, *params], [0], reduction, 1
+        )
+        if dtype == torch.float32 or reduction == "sum" and dtype != torch.float64:
+            assert made == []
+        elif (
+            dtype == torch.bfloat16
+        ):  # the mean's total in bfloat16: weight, ignore_index
+            assert made == [0.7, 7.0]
+        tensors = [torch.full((), p, dtype=dtype) for p in params]
+        want, (want_grad,) = value_and_grads(
+            module.cross_entropy, [input, target, *tensors], [0], reduction, 1
+        )
+        assert torch.equal(value, want) and torch.equal(grad, want_grad)
+    assert launches == [6] * 4
+    # the total with numbers, with tensors, and with the shape found from the arguments
+    total = module._weight_total(input, target, *params, shape=input.shape)
+    assert torch.equal(total, module._weight_total(input, target, *tensors))
+    assert total.dtype == dtype
 
 
 def test_the_weighted_means_total_is_the_references() -> None:

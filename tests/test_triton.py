@@ -12,6 +12,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import math
 import sys
 import types
 
@@ -130,6 +131,113 @@ def test_half_precision_is_computed_in_float32(interpreted) -> None:
     )
     torch.testing.assert_close(value, expected.to(torch.float16))
     torch.testing.assert_close(grad, expected_grad.to(torch.float16), rtol=0, atol=0)
+
+
+def counted_tensors_made(module, monkeypatch) -> list[object]:
+    """The values the module's _as_tensor makes a tensor of, as it runs."""
+    made: list[object] = []
+    as_tensor = module._as_tensor
+
+    def counted(value, like):
+        if not isinstance(value, torch.Tensor):
+            made.append(value)
+        return as_tensor(value, like)
+
+    monkeypatch.setattr(module, "_as_tensor", counted)
+    return made
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str
+)
+def test_a_number_param_reaches_the_kernel_as_its_tensor_would(
+    dtype: torch.dtype, interpreted, monkeypatch
+) -> None:
+    # A float param goes to the kernel as a number, with no tensor filled per step (on
+    # CUDA, a launch), rounded to the inputs' dtype as torch.full rounds it: the loss and
+    # gradients are those of the same param as a 0-d tensor, bit for bit. float64 inputs
+    # take the tensor (float32 would not carry the number), as do numbers beyond float32.
+    model, module = modules()["Huber"]
+    launches = interpreted(module)
+    made = counted_tensors_made(module, monkeypatch)
+    args = arguments(model, module, 300, torch.float64, seed=19)
+    tensors = [a.to(dtype) for a in args[:2]]
+    deltas = (0.1, 1 / 3, 0.7)  # each rounded differently in each dtype
+    for delta in deltas:
+        value, grads = value_and_grads(
+            module.huber, [*tensors, delta], [0, 1], "mean", 1
+        )
+        as_tensor = torch.full((), delta, dtype=dtype)
+        want, want_grads = value_and_grads(
+            module.huber, [*tensors, as_tensor], [0, 1], "mean", 1
+        )
+        assert torch.equal(value, want)
+        for got, expected in zip(grads, want_grads, strict=True):
+            assert torch.equal(got, expected)
+    assert launches == [3] * 6
+    assert made == (list(deltas) if dtype == torch.float64 else [])
+    beyond = 1e39  # past float32's largest: torch.full raises, or rounds to inf
+    if dtype == torch.float32:
+        with pytest.raises(RuntimeError, match="overflow"):
+            module.huber(*tensors, beyond)
+    else:
+        value = module.huber(*tensors, beyond)
+        assert torch.equal(
+            value, module.huber(*tensors, torch.full((), beyond, dtype=dtype))
+        )
+    assert made[-1] == beyond
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_numbers_are_rounded_to_half_precision_as_torch_full_rounds_them(
+    dtype: torch.dtype,
+) -> None:
+    # _rounded: float32 first, then to nearest with ties to even, beyond the largest to inf;
+    # the ties below are exact float32 values halfway between float16 or bfloat16 neighbours
+    _, module = modules()["Huber"]
+    generator = torch.Generator().manual_seed(23)
+    scales = 2.0 ** torch.randint(-140, 120, (3000,), generator=generator)
+    values = (
+        torch.randn(3000, generator=generator, dtype=torch.float64) * scales
+    ).tolist()
+    ties = [1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-11, 1 + 3 * 2**-11, 3 * 2**-25]
+    ties += [2**-133 * 3, 65504.0 + 16, 65519.99, 65520.0, 3.3e38, 5e-45, 0.0]
+    for value in values + ties + [-v for v in ties]:
+        want = torch.full((), value, dtype=dtype).item()
+        got = module._rounded(value, dtype)
+        assert got == want and math.copysign(1, got) == math.copysign(1, want), value
+
+
+def test_a_number_param_is_a_tensor_again_for_a_recompute(
+    interpreted, monkeypatch
+) -> None:
+    # The fused Function keeps a number param on ctx (it saves no tensor for it); backward's
+    # recompute, in double backward or a second backward after a rescale in place, makes it
+    # the reference's tensor again.
+    model, module = modules()["Huber"]
+    interpreted(module)
+    made = counted_tensors_made(module, monkeypatch)
+    input, target, _ = arguments(model, module, 300, torch.float32, seed=24)
+    input.requires_grad_()
+    loss = module.huber(input, target, 0.5, reduction="sum")
+    assert type(loss.grad_fn).__name__.startswith("_HuberFused") and made == []
+    reference = module.HuberFunction.apply(input, target, 0.5, "sum")
+    made.clear()  # the reference's own
+    for grad_output in (2.0, 3.0):  # the second: after the first's rescale in place
+        (got,) = torch.autograd.grad(
+            loss, input, torch.tensor(grad_output), retain_graph=True
+        )
+        (want,) = torch.autograd.grad(reference * grad_output, input, retain_graph=True)
+        torch.testing.assert_close(got, want)
+    assert made == [0.5]  # the second backward's recompute
+    loss = module.huber(input, target, 0.5, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, input, create_graph=True)
+    assert made == [0.5, 0.5]  # double backward's
+    (second,) = torch.autograd.grad(grad.square().sum(), input)
+    (want,) = torch.autograd.grad(reference, input, create_graph=True)
+    (want_second,) = torch.autograd.grad(want.square().sum(), input)
+    torch.testing.assert_close(grad, want)
+    torch.testing.assert_close(second, want_second)
 
 
 def counted_rescales(module, monkeypatch) -> list[float]:
@@ -270,6 +378,41 @@ def test_triton_applies_only_where_it_can(interpreted, monkeypatch) -> None:
     assert launches == [2]
 
 
+def test_a_launch_switches_the_cuda_device_only_where_it_must(monkeypatch) -> None:
+    # Triton launches on the current CUDA device: tensors on another need a switch to
+    # theirs (torch.cuda.device), which costs microseconds per launch where it is not needed.
+    # CUDA stood in for (no GPU here): the current device, the switch, the kernel.
+    _, module = modules()["Huber"]
+    events: list[object] = []
+
+    class Switch:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            events.append(("into", self.device.index))
+
+        def __exit__(self, *exception):
+            events.append(("out", self.device.index))
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *arguments, **constants: events.append(("launch", grid))
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "device", Switch)
+    for index in (1, 0):
+        module._run_kernel(Kernel(), 3, torch.device("cuda", index), (), {})
+    module._run_kernel(Kernel(), 2, torch.device("cpu"), (), {})
+    assert events == [
+        ("launch", (3,)),  # on the current device: no switch
+        ("into", 0),
+        ("launch", (3,)),
+        ("out", 0),
+        ("launch", (2,)),
+    ]
+
+
 def test_a_failing_kernel_falls_back_to_torch_with_a_warning(monkeypatch) -> None:
     model, module = modules()["Huber"]
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -308,7 +451,7 @@ def load_file(path, name: str) -> types.ModuleType:
 
 
 def test_generated_files_import_without_triton(monkeypatch) -> None:
-    # Only torch (and math) at module level: triton is imported where the kernel is made.
+    # Only torch (math, struct) at module level: triton is imported where the kernel is made.
     for path in sorted((ROOT / "generated").glob("*.py")):
         if path.name == "__init__.py":
             continue
@@ -318,7 +461,7 @@ def test_generated_files_import_without_triton(monkeypatch) -> None:
                 imported |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom):
                 imported.add(node.module)
-        assert imported <= {"torch", "math"}, path.name
+        assert imported <= {"torch", "math", "struct"}, path.name
     # With triton missing, the Triton path falls back to the torch fast path.
     for name in [n for n in sys.modules if n == "triton" or n.startswith("triton.")]:
         monkeypatch.setitem(
@@ -453,13 +596,25 @@ CUDA = GPUTarget("cuda", 90, 32)  # an H100: compiled ahead of time, no GPU need
 
 
 def compile_for_cuda(module: types.ModuleType, dtype: str, wanted: set[str]) -> dict:
-    """The module's kernel compiled to a cubin for CUDA; gradients not in `wanted` are None."""
+    """The module's kernel compiled to a cubin for CUDA; gradients not in `wanted` are None.
+    A param comes as a pointer where its gradient is wanted or in float64, else as a float32
+    number (its pointer None), as _kernel_param passes a float."""
     kernel = module._load_triton()
     assert isinstance(kernel, JITFunction)  # not interpreted
+    parameters = list(inspect.signature(kernel.fn).parameters)
+    params = {name[1:-7] for name in parameters if name.endswith("_number")}
+    numbers = {p for p in params if p not in wanted and dtype != "fp64"}
     signature, constants = {}, {}
-    for name in inspect.signature(kernel.fn).parameters:
+    for name in parameters:
         if name.startswith("grad_") and name[5:-4] not in wanted:
             signature[name], constants[name] = "constexpr", None
+        elif name.removesuffix("_ptr") in numbers:
+            signature[name], constants[name] = "constexpr", None
+        elif name.endswith("_number"):  # _<param>_number
+            if name[1:-7] in numbers:
+                signature[name] = "fp32"
+            else:
+                signature[name], constants[name] = "constexpr", None
         elif name.endswith("_ptr"):
             signature[name] = f"*{dtype}"
         elif name == "numel":
