@@ -21,9 +21,17 @@ from lossgen.errors import SpecError
 from lossgen.functions import logsigmoid, sigmoid, softplus, xlogy
 from lossgen.model import Argument, LossModel
 from lossgen.printer import unsupported_nodes
-from lossgen.reductions import DimSize, hide_picks, outside_reductions, show_picks
+from lossgen.reductions import (
+    ALL,
+    Dims,
+    DimSize,
+    distributed_sums,
+    hide_picks,
+    outside_reductions,
+    show_picks,
+)
 from lossgen.rewrite import candidates
-from lossgen.vocabulary import clamp, guarded, relu
+from lossgen.vocabulary import ParamSymbol, clamp, guarded, relu
 
 INTERMEDIATE_PREFIX = "tmp"
 # SymPy's simplify explores case splits, exponential in the number of distinct kinks: the
@@ -183,8 +191,20 @@ def _derive_reducing(model: LossModel, loss: sp.Expr) -> DerivedLoss:
         derived_gradients,
         fused_program([loss, *safe]),
         mean_weight,
-        compiled_program([loss, *safe], sigmoids_only=True),
+        compiled_program(
+            [loss, *safe], sigmoids_only=True, constants=_fused_constants(model)
+        ),
     )
+
+
+def _fused_constants(model: LossModel) -> dict[sp.Symbol, Dims]:
+    """What the fused body holds constant along every dim: the fast path takes only scalar
+    params (or 1-D ones along their dim, which vary) and a scalar upstream gradient."""
+    constants: dict[sp.Symbol, Dims] = {UPSTREAM: ALL, UPSTREAM_WEIGHT: ALL}
+    for argument in model.arguments:
+        if isinstance(argument.symbol, ParamSymbol) and argument.symbol.along is None:
+            constants[argument.symbol] = ALL
+    return constants
 
 
 def fused_program(exprs: list[sp.Expr]) -> FusedProgram:
@@ -194,10 +214,15 @@ def fused_program(exprs: list[sp.Expr]) -> FusedProgram:
 
 
 def compiled_program(
-    exprs: list[sp.Expr], sigmoids_only: bool = False
+    exprs: list[sp.Expr],
+    sigmoids_only: bool = False,
+    constants: dict[sp.Symbol, Dims] | None = None,
 ) -> FusedProgram | None:
-    """The fused program for torch.compile where shared_exponentials changes it, else None."""
+    """The fused program for torch.compile where shared_exponentials (or, for a loss over
+    dims, distributed_sums given the fused body's `constants`) changes it, else None."""
     shared = shared_exponentials(exprs, sigmoids_only)
+    if constants is not None:
+        shared = [distributed_sums(expr, constants) for expr in shared]
     if shared == exprs:
         return None
     return fused_program(shared)
