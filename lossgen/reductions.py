@@ -232,6 +232,11 @@ def _one_hot_factor(body: sp.Basic, dim: int | None) -> tuple[OneHot, sp.Expr] |
     return None
 
 
+def one_hots_outside_reductions(expr: sp.Basic) -> list[sp.Basic]:
+    """The one-hots `expr` uses elementwise (not inside a reduction or a Pick)."""
+    return _outside_reductions_atoms(expr, OneHot)
+
+
 def _outside_reductions_atoms(expr: sp.Basic, kind: type) -> list[sp.Basic]:
     found: list[sp.Basic] = []
     stack = [expr]

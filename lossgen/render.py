@@ -18,7 +18,13 @@ from lossgen.backprop import UPSTREAM, UPSTREAM_WEIGHT
 from lossgen.derive import DerivedLoss, Program, Step, needed_steps
 from lossgen.model import Argument, LossModel
 from lossgen.printer import UnsupportedExpressionError, print_spread, print_torch
-from lossgen.reductions import ALL, OneHot, one_hot_split, spread_parts
+from lossgen.reductions import (
+    ALL,
+    OneHot,
+    one_hot_split,
+    one_hots_outside_reductions,
+    spread_parts,
+)
 from lossgen.row_kernel import RowKernelCode, row_kernel_code
 from lossgen.triton_printer import print_triton
 
@@ -433,15 +439,24 @@ def _one_hot_splits(
     product stays in the one reduction that sums it.
     """
     inline: dict[sp.Basic, sp.Basic] = {}
+    whole: dict[sp.Basic, sp.Basic] = (
+        {}
+    )  # every step, to see what the dense part computes
     for step in steps:
         expr = step.expr.xreplace(inline)
         if one_hot_split(expr) is not None or isinstance(expr, OneHot):
             inline[step.symbol] = expr
+        whole[step.symbol] = step.expr.xreplace(whole)
     splits: list[tuple[sp.Expr, OneHot, sp.Expr] | None] = []
     for result, spread, argument in zip(results, spreads, arguments):
         split = None
         if spread is None and argument.is_tensor:
             split = one_hot_split(result.xreplace(inline))
+        # Only where the dense part compares no position with an index (MulticlassHinge's
+        # max over x + margin * (1 - OneHot(t)) still would): else the scatter is one more
+        # pass and nothing less.
+        if split is not None and one_hots_outside_reductions(split[0].xreplace(whole)):
+            split = None
         splits.append(split)
     return splits
 
