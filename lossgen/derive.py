@@ -221,6 +221,8 @@ def compiled_program(
     """The fused program for torch.compile where shared_exponentials (or, for a loss over
     dims, distributed_sums given the fused body's `constants`) changes it, else None."""
     shared = shared_exponentials(exprs, sigmoids_only)
+    if not sigmoids_only:
+        shared = shared_tanh(shared)
     if constants is not None:
         shared = [distributed_sums(expr, constants) for expr in shared]
     if shared == exprs:
@@ -289,6 +291,58 @@ def shared_exponentials(
     if any(unsupported_nodes(expr) for expr in result):
         return exprs
     return result
+
+
+def shared_tanh(exprs: list[sp.Expr]) -> list[sp.Expr]:
+    """softplus(2u) and tanh(u) (either sign of either) through one m = expm1(-2|u|).
+
+    For the fused body of an elementwise loss: LogCosh's loss is |r| + softplus(2|r|)
+    - log 2 after the stable rewrites and its gradient tanh(|r|) sign(r); Sleef's tanhf is
+    the costliest of its vectorized functions (benchmarks/RESULTS.md). With m in [-1, 0] for
+    every u (no overflow):
+
+        tanh(u)      = sign(u) * -m / (2 + m)
+        softplus(2u) = max(2u, 0) + log(2) + log1p(m / 2)
+
+    tanh within a few ulps at every magnitude (m is expm1's, accurate near 0; 2 + m has no
+    cancellation). LogCosh's loss becomes |r| + log1p(m / 2): at small |r| its rounding error
+    is that of |r| (a relative error of about 2 eps / |r|), where -|r| + softplus(2|r|) - log 2
+    loses eps * log 2 against a loss of r**2 / 2. Only where both nodes share |u|.
+    """
+    tanhs: dict[sp.Expr, set[sp.Basic]] = {}
+    softpluses: dict[sp.Expr, set[sp.Basic]] = {}
+    for expr in exprs:
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, sp.tanh):
+                tanhs.setdefault(_size(2 * node.args[0]), set()).add(node)
+            elif isinstance(node, softplus):
+                softpluses.setdefault(_size(node.args[0]), set()).add(node)
+    shared = set(tanhs) & set(softpluses)
+    if not shared:
+        return exprs
+
+    def lowered(node: sp.Basic) -> sp.Basic:
+        argument = node.args[0]
+        magnitude = _size(2 * argument if isinstance(node, sp.tanh) else argument)
+        if magnitude not in shared:
+            return node
+        m = expm1(-magnitude)
+        if isinstance(node, sp.tanh):
+            value = -m / (2 + m)
+            # tanh(0) = 0 = the value at m = 0: no sign needed where u >= 0
+            return value if argument.is_nonnegative else sp.sign(argument) * value
+        return sp.Max(argument, 0) + sp.log(2) + log1p(m / 2)
+
+    kinds = (sp.tanh, softplus)
+    result = [expr.replace(lambda n: isinstance(n, kinds), lowered) for expr in exprs]
+    if any(unsupported_nodes(expr) for expr in result):
+        return exprs
+    return result
+
+
+def _size(argument: sp.Expr) -> sp.Expr:
+    """|argument|, as it is where SymPy knows it is nonnegative (2 |r|: no abs of an abs)."""
+    return argument if argument.is_nonnegative else _magnitude(argument)
 
 
 def _magnitude(argument: sp.Expr) -> sp.Expr:
