@@ -554,7 +554,9 @@ def distributed_sums(expr: sp.Expr, known: dict[sp.Symbol, Dims]) -> sp.Expr:
             rest.setdefault(sp.Mul(*varying), []).append(sp.Mul(*constant))
         total: sp.Expr = sp.Add(*done)
         for one_hot, values in picked.items():
-            total += Sum(one_hot * sp.Add(*values), one_hot.dim)
+            pick = Sum(one_hot * sp.Add(*values), one_hot.dim)
+            others = dims - {one_hot.dim}  # type: ignore[operator]
+            total += Sum(pick, tuple(sorted(others))) if others else pick
         for varying, constants in rest.items():
             count = size(dims) if varying == 1 else Sum(varying, tuple(sorted(dims)))
             total += sp.Add(*constants) * count

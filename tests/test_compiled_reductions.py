@@ -100,6 +100,21 @@ def test_distributed_sums_are_the_sums(expr: sp.Expr) -> None:
     )
 
 
+def test_a_sum_over_more_dims_sums_the_pick_over_the_others() -> None:
+    expr = Sum(ls * OneHot(t) * x + x * OneHot(t) + x, (1, 2))
+    rewritten = distributed_sums(expr, SCALARS)
+    assert rewritten != expr
+    generator = torch.Generator().manual_seed(13)
+    index = torch.randint(0, 4, (3, 1, 5), generator=generator)
+    index[0, 0, 2] = -100
+    tensors = {
+        x: torch.randn(3, 4, 5, dtype=torch.float64, generator=generator),
+        t: index,
+        ls: torch.tensor(0.3, dtype=torch.float64),
+    }
+    torch.testing.assert_close(evaluate(rewritten, tensors), evaluate(expr, tensors))
+
+
 @pytest.mark.parametrize(
     "expr",
     [
