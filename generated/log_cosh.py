@@ -232,16 +232,17 @@ def _fused(input, target, reduction, needs_grad):
     tmp0 = input - target
     tmp1 = torch.abs(tmp0)
     tmp2 = _expm1(-2 * tmp1)
-    tmp3 = tmp2 * torch.sign(tmp0) / (tmp2 + 2)
+    tmp3 = tmp2 + 2
+    tmp4 = tmp2 * torch.sign(tmp0) / tmp3
     grad_input = None
     if needs_grad[0]:
-        grad_input = _sum_to((-tmp3) * upstream, shape, input.shape)
+        grad_input = _sum_to((-tmp4) * upstream, shape, input.shape)
     grad_target = None
     if needs_grad[1]:
-        grad_target = _sum_to(tmp3 * upstream, shape, target.shape)
+        grad_target = _sum_to(tmp4 * upstream, shape, target.shape)
     # The loss last: torch.compile (with reorder_for_locality off, see _run_fused) then
     # computes the gradients and the loss's sum in one loop over the inputs, not two.
-    loss = _reduce(tmp1 + torch.log1p(tmp2 / 2), reduction)
+    loss = _reduce(tmp1 + torch.log(tmp3) - math.log(2), reduction)
     return loss, grad_input, grad_target
 
 
