@@ -273,26 +273,22 @@ def _fused(input, target, reduction, needs_grad):
     """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
     shape = torch.broadcast_shapes(input.shape, target.shape)
     upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
-    tmp0 = input - torch.logsumexp(_expand_along(input, 1, shape), dim=1, keepdim=True)
+    tmp0 = torch.logsumexp(_expand_along(input, 1, shape), dim=1, keepdim=True)
+    tmp1 = torch.sum(_expand_along(target, 1, shape), dim=1, keepdim=True)
+    tmp2 = -tmp0 + input
     grad_input = None
     if needs_grad[0]:
         grad_input = _sum_to(
-            upstream
-            * (
-                -target
-                + torch.exp(tmp0)
-                * torch.sum(_expand_along(target, 1, shape), dim=1, keepdim=True)
-            ),
-            shape,
-            input.shape,
+            upstream * (tmp1 * torch.exp(tmp2) - target), shape, input.shape
         )
     grad_target = None
     if needs_grad[1]:
-        grad_target = _sum_to(-tmp0 * upstream, shape, target.shape)
+        grad_target = _sum_to(-tmp2 * upstream, shape, target.shape)
     # The loss last: torch.compile (with reorder_for_locality off, see _run_fused) then
     # computes the gradients and the loss's sum in one loop over the inputs, not two.
     loss = _reduce(
-        -torch.sum(_expand_along(tmp0 * target, 1, shape), dim=1, keepdim=True),
+        tmp0 * tmp1
+        - torch.sum(_expand_along(input * target, 1, shape), dim=1, keepdim=True),
         reduction,
         shape,
     )

@@ -22,16 +22,19 @@ from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
 from lossgen.model import Argument, LossModel
 from lossgen.printer import unsupported_nodes
 from lossgen.reductions import (
+    ALL,
+    Dims,
     DimSize,
     OneHot,
     Picked,
     Reduction,
+    distributed_sums,
     hide_picks,
     outside_reductions,
     show_picks,
 )
 from lossgen.rewrite import candidates
-from lossgen.vocabulary import TensorSymbol, clamp, guarded, relu
+from lossgen.vocabulary import ParamSymbol, TensorSymbol, clamp, guarded, relu
 
 INTERMEDIATE_PREFIX = "tmp"
 # SymPy's simplify explores case splits, exponential in the number of distinct kinks: the
@@ -186,7 +189,9 @@ def _derive_reducing(model: LossModel, loss: sp.Expr) -> DerivedLoss:
         )
     )
     fused = fused_program([loss, *safe])
-    compiled = compiled_program([loss, *safe], sigmoids_only=True)
+    compiled = compiled_program(
+        [loss, *safe], sigmoids_only=True, constants=_fused_constants(model)
+    )
     recomputed = recomputed_after_reductions(compiled or fused)
     return DerivedLoss(
         model,
@@ -200,6 +205,16 @@ def _derive_reducing(model: LossModel, loss: sp.Expr) -> DerivedLoss:
     )
 
 
+def _fused_constants(model: LossModel) -> dict[sp.Symbol, Dims]:
+    """What the fused body holds constant along every dim: the fast path takes only scalar
+    params (or 1-D ones along their dim, which vary) and a scalar upstream gradient."""
+    constants: dict[sp.Symbol, Dims] = {UPSTREAM: ALL, UPSTREAM_WEIGHT: ALL}
+    for argument in model.arguments:
+        if isinstance(argument.symbol, ParamSymbol) and argument.symbol.along is None:
+            constants[argument.symbol] = ALL
+    return constants
+
+
 def fused_program(exprs: list[sp.Expr]) -> FusedProgram:
     """The loss and its gradients (`exprs`, in that order), CSE'd together."""
     steps, (loss, *gradients) = common_subexpressions(exprs)
@@ -207,10 +222,17 @@ def fused_program(exprs: list[sp.Expr]) -> FusedProgram:
 
 
 def compiled_program(
-    exprs: list[sp.Expr], sigmoids_only: bool = False
+    exprs: list[sp.Expr],
+    sigmoids_only: bool = False,
+    constants: dict[sp.Symbol, Dims] | None = None,
 ) -> FusedProgram | None:
-    """The fused program for torch.compile where shared_exponentials changes it, else None."""
+    """The fused program for torch.compile where shared_exponentials (or, for a loss over
+    dims, distributed_sums given the fused body's `constants`) changes it, else None."""
     shared = shared_exponentials(exprs, sigmoids_only)
+    if not sigmoids_only:
+        shared = shared_tanh(shared)
+    if constants is not None:
+        shared = [distributed_sums(expr, constants) for expr in shared]
     if shared == exprs:
         return None
     return fused_program(shared)
@@ -453,6 +475,60 @@ def shared_exponentials(
     if any(unsupported_nodes(expr) for expr in result):
         return exprs
     return result
+
+
+def shared_tanh(exprs: list[sp.Expr]) -> list[sp.Expr]:
+    """softplus(2u) and tanh(u) (either sign of either) through one m = expm1(-2|u|).
+
+    For the fused body of an elementwise loss: LogCosh's loss is -|r| + softplus(2|r|)
+    - log 2 after the stable rewrites and its gradient tanh(|r|) sign(r); Sleef's tanhf is
+    the costliest of its vectorized functions (benchmarks/RESULTS.md). With m in [-1, 0] for
+    every u (no overflow):
+
+        tanh(u)      = sign(u) * -m / (2 + m)
+        softplus(2u) = max(2u, 0) + log(2 + m)
+
+    tanh within a few ulps at every magnitude (m is expm1's, accurate near 0; 2 + m has no
+    cancellation). LogCosh's loss becomes |r| + log(2 + m) - log 2, rounded as the readable
+    form is (an absolute error of a few eps * (|r| + log 2)). log1p(m / 2) in place of
+    log(2 + m) - log 2 would keep the relative accuracy of small losses (about 2 eps / |r|
+    instead of eps / r**2), but Sleef's log1pf made the compiled step 9.28 ms against 8.33
+    (torch.compile of log(cosh(r)): 8.93). Only where both nodes share |u|.
+    """
+    tanhs: dict[sp.Expr, set[sp.Basic]] = {}
+    softpluses: dict[sp.Expr, set[sp.Basic]] = {}
+    for expr in exprs:
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, sp.tanh):
+                tanhs.setdefault(_size(2 * node.args[0]), set()).add(node)
+            elif isinstance(node, softplus):
+                softpluses.setdefault(_size(node.args[0]), set()).add(node)
+    shared = set(tanhs) & set(softpluses)
+    if not shared:
+        return exprs
+
+    def lowered(node: sp.Basic) -> sp.Basic:
+        argument = node.args[0]
+        magnitude = _size(2 * argument if isinstance(node, sp.tanh) else argument)
+        if magnitude not in shared:
+            return node
+        m = expm1(-magnitude)
+        if isinstance(node, sp.tanh):
+            value = -m / (2 + m)
+            # tanh(0) = 0 = the value at m = 0: no sign needed where u >= 0
+            return value if argument.is_nonnegative else sp.sign(argument) * value
+        return sp.Max(argument, 0) + sp.log(2 + m)
+
+    kinds = (sp.tanh, softplus)
+    result = [expr.replace(lambda n: isinstance(n, kinds), lowered) for expr in exprs]
+    if any(unsupported_nodes(expr) for expr in result):
+        return exprs
+    return result
+
+
+def _size(argument: sp.Expr) -> sp.Expr:
+    """|argument|, as it is where SymPy knows it is nonnegative (2 |r|: no abs of an abs)."""
+    return argument if argument.is_nonnegative else _magnitude(argument)
 
 
 def _magnitude(argument: sp.Expr) -> sp.Expr:

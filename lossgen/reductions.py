@@ -232,6 +232,11 @@ def _one_hot_factor(body: sp.Basic, dim: int | None) -> tuple[OneHot, sp.Expr] |
     return None
 
 
+def one_hots_outside_reductions(expr: sp.Basic) -> list[sp.Basic]:
+    """The one-hots `expr` uses elementwise (not inside a reduction or a Pick)."""
+    return _outside_reductions_atoms(expr, OneHot)
+
+
 def _outside_reductions_atoms(expr: sp.Basic, kind: type) -> list[sp.Basic]:
     found: list[sp.Basic] = []
     stack = [expr]
@@ -473,3 +478,177 @@ def outside_reductions(
         for node, symbol in hidden.items()
     }
     return transform(expr.xreplace(hidden)).xreplace(shown)
+
+
+def distributed_sums(expr: sp.Expr, known: dict[sp.Symbol, Dims]) -> sp.Expr:
+    """`expr` with each Sum (or Mean) over a body that multiplies a one-hot along its dims
+    taken apart: Sum(Piecewise((A, c), (B, True))) with c constant along the dims is
+    Piecewise((Sum(A), c), (Sum(B), True)); then a sum of terms is the sum of their Sums, the
+    one-hot terms together a single Pick (a gather) and each other term its factors constant
+    along the dims times the Sum of the rest (a dim size where nothing is left).
+
+    For the fused body that torch.compile runs. Softmax cross-entropy's input gradient is
+    softmax times Sum(weight * (-ls/C + (ls - 1) * OneHot(t))): summed as written, Inductor
+    compares every position with the index and multiplies, one more loop over every element;
+    taken apart it is -ls * Mean(weight) + (ls - 1) * weight[t], one value per row. `known`
+    gives the dims along which other symbols are constant (see constant_dims): the fused
+    body's scalar params and upstream gradient are constant along every dim.
+
+    A Sum of a body that uses another reduction over the same dims (label smoothing's
+    Mean(weight * (x - LogSumExp(x)))) is taken apart too where that frees every Sum left of
+    it (Mean(weight * x) - LogSumExp(x) * Mean(weight)): Inductor then sums x in the loop
+    that finds the row's max, instead of reading the row once more after the LogSumExp
+    (measured 0.3-0.45 ms of 5.4 for cross-entropy at 4096 x 1024 on CPU). Rounding: Sum(x)
+    carries an error of float eps times |x| summed, as x - LogSumExp(x) does, where the
+    LogSumExp's own rounding is of the size of eps * |x| for every x.
+    """
+
+    def constant_along(node: sp.Basic, dims: Dims) -> bool:
+        return covers(constant_dims(node, known), dims)
+
+    def has_one_hot(body: sp.Basic, dims: Dims) -> bool:
+        return any(
+            one_hot.dim in dims  # type: ignore[operator]
+            for one_hot in _outside_reductions_atoms(body, OneHot)
+            if getattr(one_hot.args[0], "index_of", None) is not None
+        )
+
+    def summed(body: sp.Expr, dims: Dims) -> sp.Expr | None:
+        """Sum(body, dims) taken apart, or None where it cannot be."""
+        if isinstance(body, sp.Piecewise):
+            if not all(constant_along(c, dims) for _, c in body.args):
+                return None
+            branches = []
+            for value, condition in body.args:
+                value_sum = summed(value, dims) if value != 0 else sp.S.Zero
+                if value_sum is None:
+                    value_sum = Sum(value, tuple(sorted(dims)))  # type: ignore[arg-type]
+                branches.append((value_sum, condition))
+            return sp.Piecewise(*branches)
+        picked: dict[OneHot, list[sp.Expr]] = {}
+        rest: dict[sp.Expr, list[sp.Expr]] = {}
+        done: list[sp.Expr] = []  # terms summed already (a Piecewise's branches)
+        terms = [
+            term
+            for arg in sp.Add.make_args(body)
+            for term in sp.Add.make_args(sp.expand_mul(arg, deep=False))
+        ]
+        for term in terms:
+            parts = _one_hot_factor(term, None)
+            if parts is not None and parts[0].dim in dims:  # type: ignore[operator]
+                one_hot, value = parts
+                picked.setdefault(one_hot, []).append(value)
+                continue
+            constant, varying = [], []
+            for factor in sp.Mul.make_args(term):
+                (constant if constant_along(factor, dims) else varying).append(factor)
+            if has_one_hot(term, dims):
+                # a one-hot inside a Piecewise that is not 0 without it
+                if len(varying) != 1 or not isinstance(varying[0], sp.Piecewise):
+                    return None
+                inner = summed(varying[0], dims)
+                if inner is None:
+                    return None
+                done.append(sp.Mul(*constant) * inner)
+                continue
+            rest.setdefault(sp.Mul(*varying), []).append(sp.Mul(*constant))
+        total: sp.Expr = sp.Add(*done)
+        for one_hot, values in picked.items():
+            pick = Sum(one_hot * sp.Add(*values), one_hot.dim)
+            others = dims - {one_hot.dim}  # type: ignore[operator]
+            total += Sum(pick, tuple(sorted(others))) if others else pick
+        for varying, constants in rest.items():
+            count = size(dims) if varying == 1 else Sum(varying, tuple(sorted(dims)))
+            total += sp.Add(*constants) * count
+        return total
+
+    def waits(body: sp.Basic, dims: Dims) -> bool:
+        """Whether `body` uses a reduction over some of `dims` (the sum must wait for it)."""
+        return any(
+            node.dims == ALL or node.dims & dims  # type: ignore[operator]
+            for node in body.atoms(*REDUCTION_NODES)
+        )
+
+    def rewritten(node: Reduction) -> sp.Expr:
+        dims = node.dims
+        if dims == ALL:
+            return node
+        one_hot = has_one_hot(node.body, dims)
+        if not one_hot and not waits(node.body, dims):
+            return node
+        result = summed(node.body, dims)
+        if result is None:
+            return node
+        if not one_hot and any(
+            waits(inner.body, dims)
+            for inner in result.atoms(Sum)
+            if pick_parts(inner) is None
+        ):
+            return node  # still waits: more sums, none sooner
+        return result / size(dims) if isinstance(node, Mean) else result
+
+    return expr.replace(
+        lambda e: isinstance(e, (Sum, Mean)) and pick_parts(e) is None, rewritten
+    )
+
+
+def one_hot_split(expr: sp.Expr) -> tuple[sp.Expr, OneHot, sp.Expr] | None:
+    """(D, OneHot(t), E) with `expr` = D + OneHot(t) * E, neither D nor E using the one-hot
+    (outside reductions); None where `expr` uses no one-hot or more than one, or uses it
+    other than in sums, products and Piecewise branches.
+
+    A gradient such as softmax cross-entropy's, p * A - OneHot(t) * B, is then D computed
+    densely plus E added at the index (a scatter, printed as _spread_onto): no comparison of
+    every position with the index.
+    """
+    one_hots = [
+        one_hot
+        for one_hot in _outside_reductions_atoms(expr, OneHot)
+        if getattr(one_hot.args[0], "index_of", None) is not None
+    ]
+    if len(one_hots) != 1:
+        return None
+    (one_hot,) = one_hots
+
+    def uses(node: sp.Basic) -> bool:
+        return one_hot in _outside_reductions_atoms(node, OneHot)
+
+    def split(node: sp.Basic) -> tuple[sp.Expr, sp.Expr] | None:
+        if not uses(node):
+            return node, sp.S.Zero
+        if node == one_hot:
+            return sp.S.Zero, sp.S.One
+        if isinstance(node, sp.Add):
+            parts = [split(arg) for arg in node.args]
+            if any(part is None for part in parts):
+                return None
+            return (
+                sp.Add(*(d for d, _ in parts)),  # type: ignore[misc]
+                sp.Add(*(e for _, e in parts)),  # type: ignore[misc]
+            )
+        if isinstance(node, sp.Mul):
+            using = [arg for arg in node.args if uses(arg)]
+            if len(using) != 1:
+                return None  # OneHot(t) * OneHot(t) and the like: not met in gradients
+            part = split(using[0])
+            if part is None:
+                return None
+            rest = sp.Mul(*(arg for arg in node.args if arg is not using[0]))
+            return rest * part[0], rest * part[1]
+        if isinstance(node, sp.Piecewise):
+            if any(uses(condition) for _, condition in node.args):
+                return None
+            parts = [split(value) for value, _ in node.args]
+            if any(part is None for part in parts):
+                return None
+            conditions = [condition for _, condition in node.args]
+            return (
+                sp.Piecewise(*((d, c) for (d, _), c in zip(parts, conditions))),  # type: ignore[misc]
+                sp.Piecewise(*((e, c) for (_, e), c in zip(parts, conditions))),  # type: ignore[misc]
+            )
+        return None
+
+    parts = split(expr)
+    if parts is None or parts[1] == 0:
+        return None
+    return parts[0], one_hot, parts[1]
