@@ -10,54 +10,33 @@ computes each gradient after the shared steps and that gradient's own steps.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
 
 from lossgen.backprop import UPSTREAM, UPSTREAM_WEIGHT, backprop
+from lossgen.compiled_body import compiled_body
 from lossgen.errors import SpecError
-from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
+from lossgen.functions import xlogy
 from lossgen.model import Argument, LossModel
 from lossgen.printer import unsupported_nodes
-from lossgen.reductions import (
-    ALL,
-    Dims,
-    DimSize,
-    OneHot,
-    Picked,
-    Reduction,
-    distributed_sums,
-    hide_picks,
-    outside_reductions,
-    show_picks,
+from lossgen.program import (
+    FusedProgram,
+    Program,
+    Step,
+    common_subexpressions,
+    fused_program,
 )
+from lossgen.reductions import DimSize, outside_reductions
 from lossgen.rewrite import candidates
-from lossgen.vocabulary import ParamSymbol, TensorSymbol, clamp, guarded, relu
+from lossgen.vocabulary import clamp, guarded, relu
 
-INTERMEDIATE_PREFIX = "tmp"
 # SymPy's simplify explores case splits, exponential in the number of distinct kinks: the
 # generalized-IoU gradient with respect to eps (10 distinct Max/Min/relu/Heaviside) took 5.5
 # minutes; every other shipped loss has at most 4. Past this many, the derivative keeps its
 # rewritten form (still CSE'd). A count, not a clock, so builds stay deterministic.
 SIMPLIFY_BRANCH_LIMIT = 6
-
-
-@dataclass(frozen=True)
-class Step:
-    """One named intermediate: `symbol = expr`."""
-
-    symbol: sp.Symbol
-    expr: sp.Basic
-
-
-@dataclass(frozen=True)
-class Program:
-    """Straight-line code: steps, then a result expression."""
-
-    steps: tuple[Step, ...]
-    result: sp.Expr
 
 
 @dataclass(frozen=True)
@@ -75,21 +54,6 @@ class Gradient:
 
 
 @dataclass(frozen=True)
-class FusedProgram:
-    """The fast path's one pass: the loss and every gradient, CSE'd together.
-
-    Sharing subexpressions between the loss and its gradients is what lets one pass compute
-    both; the gradients are the same guarded forms the reference backward uses.
-    """
-
-    steps: tuple[Step, ...]
-    loss: sp.Expr
-    gradients: tuple[sp.Expr, ...]  # in the order of DerivedLoss.gradients
-    # Steps each gradient computes for itself, after `steps` (see recomputed_after_reductions)
-    gradient_steps: tuple[tuple[Step, ...], ...] = ()
-
-
-@dataclass(frozen=True)
 class DerivedLoss:
     model: LossModel
     loss: sp.Expr
@@ -98,8 +62,8 @@ class DerivedLoss:
     gradients: tuple[Gradient, ...]
     fused: FusedProgram
     mean_weight: sp.Expr | None = None  # stable form of model.mean_weight
-    # The fused body as torch.compile runs it (`_fused`): `fused` with shared_exponentials;
-    # None means `fused` itself. The Triton kernels print `fused`.
+    # The fused body as torch.compile runs it (`_fused`): `fused` rewritten by
+    # lossgen.compiled_body; None means `fused` itself. The Triton kernels print `fused`.
     compiled: FusedProgram | None = None
 
     @property
@@ -158,7 +122,7 @@ def _derive(model: LossModel) -> DerivedLoss:
         shared,
         gradients,
         fused,
-        compiled=compiled_program([loss, *safe_derivatives]),
+        compiled=compiled_body(model, [loss, *safe_derivatives]),
     )
 
 
@@ -188,355 +152,16 @@ def _derive_reducing(model: LossModel, loss: sp.Expr) -> DerivedLoss:
             model.differentiable, gradients, private, results
         )
     )
-    fused = fused_program([loss, *safe])
-    compiled = compiled_program(
-        [loss, *safe], sigmoids_only=True, constants=_fused_constants(model)
-    )
-    recomputed = recomputed_after_reductions(compiled or fused)
     return DerivedLoss(
         model,
         loss,
         Program(forward_steps, forward_result),
         shared,
         derived_gradients,
-        fused,
+        fused_program([loss, *safe]),
         mean_weight,
-        compiled if recomputed is fused else recomputed,
+        compiled_body(model, [loss, *safe]),
     )
-
-
-def _fused_constants(model: LossModel) -> dict[sp.Symbol, Dims]:
-    """What the fused body holds constant along every dim: the fast path takes only scalar
-    params (or 1-D ones along their dim, which vary) and a scalar upstream gradient."""
-    constants: dict[sp.Symbol, Dims] = {UPSTREAM: ALL, UPSTREAM_WEIGHT: ALL}
-    for argument in model.arguments:
-        if isinstance(argument.symbol, ParamSymbol) and argument.symbol.along is None:
-            constants[argument.symbol] = ALL
-    return constants
-
-
-def fused_program(exprs: list[sp.Expr]) -> FusedProgram:
-    """The loss and its gradients (`exprs`, in that order), CSE'd together."""
-    steps, (loss, *gradients) = common_subexpressions(exprs)
-    return FusedProgram(steps, loss, tuple(gradients))
-
-
-def compiled_program(
-    exprs: list[sp.Expr],
-    sigmoids_only: bool = False,
-    constants: dict[sp.Symbol, Dims] | None = None,
-) -> FusedProgram | None:
-    """The fused program for torch.compile where shared_exponentials (or, for a loss over
-    dims, distributed_sums given the fused body's `constants`) changes it, else None."""
-    shared = shared_exponentials(exprs, sigmoids_only)
-    if not sigmoids_only:
-        shared = shared_tanh(shared)
-    if constants is not None:
-        shared = [distributed_sums(expr, constants) for expr in shared]
-    if shared == exprs:
-        return None
-    return fused_program(shared)
-
-
-def recomputed_after_reductions(program: FusedProgram) -> FusedProgram:
-    """`program` where a gradient recomputes, as steps of its own, the whole-tensor values
-    outside its reductions that another loop also reads, where two or more of them are
-    transcendental.
-
-    For the fused body that torch.compile runs. Inductor's CPU backend computes a reduction
-    over a dim in one loop over the inputs, and the elementwise gradient that needs its
-    result in a later loop; a value that both loops read (or two gradients' loops) is stored
-    as a whole tensor in between: on CPU, any value with an exp or a log that two nodes read
-    (its `should_realize_on_reuse`). JensenShannon's softmax weights and their products were
-    three such tensors, 4 inputs' memory at the peak with the gradient. Recomputed as
-    separate nodes (torch.compile does not merge them back), the gradient's loop computes
-    them from the inputs and the per-row values, and the gradient is the only whole tensor.
-    One such value alone stays shared: Inductor writes the gradient over its tensor once it
-    is read (the peak is 1 input then), and recomputing it in Dice's gradient cost a second
-    tensor (its reductions' loop stored it anyway) and 2.6x the time. Reductions are not
-    copied: one in a copied step becomes a step of its own, computed once.
-    """
-    # whole tensors: a value tensor, or a whole-tensor step, outside every reduction
-    whole: set[sp.Basic] = set()
-    for step in program.steps:
-        outside = _outside_reduction_symbols(step.expr)
-        if any(_is_value_tensor(s) or s in whole for s in outside):
-            whole.add(step.symbol)
-    # the steps some reduction's body reads, directly or through other steps
-    inside: set[sp.Basic] = set()
-    for expr in (*(s.expr for s in program.steps), program.loss, *program.gradients):
-        for node in sp.preorder_traversal(expr):
-            if isinstance(node, (Reduction, Picked)):
-                inside |= node.args[0].free_symbols
-    for step in reversed(program.steps):
-        if step.symbol in inside:
-            inside |= step.expr.free_symbols
-    # the steps each gradient reads outside its reductions, directly or through other steps
-    used: list[set[sp.Basic]] = []
-    for gradient in program.gradients:
-        found = _outside_reduction_symbols(gradient)
-        for step in reversed(program.steps):
-            if step.symbol in found:
-                found |= _outside_reduction_symbols(step.expr)
-        used.append(found)
-    copied: list[set[sp.Basic]] = []
-    for index, found in enumerate(used):
-        others = set().union(*(u for i, u in enumerate(used) if i != index))
-        mine: set[sp.Basic] = set()
-        transcendental = 0
-        for step in program.steps:
-            if step.symbol in whole and step.symbol in found:
-                if (
-                    step.symbol in inside
-                    or step.symbol in others
-                    or _outside_reduction_symbols(step.expr) & mine
-                ):
-                    mine.add(step.symbol)
-                    transcendental += _is_transcendental(step.expr)
-        copied.append(mine if transcendental >= 2 else set())
-    if not any(copied):
-        return program
-    fresh = _fresh_symbols(program)
-    lifted: dict[sp.Basic, sp.Symbol] = {}
-    steps: list[Step] = []
-    for step in program.steps:
-        expr = step.expr
-        if any(step.symbol in mine for mine in copied):
-            for node in _outermost_reductions(expr):
-                if node not in lifted:
-                    lifted[node] = next(fresh)
-                    steps.append(Step(lifted[node], node))
-            expr = _xreplace_outside_reductions(expr, lifted)
-        steps.append(Step(step.symbol, expr))
-    gradient_steps = []
-    gradients = []
-    for gradient, mine in zip(program.gradients, copied):
-        copies: dict[sp.Basic, sp.Symbol] = {}
-        own = []
-        for step in steps:
-            if step.symbol in mine:
-                copies[step.symbol] = next(fresh)
-                own.append(Step(copies[step.symbol], step.expr.xreplace(copies)))
-        gradient_steps.append(tuple(own))
-        gradients.append(_xreplace_outside_reductions(gradient, copies))
-    # numbered again in the order they are computed
-    numbered = sp.numbered_symbols(INTERMEDIATE_PREFIX, real=True)
-    order = [*steps, *(step for own in gradient_steps for step in own)]
-    rename = {step.symbol: next(numbered) for step in order}
-
-    def renamed(steps: Iterable[Step]) -> tuple[Step, ...]:
-        return tuple(Step(rename[s.symbol], s.expr.xreplace(rename)) for s in steps)
-
-    return FusedProgram(
-        renamed(steps),
-        program.loss.xreplace(rename),
-        tuple(g.xreplace(rename) for g in gradients),
-        tuple(renamed(own) for own in gradient_steps),
-    )
-
-
-# What Inductor's CPU backend counts as heavy (an exp or a log inside), as derive spells them
-_TRANSCENDENTAL = (
-    sp.exp,
-    sp.log,
-    sp.tanh,
-    expm1,
-    log1p,
-    sigmoid,
-    softplus,
-    logsigmoid,
-    logsumexp,
-    xlogy,
-)
-
-
-def _is_transcendental(expr: sp.Basic) -> bool:
-    """Whether `expr` computes an exp or a log itself (outside reductions and other steps)."""
-    stack = [expr]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, _TRANSCENDENTAL):
-            return True
-        if not isinstance(node, (Reduction, OneHot, Picked)):
-            stack.extend(node.args)
-    return False
-
-
-def _is_value_tensor(symbol: sp.Basic) -> bool:
-    """A tensor of values (class indices are constant along their dim: not whole)."""
-    return isinstance(symbol, TensorSymbol) and symbol.index_of is None
-
-
-def _outside_reduction_symbols(expr: sp.Basic) -> set[sp.Basic]:
-    """The free symbols `expr` reads outside every reduction (and one-hot)."""
-    found: set[sp.Basic] = set()
-    stack = [expr]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, sp.Symbol):
-            found.add(node)
-        elif not isinstance(node, (Reduction, OneHot, Picked)):
-            stack.extend(node.args)
-    return found
-
-
-def _outermost_reductions(expr: sp.Basic) -> list[sp.Basic]:
-    """The reductions in `expr` that no other reduction contains, in a fixed order."""
-    found: list[sp.Basic] = []
-    stack = [expr]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (Reduction, Picked)):
-            if node not in found:
-                found.append(node)
-        elif not isinstance(node, OneHot):
-            stack.extend(node.args)
-    return sorted(found, key=sp.default_sort_key)
-
-
-def _xreplace_outside_reductions(
-    expr: sp.Basic, mapping: dict[sp.Basic, sp.Symbol]
-) -> sp.Basic:
-    """`expr.xreplace(mapping)`, except inside reductions (and one-hot)."""
-    if expr in mapping:
-        return mapping[expr]
-    if not expr.args or isinstance(expr, (Reduction, OneHot, Picked)):
-        return expr
-    args = [_xreplace_outside_reductions(arg, mapping) for arg in expr.args]
-    if all(a is b for a, b in zip(args, expr.args)):
-        return expr
-    return expr.func(*args)
-
-
-def _fresh_symbols(program: FusedProgram) -> Iterator[sp.Symbol]:
-    """Symbols that none of `program`'s steps has (the result is numbered again)."""
-    taken = {step.symbol.name for step in program.steps}
-    return (s for s in sp.numbered_symbols("_fresh", real=True) if s.name not in taken)
-
-
-def shared_exponentials(
-    exprs: list[sp.Expr], sigmoids_only: bool = False
-) -> list[sp.Expr]:
-    """softplus and sigmoid of one argument u (either sign) through one exp(-|u|).
-
-    For the fused body that torch.compile runs: a loss with softplus(u) and a gradient with
-    sigmoid(u) (BCE with logits, soft margin, ...) would compute two exponentials of u, as
-    torch.sigmoid and F.softplus each compute their own; autograd of the eager loss saves
-    its one exp for backward. With e = exp(-|u|), in (0, 1] for every u (no overflow):
-
-        softplus(u) = max(u, 0) + log1p(e)
-        sigmoid(u)  = (1 if u >= 0 else e) / (1 + e)
-
-    exact to float rounding at every magnitude as the torch functions are, with the same
-    values at u = 0, +-inf and NaN. Only arguments that two or more of these nodes share are
-    rewritten: one sigmoid alone is cheaper as torch.sigmoid. Not used for the readable
-    Functions, whose backward must stay differentiable (the fused body never is).
-
-    `sigmoids_only` (losses over dims): share only between sigmoid(u) and sigmoid(-u). There
-    the loss's sums over a dim and the elementwise gradient are separate loops, so a value
-    both need is stored as a whole tensor by Inductor. Dice and Tversky need both sigmoids in
-    their sums and in the gradient (stored either way): one exp(-|u|) is cheaper, measured
-    at 1 input's memory at the peak instead of 2. MultiLabelSoftMargin's softplus is in its
-    loss only and its sigmoid in its gradient only: shared, exp(-|u|) was stored (2 inputs'
-    memory instead of 1) and the step took 1.6x as long.
-    """
-    kinds = (softplus, sigmoid, logsigmoid)
-    nodes: dict[sp.Expr, set[sp.Basic]] = {}
-    for expr in exprs:
-        for node in sp.preorder_traversal(expr):
-            if isinstance(node, kinds):
-                nodes.setdefault(_magnitude(node.args[0]), set()).add(node)
-    shared = {
-        magnitude
-        for magnitude, found in nodes.items()
-        if len(found) > 1
-        and not (sigmoids_only and any(not isinstance(n, sigmoid) for n in found))
-    }
-    if not shared:
-        return exprs
-
-    def lowered(node: sp.Basic) -> sp.Basic:
-        argument = node.args[0]
-        magnitude = _magnitude(argument)
-        if magnitude not in shared:
-            return node
-        e = sp.exp(-magnitude)
-        if isinstance(node, sigmoid):
-            numerator = sp.Piecewise((sp.S.One, argument >= 0), (e, True))
-            return numerator / (1 + e)
-        if isinstance(node, logsigmoid):
-            argument = -argument
-        value = sp.Max(argument, 0) + log1p(e)
-        return -value if isinstance(node, logsigmoid) else value
-
-    result = [expr.replace(lambda n: isinstance(n, kinds), lowered) for expr in exprs]
-    # A condition on a Piecewise argument becomes an ITE, which the printer lacks: keep the
-    # torch functions there.
-    if any(unsupported_nodes(expr) for expr in result):
-        return exprs
-    return result
-
-
-def shared_tanh(exprs: list[sp.Expr]) -> list[sp.Expr]:
-    """softplus(2u) and tanh(u) (either sign of either) through one m = expm1(-2|u|).
-
-    For the fused body of an elementwise loss: LogCosh's loss is -|r| + softplus(2|r|)
-    - log 2 after the stable rewrites and its gradient tanh(|r|) sign(r); Sleef's tanhf is
-    the costliest of its vectorized functions (benchmarks/RESULTS.md). With m in [-1, 0] for
-    every u (no overflow):
-
-        tanh(u)      = sign(u) * -m / (2 + m)
-        softplus(2u) = max(2u, 0) + log(2 + m)
-
-    tanh within a few ulps at every magnitude (m is expm1's, accurate near 0; 2 + m has no
-    cancellation). LogCosh's loss becomes |r| + log(2 + m) - log 2, rounded as the readable
-    form is (an absolute error of a few eps * (|r| + log 2)). log1p(m / 2) in place of
-    log(2 + m) - log 2 would keep the relative accuracy of small losses (about 2 eps / |r|
-    instead of eps / r**2), but Sleef's log1pf made the compiled step 9.28 ms against 8.33
-    (torch.compile of log(cosh(r)): 8.93). Only where both nodes share |u|.
-    """
-    tanhs: dict[sp.Expr, set[sp.Basic]] = {}
-    softpluses: dict[sp.Expr, set[sp.Basic]] = {}
-    for expr in exprs:
-        for node in sp.preorder_traversal(expr):
-            if isinstance(node, sp.tanh):
-                tanhs.setdefault(_size(2 * node.args[0]), set()).add(node)
-            elif isinstance(node, softplus):
-                softpluses.setdefault(_size(node.args[0]), set()).add(node)
-    shared = set(tanhs) & set(softpluses)
-    if not shared:
-        return exprs
-
-    def lowered(node: sp.Basic) -> sp.Basic:
-        argument = node.args[0]
-        magnitude = _size(2 * argument if isinstance(node, sp.tanh) else argument)
-        if magnitude not in shared:
-            return node
-        m = expm1(-magnitude)
-        if isinstance(node, sp.tanh):
-            value = -m / (2 + m)
-            # tanh(0) = 0 = the value at m = 0: no sign needed where u >= 0
-            return value if argument.is_nonnegative else sp.sign(argument) * value
-        return sp.Max(argument, 0) + sp.log(2 + m)
-
-    kinds = (sp.tanh, softplus)
-    result = [expr.replace(lambda n: isinstance(n, kinds), lowered) for expr in exprs]
-    if any(unsupported_nodes(expr) for expr in result):
-        return exprs
-    return result
-
-
-def _size(argument: sp.Expr) -> sp.Expr:
-    """|argument|, as it is where SymPy knows it is nonnegative (2 |r|: no abs of an abs)."""
-    return argument if argument.is_nonnegative else _magnitude(argument)
-
-
-def _magnitude(argument: sp.Expr) -> sp.Expr:
-    """|argument|, the same expression for u and -u (SymPy leaves Abs(-Abs(x)) as it is)."""
-    for candidate in (argument, -argument):
-        if isinstance(candidate, sp.Abs):
-            return candidate
-    return sp.Abs(argument)
 
 
 def hoist_common_terms(expr: sp.Expr) -> sp.Expr:
@@ -727,56 +352,6 @@ def _mask_unsafe(expr: sp.Expr, taken: sp.Basic) -> sp.Expr:
         return node.func(masked(node.args[0]), evaluate=False)
 
     return expr.replace(is_unsafe, rebuild)
-
-
-def common_subexpressions(
-    exprs: list[sp.Expr],
-) -> tuple[tuple[Step, ...], tuple[sp.Expr, ...]]:
-    symbols = sp.numbered_symbols(INTERMEDIATE_PREFIX, real=True)
-    # A Pick is kept whole (see Picked) so that the printer can print it as a gather.
-    replacements, reduced = sp.cse(
-        [hide_picks(e) for e in exprs], symbols=symbols, order="canonical"
-    )
-    replacements = [(symbol, show_picks(expr)) for symbol, expr in replacements]
-    reduced = [show_picks(r) for r in reduced]
-    # A constant must not become an intermediate: `tmp1 = math.sqrt(2)` is a Python float,
-    # and the printer chooses torch.clamp (not torch.minimum) only when it sees a number.
-    # Constants go back inline; the remaining intermediates are renumbered from tmp0.
-    inline: dict[sp.Basic, sp.Basic] = {}
-    kept: list[tuple[sp.Symbol, sp.Basic]] = []
-    for symbol, expr in replacements:
-        expr = expr.xreplace(inline)
-        if expr.free_symbols:
-            kept.append((symbol, expr))
-        else:
-            inline[symbol] = expr
-    results = tuple(r.xreplace(inline) for r in reduced)
-    kept = needed_steps(kept, results)
-    if not inline:
-        return tuple(Step(s, e) for s, e in kept), results
-    fresh = sp.numbered_symbols(INTERMEDIATE_PREFIX, real=True)
-    rename = {symbol: next(fresh) for symbol, _ in kept}
-    inline.update(rename)
-    steps = tuple(Step(rename[s], e.xreplace(inline)) for s, e in kept)
-    return steps, tuple(r.xreplace(inline) for r in reduced)
-
-
-def needed_steps(
-    steps: list[tuple[sp.Symbol, sp.Basic]], roots: Iterable[sp.Basic]
-) -> list[tuple[sp.Symbol, sp.Basic]]:
-    """The steps that `roots` use, directly or through other steps, in their order.
-
-    SymPy can fold a result while CSE runs (a Piecewise whose condition is a > a), and
-    render puts one-hot steps back into the gradients that scatter them: a step nothing
-    uses any more would be dead code (and a lint error) in the generated file.
-    """
-    wanted: set[sp.Basic] = set().union(*(root.free_symbols for root in roots))
-    kept = []
-    for symbol, expr in reversed(steps):
-        if symbol in wanted:
-            kept.append((symbol, expr))
-            wanted |= expr.free_symbols
-    return kept[::-1]
 
 
 def _split_by_user(

@@ -15,9 +15,10 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 
 from lossgen.backprop import UPSTREAM, UPSTREAM_WEIGHT
-from lossgen.derive import DerivedLoss, Program, Step, needed_steps
+from lossgen.derive import DerivedLoss
 from lossgen.model import Argument, LossModel
 from lossgen.printer import UnsupportedExpressionError, print_spread, print_torch
+from lossgen.program import Program, Step, needed_steps
 from lossgen.reductions import (
     ALL,
     OneHot,
@@ -309,7 +310,7 @@ class FusedGradient:
     constant: bool  # no symbols: the gradient must be broadcast to a full tensor
     scaled: str  # see GradientCode.scaled
     summed: bool = False  # see GradientCode.summed
-    # its own steps, before it: see derive.recomputed_after_reductions
+    # its own steps, before it: see compiled_body.recomputed_after_reductions
     lines: tuple[Line, ...] = ()
 
 

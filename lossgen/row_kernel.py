@@ -39,9 +39,10 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 
 from lossgen.backprop import UPSTREAM, UPSTREAM_WEIGHT
-from lossgen.derive import DerivedLoss, Step, common_subexpressions
+from lossgen.derive import DerivedLoss
 from lossgen.model import Argument
 from lossgen.printer import UnsupportedExpressionError
+from lossgen.program import Step, common_subexpressions
 from lossgen.reductions import (
     NO_DIMS,
     Amax,

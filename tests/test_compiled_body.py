@@ -2,7 +2,7 @@
 
 Two things make it faster on CPU than torch.compile of the eager expression, and both are
 checked here without timing anything:
-- softplus and sigmoid of one argument share one exp(-|u|) (derive.shared_exponentials), with
+- softplus and sigmoid of one argument share one exp(-|u|) (compiled_body.shared_exponentials), with
   the accuracy of torch's own functions at every magnitude;
 - the gradients come before the loss and Inductor's reorder_for_locality is off, so its CPU
   backend computes the gradients and the loss's sum in one loop over the inputs.
@@ -27,14 +27,11 @@ import torch.nn.functional as F  # noqa: N812 - the usual spelling
 from conftest import ROOT
 from lossgen import LogSumExp, Sum, Tensor
 from lossgen.api import load_models
-from lossgen.derive import (
-    fused_program,
-    recomputed_after_reductions,
-    shared_exponentials,
-)
+from lossgen.compiled_body import recomputed_after_reductions, shared_exponentials
 from lossgen.functions import logsigmoid, sigmoid, softplus
 from lossgen.model import LossModel
 from lossgen.printer import print_torch
+from lossgen.program import fused_program
 
 x = sp.Symbol("x", real=True)
 y = sp.Symbol("y", real=True)
@@ -400,7 +397,7 @@ def test_jensen_shannon_stores_no_whole_tensor_but_its_gradients(
     # Its softmax weights (exp), their log-mean (logaddexp) and their products are read by the
     # loop of a sum over the classes and by the gradient's later loop: shared, Inductor stored
     # each as a whole tensor (4 of them for one gradient, 7 for both); recomputed in each
-    # gradient's own steps (derive.recomputed_after_reductions), only the gradients are.
+    # gradient's own steps (compiled_body.recomputed_after_reductions), only the gradients are.
     from torch._inductor.utils import run_and_get_code
 
     _, module = module_of("JensenShannon")

@@ -1,5 +1,5 @@
 """LogCosh's compiled body (`_fused`): softplus(2|r|) in the loss and tanh(|r|) in the gradient
-through one m = expm1(-2|r|) (derive.shared_tanh), for the speed of torch.compile's naive
+through one m = expm1(-2|r|) (compiled_body.shared_tanh), for the speed of torch.compile's naive
 log(cosh(r)) without its overflow, and with at least the readable Function's accuracy.
 Checked against 50-digit mpmath values, without timing anything.
 """
@@ -17,7 +17,7 @@ import sympy as sp
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual spelling
 
-from lossgen.derive import shared_tanh
+from lossgen.compiled_body import shared_tanh
 from lossgen.functions import softplus
 from lossgen.printer import print_torch
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from lossgen import LogSumExp, Mean, OneHot, Param, Pick, Sum, Tensor
 from lossgen.api import load_models
-from lossgen.derive import common_subexpressions
 from lossgen.printer import print_torch
+from lossgen.program import common_subexpressions
 from lossgen.reductions import Picked, pick_parts
 from lossgen.reference import evaluate, reduced_loss
 from lossgen.verify import environment
