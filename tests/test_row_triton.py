@@ -10,10 +10,8 @@ triton is a test dependency (the `test` extra): these tests fail, not skip, with
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import re
-import types
 
 import pytest
 import sympy as sp
@@ -25,11 +23,10 @@ from triton.compiler import ASTSource
 from triton.runtime import JITFunction
 
 from conftest import ROOT, value_and_grads
-from lossgen.api import load_models
-from lossgen.model import LossModel
 from lossgen.reference import evaluate
 from lossgen.row_kernel import polynomial_terms
 from lossgen.verify import environment
+from row_cases import MODELS, ROW, ROW_LOSSES, arguments, kernel_gradients, module_of
 
 pytestmark = [
     # A kernel that fails falls back to torch with a RuntimeWarning: fail the test instead.
@@ -41,18 +38,7 @@ pytestmark = [
     ),
 ]
 
-MODELS = {model.name: model for model in load_models(["specs/reductions.py"])}
-ROW = 37  # elements per row: with ROW_BLOCK 16, three blocks, the last with 5
 ROW_BLOCK = 16
-
-
-def module_of(model: LossModel) -> types.ModuleType:
-    return importlib.import_module(f"generated.{model.snake_name}")
-
-
-ROW_LOSSES = sorted(
-    name for name, model in MODELS.items() if hasattr(module_of(model), "ROW_BLOCK")
-)
 
 
 def test_the_losses_over_one_dim_get_a_row_kernel() -> None:
@@ -124,68 +110,10 @@ def test_polynomial_terms_split_sums_of_row_values() -> None:
     assert polynomial_terms(sp.Piecewise((x, r > 1), (0, True)), {r}) is None
 
 
-def _dims(model: LossModel) -> set[int]:
-    from lossgen.reductions import all_dims
-
-    return set(all_dims(model.expr))
-
-
-def arguments(
-    model: LossModel,
-    dtype: torch.dtype,
-    seed: int,
-    shape: tuple[int, ...] | None = None,
-) -> list[torch.Tensor]:
-    """Every argument, drawn for the loss: class indices along its dim, probabilities where a
-    soft target is, ±1 labels, positive distances, else logits; params at their defaults
-    (label smoothing 0.1), as 0-dim tensors."""
-    (dim,) = _dims(model)
-    if shape is None:
-        shape = (5, ROW) if dim == 1 else (2, 3, ROW)
-    generator = torch.Generator().manual_seed(seed)
-    values = []
-    for argument in model.arguments:
-        name = argument.name
-        if argument.index_of is not None:
-            value = torch.randint(0, shape[-1], shape[:-1], generator=generator)
-        elif argument.is_param:
-            default = 0.1 if name == "label_smoothing" else argument.default
-            value = torch.tensor(default, dtype=dtype)
-        else:
-            value = torch.randn(shape, generator=generator, dtype=torch.float64) * 2
-            if name == "target":  # probabilities along the row
-                value = torch.softmax(value, -1)
-            elif name == "y":
-                value = torch.sign(value)
-            elif name == "distances":
-                value = value.abs()
-            value = value.to(dtype)
-        values.append(value)
-    return values
-
-
 @pytest.fixture
 def interpreted(interpreted_kernel):
     """interpreted_kernel with rows of several blocks, the last partial."""
     return functools.partial(interpreted_kernel, ROW_BLOCK=ROW_BLOCK, ROW_MIN=0)
-
-
-def kernel_gradients(model: LossModel) -> list[int]:
-    """The arguments whose gradient the row kernel computes: every differentiable one but
-    those its launcher declines (a weighted mean's total loss; read from the generated code).
-    """
-    source = inspect.getsource(module_of(model)._run_triton)
-    declined = re.search(
-        r"if ([^:]*):\n\s*return None  # it needs the weighted", source
-    )
-    refused = (
-        set(map(int, re.findall(r"\d+", declined.group(1)))) if declined else set()
-    )
-    return [
-        i
-        for i, a in enumerate(model.arguments)
-        if a.differentiable and i not in refused
-    ]
 
 
 def compare(model, module, args, wanted, reduction, grad_scale, **tolerance) -> None:

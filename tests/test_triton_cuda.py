@@ -17,19 +17,13 @@ import types
 
 import pytest
 import torch
-from test_row_triton import MODELS as ROW_MODELS
-from test_row_triton import (
-    ROW_LOSSES,
-    _dims,
-    arguments,
-    kernel_gradients,
-    module_of,
-)
 
 from conftest import ROOT, SPEC_ARGS, counted_launches, value_and_grads
 from lossgen.api import load_models
 from lossgen.model import LossModel
 from lossgen.verify import MAGNITUDES, LossCase, Sample, switch_functions
+from row_cases import MODELS as ROW_MODELS
+from row_cases import ROW_LOSSES, arguments, kernel_gradients, module_of, reduced_dims
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (run it on one)"
@@ -218,7 +212,7 @@ def test_row_kernel_matches_reference_on_gpu(
     )  # 3001 elements: 3 blocks, the last partial
     launches = counted_launches(module, monkeypatch)
     row = 3001
-    shape = (64, row) if 1 in _dims(model) else (4, 16, row)
+    shape = (64, row) if 1 in reduced_dims(model) else (4, 16, row)
     values = [a.to("cuda") for a in arguments(model, dtype, seed=31, shape=shape)]
     for index, argument in enumerate(model.arguments):
         if argument.name == "target" and argument.index_of is not None:
