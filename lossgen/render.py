@@ -458,9 +458,8 @@ def _one_hot_splits(
     product stays in the one reduction that sums it.
     """
     inline: dict[sp.Basic, sp.Basic] = {}
-    whole: dict[sp.Basic, sp.Basic] = (
-        {}
-    )  # every step, to see what the dense part computes
+    # every step written out, to see what the dense part computes
+    whole: dict[sp.Basic, sp.Basic] = {}
     for step in steps:
         expr = step.expr.xreplace(inline)
         if one_hot_split(expr) is not None or isinstance(expr, OneHot):
