@@ -544,14 +544,19 @@ def _triton_failed(error):
     """Turn the Triton kernel off for this module, with a warning (once), e.g. on a GPU that
     this triton does not support: the fast path stays in torch then."""
     global _triton_kernel
+    _warn_kernel_failed("the Triton kernel", error)
+    _triton_kernel = False
+
+
+def _warn_kernel_failed(kernel, error):
+    """The one warning for a Triton kernel that its caller turns off (see _triton_failed)."""
     import warnings
 
     warnings.warn(
-        f"Huber: the Triton kernel failed, using torch instead: {error}",
+        f"Huber: {kernel} failed, using torch instead: {error}",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
-    _triton_kernel = False
 
 
 # backward multiplies the saved gradients by grad_output. Asking the GPU whether it is 1 (it is,
@@ -657,13 +662,7 @@ def _rescale_in_place(grads, grad_output, saved_inputs):
 def _rescale_failed(error):
     """Turn the rescale kernel off for this module, with a warning (once)."""
     global _rescale_kernel
-    import warnings
-
-    warnings.warn(
-        f"Huber: the Triton rescale kernel failed, using torch instead: {error}",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+    _warn_kernel_failed("the Triton rescale kernel", error)
     _rescale_kernel = False
 
 
