@@ -22,8 +22,9 @@ if [[ $STEPS == *check* ]]; then
         | tee "$OUT/check.log" | tail -25
 fi
 if [[ $STEPS == *host* ]]; then
-    # the host's time per step where the GPU's is a few microseconds, and where it goes
-    timeout ${HOST_TIMEOUT:-120} python3 benchmarks/host_time.py --device cuda --profile \
+    # the host's time per step where the GPU's is a few microseconds, where it goes, and the
+    # torch ops each step launches
+    timeout ${HOST_TIMEOUT:-120} python3 benchmarks/host_time.py --device cuda --profile --ops \
         ${HOST_LOSSES:-Huber MSE SigmoidFocal CrossEntropy} 2>&1 | tee "$OUT/host.md" | head -40
 fi
 if [[ $STEPS == *bench* ]]; then
