@@ -727,17 +727,10 @@ def _load_triton():
     return _nll_row_kernel
 
 
-def _broadcast_shape(*values):
-    """The broadcast shape of the tensors among `values` (a number broadcasts to any)."""
-    return torch.broadcast_shapes(
-        *(value.shape for value in values if isinstance(value, torch.Tensor))
-    )
-
-
-def _weight_total(input, target, weight, ignore_index, shape=None):
+def _weight_total(input, target, weight, ignore_index, shape):
     """The weighted mean's denominator, as _fused computes it (before the kernel): one
     gather per row (_pick), never a one-hot as large as the logits. `shape`: the arguments'
-    broadcast shape, where the caller knows it (torch.broadcast_shapes: ~12 us of Python).
+    broadcast shape, which the caller knows (torch.broadcast_shapes: ~12 us of Python).
     A number param stays one where input's dtype is torch's default: there it promotes
     and rounds as the 0-d tensor _fused gets; elsewhere it becomes that tensor."""
     if input.dtype != torch.get_default_dtype():
@@ -745,8 +738,6 @@ def _weight_total(input, target, weight, ignore_index, shape=None):
         ignore_index = _as_tensor(ignore_index, input)
     target = target.unsqueeze(1)
     weight = _lay_along(weight, 1, input.dim())
-    if shape is None:
-        shape = _broadcast_shape(input, target, weight, ignore_index)
     return (
         (
             torch.where(

@@ -544,9 +544,8 @@ def test_number_params_reach_the_row_kernel_as_their_tensors_would(
         )
         if dtype == torch.float32 or reduction == "sum" and dtype != torch.float64:
             assert made == []
-        elif (
-            dtype == torch.bfloat16
-        ):  # the mean's total in bfloat16: weight, ignore_index
+        elif dtype == torch.bfloat16:
+            # the mean's total in bfloat16: weight, ignore_index
             assert made == [0.7, 7.0]
         tensors = [torch.full((), p, dtype=dtype) for p in params]
         want, (want_grad,) = value_and_grads(
@@ -554,9 +553,11 @@ def test_number_params_reach_the_row_kernel_as_their_tensors_would(
         )
         assert torch.equal(value, want) and torch.equal(grad, want_grad)
     assert launches == [6] * 4
-    # the total with numbers, with tensors, and with the shape found from the arguments
+    # the total with numbers and with tensors
     total = module._weight_total(input, target, *params, shape=input.shape)
-    assert torch.equal(total, module._weight_total(input, target, *tensors))
+    assert torch.equal(
+        total, module._weight_total(input, target, *tensors, shape=input.shape)
+    )
     assert total.dtype == dtype
 
 
@@ -572,7 +573,7 @@ def test_the_weighted_means_total_is_the_references() -> None:
     target[2] = 7
     weight = torch.rand(50, generator=generator, dtype=torch.float64) + 0.5
     params = [weight, torch.tensor(0.1, dtype=torch.float64), torch.tensor(7.0)]
-    total = module._weight_total(input, target, *params)
+    total = module._weight_total(input, target, *params, shape=input.shape)
     env = environment(model, [input, target, *params])
     torch.testing.assert_close(total, evaluate(model.mean_weight, env).sum())
     torch.testing.assert_close(total, weight[target].sum() - weight[7])
