@@ -23,6 +23,8 @@ from lossgen.reductions import (
     Picked,
     Reduction,
     distributed_sums,
+    outside_reductions_atoms,
+    xreplace_outside_reductions,
 )
 from lossgen.vocabulary import ParamSymbol, TensorSymbol
 
@@ -88,7 +90,7 @@ def recomputed_after_reductions(program: FusedProgram) -> FusedProgram:
     # whole tensors: a value tensor, or a whole-tensor step, outside every reduction
     whole: set[sp.Basic] = set()
     for step in program.steps:
-        outside = _outside_reduction_symbols(step.expr)
+        outside = _symbols_outside(step.expr)
         if any(_is_value_tensor(s) or s in whole for s in outside):
             whole.add(step.symbol)
     # the steps some reduction's body reads, directly or through other steps
@@ -103,10 +105,10 @@ def recomputed_after_reductions(program: FusedProgram) -> FusedProgram:
     # the steps each gradient reads outside its reductions, directly or through other steps
     used: list[set[sp.Basic]] = []
     for gradient in program.gradients:
-        found = _outside_reduction_symbols(gradient)
+        found = _symbols_outside(gradient)
         for step in reversed(program.steps):
             if step.symbol in found:
-                found |= _outside_reduction_symbols(step.expr)
+                found |= _symbols_outside(step.expr)
         used.append(found)
     copied: list[set[sp.Basic]] = []
     for index, found in enumerate(used):
@@ -118,7 +120,7 @@ def recomputed_after_reductions(program: FusedProgram) -> FusedProgram:
                 if (
                     step.symbol in inside
                     or step.symbol in others
-                    or _outside_reduction_symbols(step.expr) & mine
+                    or _symbols_outside(step.expr) & mine
                 ):
                     mine.add(step.symbol)
                     transcendental += _is_transcendental(step.expr)
@@ -131,11 +133,11 @@ def recomputed_after_reductions(program: FusedProgram) -> FusedProgram:
     for step in program.steps:
         expr = step.expr
         if any(step.symbol in mine for mine in copied):
-            for node in _outermost_reductions(expr):
+            for node in outside_reductions_atoms(expr, (Reduction, Picked)):
                 if node not in lifted:
                     lifted[node] = next(fresh)
                     steps.append(Step(lifted[node], node))
-            expr = _xreplace_outside_reductions(expr, lifted)
+            expr = xreplace_outside_reductions(expr, lifted)
         steps.append(Step(step.symbol, expr))
     gradient_steps = []
     gradients = []
@@ -147,7 +149,7 @@ def recomputed_after_reductions(program: FusedProgram) -> FusedProgram:
                 copies[step.symbol] = next(fresh)
                 own.append(Step(copies[step.symbol], step.expr.xreplace(copies)))
         gradient_steps.append(tuple(own))
-        gradients.append(_xreplace_outside_reductions(gradient, copies))
+        gradients.append(xreplace_outside_reductions(gradient, copies))
     # numbered again in the order they are computed
     numbered = sp.numbered_symbols(INTERMEDIATE_PREFIX, real=True)
     order = [*steps, *(step for own in gradient_steps for step in own)]
@@ -196,45 +198,9 @@ def _is_value_tensor(symbol: sp.Basic) -> bool:
     return isinstance(symbol, TensorSymbol) and symbol.index_of is None
 
 
-def _outside_reduction_symbols(expr: sp.Basic) -> set[sp.Basic]:
+def _symbols_outside(expr: sp.Basic) -> set[sp.Basic]:
     """The free symbols `expr` reads outside every reduction (and one-hot)."""
-    found: set[sp.Basic] = set()
-    stack = [expr]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, sp.Symbol):
-            found.add(node)
-        elif not isinstance(node, (Reduction, OneHot, Picked)):
-            stack.extend(node.args)
-    return found
-
-
-def _outermost_reductions(expr: sp.Basic) -> list[sp.Basic]:
-    """The reductions in `expr` that no other reduction contains, in a fixed order."""
-    found: list[sp.Basic] = []
-    stack = [expr]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (Reduction, Picked)):
-            if node not in found:
-                found.append(node)
-        elif not isinstance(node, OneHot):
-            stack.extend(node.args)
-    return sorted(found, key=sp.default_sort_key)
-
-
-def _xreplace_outside_reductions(
-    expr: sp.Basic, mapping: dict[sp.Basic, sp.Symbol]
-) -> sp.Basic:
-    """`expr.xreplace(mapping)`, except inside reductions (and one-hot)."""
-    if expr in mapping:
-        return mapping[expr]
-    if not expr.args or isinstance(expr, (Reduction, OneHot, Picked)):
-        return expr
-    args = [_xreplace_outside_reductions(arg, mapping) for arg in expr.args]
-    if all(a is b for a, b in zip(args, expr.args)):
-        return expr
-    return expr.func(*args)
+    return set(outside_reductions_atoms(expr, sp.Symbol))
 
 
 def _fresh_symbols(program: FusedProgram) -> Iterator[sp.Symbol]:

@@ -223,7 +223,7 @@ def spread_parts(expr: sp.Basic) -> tuple[OneHot, sp.Expr] | None:
 def _one_hot_factor(body: sp.Basic, dim: int | None) -> tuple[OneHot, sp.Expr] | None:
     """The first one-hot (along `dim`, or any dim for None) outside reductions that `body` is
     0 without, and `body` with it at 1; see pick_parts."""
-    for one_hot in _outside_reductions_atoms(body, OneHot):
+    for one_hot in outside_reductions_atoms(body, OneHot):
         along = getattr(one_hot.args[0], "index_of", None)
         if along is None or (dim is not None and along != dim):
             continue  # along another dim (or SymPy's stand-in for the index, mid-rewrite)
@@ -232,12 +232,11 @@ def _one_hot_factor(body: sp.Basic, dim: int | None) -> tuple[OneHot, sp.Expr] |
     return None
 
 
-def one_hots_outside_reductions(expr: sp.Basic) -> list[sp.Basic]:
-    """The one-hots `expr` uses elementwise (not inside a reduction or a Pick)."""
-    return _outside_reductions_atoms(expr, OneHot)
-
-
-def _outside_reductions_atoms(expr: sp.Basic, kind: type) -> list[sp.Basic]:
+def outside_reductions_atoms(
+    expr: sp.Basic, kind: type | tuple[type, ...]
+) -> list[sp.Basic]:
+    """The distinct nodes of `kind` in `expr` outside every reduction, one-hot and Pick (a
+    node of `kind` is not looked into), in a fixed order."""
     found: list[sp.Basic] = []
     stack = [expr]
     while stack:
@@ -254,11 +253,19 @@ def replace_outside_reductions(
     expr: sp.Basic, old: sp.Basic, new: sp.Basic
 ) -> sp.Basic:
     """`expr` with `old` replaced by `new`, except inside reductions (and Picked)."""
-    if expr == old:
-        return new
+    return xreplace_outside_reductions(expr, {old: new})
+
+
+def xreplace_outside_reductions(
+    expr: sp.Basic, mapping: dict[sp.Basic, sp.Basic]
+) -> sp.Basic:
+    """`expr.xreplace(mapping)`, except inside reductions, one-hots and Picks (a reduction
+    itself may be a key)."""
+    if expr in mapping:
+        return mapping[expr]
     if not expr.args or isinstance(expr, (Reduction, OneHot, Picked)):
         return expr
-    args = [replace_outside_reductions(arg, old, new) for arg in expr.args]
+    args = [xreplace_outside_reductions(arg, mapping) for arg in expr.args]
     if all(a is b for a, b in zip(args, expr.args)):
         return expr
     return expr.func(*args)
@@ -509,7 +516,7 @@ def distributed_sums(expr: sp.Expr, known: dict[sp.Symbol, Dims]) -> sp.Expr:
     def has_one_hot(body: sp.Basic, dims: Dims) -> bool:
         return any(
             one_hot.dim in dims  # type: ignore[operator]
-            for one_hot in _outside_reductions_atoms(body, OneHot)
+            for one_hot in outside_reductions_atoms(body, OneHot)
             if getattr(one_hot.args[0], "index_of", None) is not None
         )
 
@@ -603,7 +610,7 @@ def one_hot_split(expr: sp.Expr) -> tuple[sp.Expr, OneHot, sp.Expr] | None:
     """
     one_hots = [
         one_hot
-        for one_hot in _outside_reductions_atoms(expr, OneHot)
+        for one_hot in outside_reductions_atoms(expr, OneHot)
         if getattr(one_hot.args[0], "index_of", None) is not None
     ]
     if len(one_hots) != 1:
@@ -611,7 +618,7 @@ def one_hot_split(expr: sp.Expr) -> tuple[sp.Expr, OneHot, sp.Expr] | None:
     (one_hot,) = one_hots
 
     def uses(node: sp.Basic) -> bool:
-        return one_hot in _outside_reductions_atoms(node, OneHot)
+        return one_hot in outside_reductions_atoms(node, OneHot)
 
     def split(node: sp.Basic) -> tuple[sp.Expr, sp.Expr] | None:
         if not uses(node):

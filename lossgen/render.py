@@ -23,7 +23,7 @@ from lossgen.reductions import (
     ALL,
     OneHot,
     one_hot_split,
-    one_hots_outside_reductions,
+    outside_reductions_atoms,
     spread_parts,
 )
 from lossgen.row_kernel import RowKernelCode, row_kernel_code
@@ -473,7 +473,9 @@ def _one_hot_splits(
         # Only where the dense part compares no position with an index (MulticlassHinge's
         # max over x + margin * (1 - OneHot(t)) still would): else the scatter is one more
         # pass and nothing less.
-        if split is not None and one_hots_outside_reductions(split[0].xreplace(whole)):
+        if split is not None and outside_reductions_atoms(
+            split[0].xreplace(whole), OneHot
+        ):
             split = None
         splits.append(split)
     return splits
