@@ -88,9 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
         return EXIT_USAGE
-    except (
-        Exception
-    ) as error:  # a lossgen bug: still one line, the traceback on request
+    except Exception as error:
+        # a lossgen bug: still one line, the traceback on request
         if args.debug:
             raise
         _error(

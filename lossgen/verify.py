@@ -193,9 +193,8 @@ def verify_loss(derived: DerivedLoss, module: types.ModuleType) -> list[CheckRes
     """All numeric checks of one loss."""
     try:
         case = LossCase(derived.model, module)
-    except (
-        Exception
-    ) as error:  # no finite sampling domain, a name missing from the module
+    except Exception as error:
+        # no finite sampling domain, a name missing from the module
         detail = f"{type(error).__name__}: {error}".splitlines()[0][:200]
         return [CheckResult(derived.model.name, "setup", False, detail=detail)]
     checks: list[tuple[str, Callable[[], CheckResult]]] = [
@@ -210,9 +209,8 @@ def verify_loss(derived: DerivedLoss, module: types.ModuleType) -> list[CheckRes
     for name, run in checks:
         try:
             results.append(run())
-        except (
-            Exception
-        ) as error:  # a crash in generated code is a failed check, not ours
+        except Exception as error:
+            # a crash in generated code is a failed check, not ours
             detail = f"{type(error).__name__}: {error}".splitlines()[0][:200]
             results.append(CheckResult(derived.model.name, name, False, detail=detail))
     return results
