@@ -56,11 +56,20 @@ _DROPPED_DIMS = (1,)
 
 
 def _keepdim_shape(shape):
-    """The loss's shape: the broadcast shape with the dropped dims kept as size 1."""
+    """The loss's shape: the broadcast shape with the dropped dims kept as size 1. A tuple:
+    torch.compile in torch 2.5 cannot build a torch.Size of symbolic sizes."""
     if _DROPPED_DIMS is None:
-        return torch.Size([1] * len(shape))
+        return (1,) * len(shape)
     dropped = [dim % len(shape) for dim in _DROPPED_DIMS]
-    return torch.Size([1 if dim in dropped else size for dim, size in enumerate(shape)])
+    return tuple(1 if dim in dropped else size for dim, size in enumerate(shape))
+
+
+def _keepdim_numel(shape):
+    """How many values the loss has before a "mean": the keepdim shape's numel."""
+    count = 1
+    for size in _keepdim_shape(shape):
+        count *= size
+    return count
 
 
 def _reduce(loss, reduction, shape, weight_total=None):
@@ -88,7 +97,7 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     """d(reduced loss) / d(each element of the loss), in the loss's keepdim shape."""
     if reduction == "mean":
         if weight_total is None:
-            return grad_output / _keepdim_shape(shape).numel()
+            return grad_output / _keepdim_numel(shape)
         return grad_output / weight_total
     if reduction == "sum":
         return grad_output
@@ -268,7 +277,7 @@ class CategoricalKLDivFunction(torch.autograd.Function):
 def _fused(input, target, reduction, needs_grad):
     """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
     shape = torch.broadcast_shapes(input.shape, target.shape)
-    upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
+    upstream = 1 / _keepdim_numel(shape) if reduction == "mean" else 1
     grad_input = None
     if needs_grad[0]:
         grad_input = _sum_to(-upstream * target, shape, input.shape)
@@ -568,7 +577,7 @@ def _run_triton(input, target, reduction, needs_grad):
     # The loss is summed over rows in float32 at least.
     partial_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     loss_rows = input.new_empty(rows, dtype=partial_dtype)
-    upstream = 1 / _keepdim_shape(input.shape).numel() if reduction == "mean" else 1.0
+    upstream = 1 / _keepdim_numel(input.shape) if reduction == "mean" else 1.0
     upstream_ptr, _upstream_number = _kernel_param(upstream, loss_rows)
     # GRAD_IN_PLACE: see there
     in_place = (

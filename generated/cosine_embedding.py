@@ -59,11 +59,20 @@ _DROPPED_DIMS = (1,)
 
 
 def _keepdim_shape(shape):
-    """The loss's shape: the broadcast shape with the dropped dims kept as size 1."""
+    """The loss's shape: the broadcast shape with the dropped dims kept as size 1. A tuple:
+    torch.compile in torch 2.5 cannot build a torch.Size of symbolic sizes."""
     if _DROPPED_DIMS is None:
-        return torch.Size([1] * len(shape))
+        return (1,) * len(shape)
     dropped = [dim % len(shape) for dim in _DROPPED_DIMS]
-    return torch.Size([1 if dim in dropped else size for dim, size in enumerate(shape)])
+    return tuple(1 if dim in dropped else size for dim, size in enumerate(shape))
+
+
+def _keepdim_numel(shape):
+    """How many values the loss has before a "mean": the keepdim shape's numel."""
+    count = 1
+    for size in _keepdim_shape(shape):
+        count *= size
+    return count
 
 
 def _reduce(loss, reduction, shape, weight_total=None):
@@ -91,7 +100,7 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     """d(reduced loss) / d(each element of the loss), in the loss's keepdim shape."""
     if reduction == "mean":
         if weight_total is None:
-            return grad_output / _keepdim_shape(shape).numel()
+            return grad_output / _keepdim_numel(shape)
         return grad_output / weight_total
     if reduction == "sum":
         return grad_output
@@ -298,7 +307,7 @@ class CosineEmbeddingFunction(torch.autograd.Function):
 def _fused(input1, input2, y, margin, reduction, needs_grad):
     """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
     shape = torch.broadcast_shapes(input1.shape, input2.shape, y.shape, margin.shape)
-    upstream = 1 / _keepdim_shape(shape).numel() if reduction == "mean" else 1
+    upstream = 1 / _keepdim_numel(shape) if reduction == "mean" else 1
     tmp0 = torch.mean(_expand_along(y, 1, shape), dim=1, keepdim=True)
     tmp1 = tmp0 / 2
     tmp2 = torch.sum(_expand_along(input1 * input2, 1, shape), dim=1, keepdim=True)
@@ -633,7 +642,7 @@ def _run_triton(input1, input2, y, margin, reduction, needs_grad):
     # The loss is summed over rows in float32 at least.
     partial_dtype = torch.float64 if input1.dtype == torch.float64 else torch.float32
     loss_rows = input1.new_empty(rows, dtype=partial_dtype)
-    upstream = 1 / _keepdim_shape(input1.shape).numel() if reduction == "mean" else 1.0
+    upstream = 1 / _keepdim_numel(input1.shape) if reduction == "mean" else 1.0
     upstream_ptr, _upstream_number = _kernel_param(upstream, loss_rows)
     margin_ptr, _margin_number = _kernel_param(margin, input1)
     # GRAD_IN_PLACE: see there

@@ -59,11 +59,20 @@ _DROPPED_DIMS = (1,)
 
 
 def _keepdim_shape(shape):
-    """The loss's shape: the broadcast shape with the dropped dims kept as size 1."""
+    """The loss's shape: the broadcast shape with the dropped dims kept as size 1. A tuple:
+    torch.compile in torch 2.5 cannot build a torch.Size of symbolic sizes."""
     if _DROPPED_DIMS is None:
-        return torch.Size([1] * len(shape))
+        return (1,) * len(shape)
     dropped = [dim % len(shape) for dim in _DROPPED_DIMS]
-    return torch.Size([1 if dim in dropped else size for dim, size in enumerate(shape)])
+    return tuple(1 if dim in dropped else size for dim, size in enumerate(shape))
+
+
+def _keepdim_numel(shape):
+    """How many values the loss has before a "mean": the keepdim shape's numel."""
+    count = 1
+    for size in _keepdim_shape(shape):
+        count *= size
+    return count
 
 
 def _reduce(loss, reduction, shape, weight_total=None):
@@ -91,7 +100,7 @@ def _upstream(grad_output, reduction, shape, weight_total=None):
     """d(reduced loss) / d(each element of the loss), in the loss's keepdim shape."""
     if reduction == "mean":
         if weight_total is None:
-            return grad_output / _keepdim_shape(shape).numel()
+            return grad_output / _keepdim_numel(shape)
         return grad_output / weight_total
     if reduction == "sum":
         return grad_output
