@@ -11,6 +11,7 @@ import functools
 import importlib
 import math
 import shutil
+import sys
 import types
 import warnings
 from collections.abc import Callable
@@ -27,10 +28,15 @@ from lossgen.verify import LossCase, class_indices, draw, load_generated, param_
 @functools.cache
 def modules() -> dict[str, tuple[LossModel, types.ModuleType]]:
     files = {f.name: f for f in repository_files()}
-    return {
+    loaded = {
         d.model.name: (d.model, load_generated(files[f"{d.model.snake_name}.py"]))
         for d in repository_derived()
     }
+    for _, module in loaded.values():
+        # importable by name, as an imported file is: torch.compile in torch 2.5 imports the
+        # module of a function it compiles
+        sys.modules.setdefault(module.__name__, module)
+    return loaded
 
 
 # Losses with class indices or a weighted mean have no fast path (see the README).

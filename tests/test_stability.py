@@ -208,8 +208,10 @@ def test_naive_soft_margin_is_finite_where_torch_soft_margin_loss_is_not() -> No
     torch.testing.assert_close(ours[overflow], (-y * x)[overflow])
     seed = torch.linspace(0.5, 1.5, len(x))
     torch.testing.assert_close(our_grad[overflow], (-y * seed)[overflow])
-    # Where the built-in is finite, it agrees with ours.
-    finite = ~overflow
+    # Where the built-in is finite, it agrees with ours. (torch 2.5's is inf already at
+    # y*x = -88, where exp(88) is still a float32: that point is left out.)
+    finite = torch.isfinite(theirs) & torch.isfinite(their_grad)
+    assert finite.sum() >= (~overflow).sum() - 1
     torch.testing.assert_close(ours[finite], theirs[finite])
     torch.testing.assert_close(our_grad[finite], their_grad[finite])
 

@@ -19,7 +19,7 @@ from torch.func import grad, jacrev, vmap
 
 import generated
 import lossgen
-from conftest import SPEC_ARGS
+from conftest import SPEC_ARGS, needs_apply_keywords
 from lossgen.api import load_models
 from lossgen.model import LossModel
 from lossgen.reference import reduced_loss
@@ -479,19 +479,41 @@ def test_invalid_reduction_is_a_value_error() -> None:
         generated.Huber(reduction="avg")
 
 
-def test_function_apply_takes_keywords_and_trailing_defaults() -> None:
+def huber_case() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(11)
     input = torch.randn(10, generator=generator, dtype=torch.float64) * 2
     target = torch.randn(10, generator=generator, dtype=torch.float64)
+    return input, target
+
+
+def test_function_apply_takes_trailing_defaults() -> None:
+    input, target = huber_case()
     model = MODELS["Huber"]
-    delta = torch.tensor(0.5, dtype=torch.float64)
     expected_default = reference(
         model, input, target, torch.tensor(1.0, dtype=torch.float64)
     )
+    delta = torch.tensor(0.5, dtype=torch.float64)
     expected_sum = reference(model, input, target, delta, reduction="sum")
     function = generated.HuberFunction
     torch.testing.assert_close(function.apply(input, target), expected_default)
+    torch.testing.assert_close(
+        function.apply(input, target, 0.5), reference(model, input, target, delta)
+    )
     torch.testing.assert_close(function.apply(input, target, 0.5, "sum"), expected_sum)
+    # the tutorial's call, weight positional and reduction from the spec ("sum")
+    weight = torch.tensor(2.0, dtype=torch.float64)
+    torch.testing.assert_close(
+        generated.CustomLossFunction.apply(input, target, weight),
+        (2 * (input - target).abs()).sum(),
+    )
+
+
+@needs_apply_keywords
+def test_function_apply_takes_keywords() -> None:
+    input, target = huber_case()
+    delta = torch.tensor(0.5, dtype=torch.float64)
+    expected_sum = reference(MODELS["Huber"], input, target, delta, reduction="sum")
+    function = generated.HuberFunction
     torch.testing.assert_close(
         function.apply(input, target, delta=0.5, reduction="sum"), expected_sum
     )
@@ -500,12 +522,6 @@ def test_function_apply_takes_keywords_and_trailing_defaults() -> None:
     )
     torch.testing.assert_close(
         function.apply(input, target=target, delta=0.5, reduction="sum"), expected_sum
-    )
-    # the tutorial's call, weight positional and reduction from the spec ("sum")
-    weight = torch.tensor(2.0, dtype=torch.float64)
-    torch.testing.assert_close(
-        generated.CustomLossFunction.apply(input, target, weight),
-        (2 * (input - target).abs()).sum(),
     )
     # keywords reach backward too
     leaf = input.clone().requires_grad_()

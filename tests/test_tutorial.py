@@ -2,6 +2,7 @@
 
 import torch
 
+from conftest import needs_apply_keywords
 from generated.custom_loss import CustomLoss, CustomLossFunction, custom_loss
 
 
@@ -31,9 +32,15 @@ def test_function_apply_positional() -> None:
 def test_functional_and_keywords() -> None:
     inputs, targets = tutorial_tensors()
     assert custom_loss(inputs, targets, weight=2.0).item() == 10.0
-    assert CustomLossFunction.apply(inputs, targets, reduction="mean").item() == 1.0
+    assert CustomLossFunction.apply(inputs, targets, 1.0, "mean").item() == 1.0
     per_element = custom_loss(inputs, targets, 3.0, reduction="none")
     assert per_element.tolist() == [3.0] * 5
+
+
+@needs_apply_keywords
+def test_function_apply_keywords() -> None:
+    inputs, targets = tutorial_tensors()
+    assert CustomLossFunction.apply(inputs, targets, reduction="mean").item() == 1.0
 
 
 def test_learned_weight_gets_its_gradient() -> None:
