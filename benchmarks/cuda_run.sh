@@ -18,7 +18,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 LOSSES=${LOSSES:-Huber,MSE,BCEWithLogits,LogCosh,SigmoidFocal,GaussianNLL}
 STEPS=${STEPS:-check,host,bench,blocks}
 if [[ $STEPS == *check* ]]; then
-    timeout ${CHECK_TIMEOUT:-240} python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_triton_cuda.py ${CHECK_TESTS:-} 2>&1 \
+    timeout ${CHECK_TIMEOUT:-240} python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_triton_cuda.py tests/test_deterministic.py ${CHECK_TESTS:-} 2>&1 \
         | tee "$OUT/check.log" | tail -25
 fi
 if [[ $STEPS == *host* ]]; then

@@ -1,7 +1,8 @@
 """The fast path under `torch.use_deterministic_algorithms(True)`: the losses whose gradient is
 a scatter (_spread, _spread_onto) still take it, compiled, and give torch's own values, the
-same bits twice. On CUDA the same ops are deterministic from torch 2.1 on (README, "The fast
-path"); this machine checks the CPU side.
+same bits twice. On CUDA (where a GPU is present: benchmarks/cuda_run.sh) the torch path's
+scatters are torch's, deterministic there from torch 2.1 on (README, "What the generated
+Function does").
 """
 
 from __future__ import annotations
@@ -70,14 +71,26 @@ def deterministic():
         torch.use_deterministic_algorithms(was, warn_only=warn_only)
 
 
+# On CUDA these rows (24 classes, under ROW_MIN) and class weights take the compiled torch
+# path, not the row kernel: the scatters are torch's. Run there by benchmarks/cuda_run.sh.
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"),
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_scatter_gradients_take_the_fast_path_in_deterministic_mode(
-    name: str, deterministic, monkeypatch
+    name: str, device: str, deterministic, monkeypatch
 ) -> None:
     module, ours_loss, torch_loss, weighted, smoothing = LOSSES[name]
     monkeypatch.setattr(module, "FUSED_MIN_NUMEL", 0)
     monkeypatch.setattr(module, "_compiled_fused", None)  # compiled in this mode
-    logits, target, weight = case()
+    logits, target, weight = (tensor.to(device) for tensor in case())
     ours_weight, torch_weight = (weight, weight) if weighted else (1.0, None)
 
     def step() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
