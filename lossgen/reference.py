@@ -168,10 +168,7 @@ class _Evaluator:
             # torch.heaviside has no derivative; its derivative is zero almost everywhere.
             return torch.heaviside(self.tensor(argument).detach(), self.tensor(at_zero))
         if isinstance(node, clamp):
-            x, low, high = args
-            low = None if low == float("-inf") else self.tensor(low)
-            high = None if high == float("inf") else self.tensor(high)
-            return torch.clamp(self.tensor(x), min=low, max=high)
+            return self.clamp(node, args)
         if isinstance(node, sp.core.relational.Relational):
             left, right = args
             return _COMPARE[node.rel_op](self.tensor(left), self.tensor(right))
@@ -194,6 +191,25 @@ class _Evaluator:
                 result,
             )
         return result
+
+    def clamp(self, node: clamp, args: list[Value]) -> torch.Tensor:
+        """torch.clamp's value, with the gradient of lossgen's `clamp` at the bounds: all to x.
+
+        Not torch.clamp's gradient there: torch 2.14 changed it from that (1 to x) to 0 to x
+        at a number bound and half to x, half to a tensor bound. Off the bounds, both agree.
+        """
+        x = self.tensor(args[0])
+        bounds = [  # the SymPy bounds are checked for infinity: an evaluated one may be a tensor
+            (self.tensor(value), side)
+            for value, bound, side in zip(args[1:], node.args[1:], ("min", "max"))
+            if bound not in (-sp.oo, sp.oo)
+        ]
+        if not bounds:
+            return x
+        clamped = torch.clamp(x, **{side: bound for bound, side in bounds})
+        inside = [x >= bound if side == "min" else x <= bound for bound, side in bounds]
+        # NaN is inside no bound, so torch.clamp's NaN passes through.
+        return torch.where(functools.reduce(torch.logical_and, inside), x, clamped)
 
     def tensor(self, value: Value) -> torch.Tensor:
         return _tensor(value, self.like)

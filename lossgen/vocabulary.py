@@ -165,9 +165,11 @@ class relu(sp.Function):  # noqa: N801 - spelled like torch.relu
 
 
 class clamp(sp.Function):  # noqa: N801 - spelled like torch.clamp
-    """clamp(x, low, high) with PyTorch's convention: gradient 1 at the bounds themselves.
+    """clamp(x, low, high) passing gradient 1 to x at the bounds themselves, none to a bound.
 
-    Use -oo or oo for a missing bound.
+    That was torch.clamp's convention up to torch 2.13. From 2.14 on, torch.clamp passes 0 to x
+    at a number bound and splits a tie with a tensor bound 1/2 to each (its minimum-norm
+    subgradient); off the bounds the two agree. Use -oo or oo for a missing bound.
     """
 
     nargs = 3

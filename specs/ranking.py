@@ -12,7 +12,8 @@ y = Tensor("y", differentiable=False)  # +1 / -1
 margin = Param("margin", default=0.0)
 embedding_margin = Param("embedding_margin", default=1.0)
 
-# torch uses clamp_min(0) here, which passes gradient 1 at the margin itself: so does clamp.
+# torch uses clamp_min(0) here, which passed gradient 1 at the margin itself up to torch 2.13
+# (0 from 2.14 on): clamp passes 1.
 margin_ranking = Loss(
     "MarginRanking",
     clamp(-y * (input1 - input2) + margin, 0, sp.oo),

@@ -11,6 +11,7 @@ thousands with HYPOTHESIS_PROFILE=thorough.
 
 from __future__ import annotations
 
+import math
 import types
 
 import pytest
@@ -25,6 +26,7 @@ from lossgen.emit import GeneratedFile, header
 from lossgen.errors import SpecError
 from lossgen.format import format_source
 from lossgen.model import build_model
+from lossgen.reference import evaluate
 from lossgen.render import render_loss
 from lossgen.verify import SHAPE_CASES, Errors, LossCase, _leaves, load_generated
 from lossgen.vocabulary import Loss, Param, Tensor, clamp, relu
@@ -71,6 +73,8 @@ def unary(e: sp.Expr) -> st.SearchStrategy[sp.Expr]:
                 relu(e),
                 clamp(e, -1, ONE / 2),
                 clamp(e, -sp.oo, 1),
+                clamp(e, Y, sp.oo),  # tensor bounds: torch.clamp's other overload
+                clamp(e, X - 1, Y + 1),
                 sp.Heaviside(e) * e,
                 e**2,
                 e**3,
@@ -233,6 +237,10 @@ REGRESSIONS: list[sp.Expr] = [
         ),
         (0, True),
     ),
+    # A tensor bound: the reference evaluator compared it with -inf, "Boolean value of Tensor
+    # with more than one value is ambiguous".
+    clamp(X, Y, sp.oo),
+    clamp(sp.tanh(X), Y - 1, Y + 1),
 ]
 
 
@@ -265,3 +273,58 @@ def test_abs_of_an_expression_has_torchs_gradient_at_its_kink() -> None:
     value = case.function.apply(x, y, "sum")
     (grad,) = torch.autograd.grad(value, [x])
     assert grad.tolist() == [0.0, 0.0]
+
+
+# --- clamp's gradient at its bounds --------------------------------------------------------------
+
+_TORCH_CLAMP = torch.clamp
+
+
+def _clamp_as_torch_2_14(x, min=None, max=None):  # noqa: A002 - torch.clamp's keywords
+    """torch.clamp's value, differentiated as torch 2.14 and later do at a bound: no gradient
+    to x there (before 2.14 it passed 1). Ties with a tensor bound give it none either.
+    """
+    bounds = [b.detach() if isinstance(b, torch.Tensor) else b for b in (min, max)]
+    value = _TORCH_CLAMP(x.detach(), *bounds)
+    strictly_inside = torch.ones_like(value, dtype=torch.bool)
+    for bound, beyond in ((min, torch.lt), (max, torch.gt)):
+        if bound is None:
+            continue
+        strictly_inside = strictly_inside & ~beyond(x, bound) & (x != bound)
+        if isinstance(bound, torch.Tensor):
+            value = value + (bound - bound.detach()) * beyond(x, bound)
+    return value + (x - x.detach()) * strictly_inside
+
+
+@pytest.mark.parametrize(
+    "expr", [clamp(X, -1, ONE / 2), clamp(X, Y, sp.oo), clamp(X, Y - 1, Y + 1)], ids=str
+)
+def test_clamp_passes_gradient_1_at_its_bounds_whatever_torch_clamp_does(
+    expr: sp.Expr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lossgen's clamp passes all of the gradient to x at a bound (the vocabulary's contract),
+    # and `lossgen check` must see that on every torch. torch 2.14 changed torch.clamp's own
+    # gradient there, which the reference evaluator had inherited: stood in for here.
+    monkeypatch.setattr(torch, "clamp", _clamp_as_torch_2_14)
+    case, _ = generate_module(expr)
+    y = torch.tensor([0.0, 0.25, -1.5, 2.0, 0.5], dtype=torch.float64)
+    low, high = {
+        "clamp(x, -1, 1/2)": (torch.full_like(y, -1.0), torch.full_like(y, 0.5)),
+        "clamp(x, y, oo)": (y, torch.full_like(y, math.inf)),
+        "clamp(x, y - 1, y + 1)": (y - 1, y + 1),
+    }[str(expr)]
+    finite_high = torch.where(high.isinf(), y + 3, high)
+    # x on each finite bound, then inside, below and above: one of each per element
+    x = torch.stack(
+        [low, finite_high, (low + finite_high) / 2, low - 1, finite_high + 1]
+    )
+    x, y, low, high = (t.flatten() for t in torch.broadcast_tensors(x, y, low, high))
+    inside = ((x >= low) & (x <= high)).double()
+    leaves = [t.clone().requires_grad_() for t in ((x, y) if expr.has(Y) else (x,))]
+    reference = evaluate(expr, dict(zip((X, Y), leaves))).sum()
+    generated = case.function.apply(*leaves, "sum")
+    for loss in (reference, generated):
+        gradients = torch.autograd.grad(loss, leaves)
+        assert gradients[0].tolist() == inside.tolist()
+        if expr.has(Y):  # the bounds' gradient: where x is beyond them, never at a tie
+            assert gradients[1].tolist() == (1 - inside).tolist()

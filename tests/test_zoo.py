@@ -8,6 +8,7 @@ kinks or branch seams, with some elements placed exactly on them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -48,6 +49,23 @@ class Case:
         None  # some elements exactly on kinks
     )
     grads: Sequence[int] | None = None  # which tensors to differentiate (default: all)
+    # The reference on `kinks` where `theirs` takes another subgradient there than lossgen's
+    # contract (see clamp_passes_its_bounds); None: `theirs`.
+    theirs_at_kinks: Callable[..., torch.Tensor] | None = None
+
+
+def clamp_passes_its_bounds() -> bool:
+    """Whether torch.clamp passes gradient 1 at a bound, as lossgen's clamp does. torch 2.14
+    changed it to 0 there, so built-ins written with clamp_min (F.margin_ranking_loss,
+    F.hinge_embedding_loss) no longer pass the margin's gradient."""
+    x = torch.zeros((), requires_grad=True)
+    torch.clamp(x, min=0.0).backward()
+    return x.grad.item() == 1.0
+
+
+def clamp_with_gradient_at_zero(u: torch.Tensor) -> torch.Tensor:
+    """max(u, 0) passing gradient 1 at u = 0, as torch.clamp_min did before torch 2.14."""
+    return torch.where(u >= 0, u, 0.0)
 
 
 N = 32
@@ -503,6 +521,9 @@ CASES: dict[str, Callable[[], Case]] = {
         lambda g: [normal(g), normal(g), labels(g)],
         lambda g: (lambda x2, y: [x2 + 0.5 * y, x2, y])(normal(g), labels(g)),
         grads=(0, 1),
+        theirs_at_kinks=elementwise(
+            lambda x1, x2, y: clamp_with_gradient_at_zero(-y * (x1 - x2) + 0.5)
+        ),
     ),
     "HingeEmbedding": lambda: Case(
         partial_kw(generated.hinge_embedding, embedding_margin=1.5),
@@ -510,6 +531,10 @@ CASES: dict[str, Callable[[], Case]] = {
         lambda g: [uniform(g, 0.0, 3.0), labels(g)],
         lambda g: [torch.full((N,), 1.5, dtype=torch.float64), labels(g)],
         grads=(0,),
+        theirs_at_kinks=elementwise(  # torch's formula, with clamp_min as before 2.14
+            lambda x, y: torch.where(y != 1, clamp_with_gradient_at_zero(1.5 - x), 0.0)
+            + torch.where(y != -1, x, 0.0)
+        ),
     ),
 }
 
@@ -564,6 +589,8 @@ def test_against_reference(loss: str, dtype: torch.dtype, reduction: str) -> Non
     generator = torch.Generator().manual_seed(sum(map(ord, loss)))
     _compare(case, case.make(generator), dtype, reduction)
     if case.kinks is not None:
+        if case.theirs_at_kinks is not None and not clamp_passes_its_bounds():
+            case = dataclasses.replace(case, theirs=case.theirs_at_kinks)
         _compare(case, case.kinks(generator), dtype, reduction)
 
 
