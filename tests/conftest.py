@@ -48,7 +48,8 @@ def repository_files() -> tuple:
 
 def _apply_takes_keywords() -> bool:
     """Whether this torch's autograd.Function.apply takes keyword arguments, as the generated
-    Functions' would: torch 2.13's does; 2.5's raises TypeError (README, "Torch versions").
+    Functions' would: from torch 2.13 on it does; the older ones run (2.5.1-2.12.1) raise
+    TypeError (README, "Torch versions").
     """
     import torch
 

@@ -929,8 +929,8 @@ def _interface_tensors(name: str) -> Tensors:
 
 
 def _applied(function, *tensors, reduction: str) -> torch.Tensor:  # noqa: ANN001
-    """function.apply with the params' defaults and reduction passed by position: torch 2.5's
-    Function.apply takes no keywords (test_torch_features checks them where torch does).
+    """function.apply with the params' defaults and reduction passed by position: before torch
+    2.13, Function.apply takes no keywords (test_torch_features checks them where torch does).
     """
     bound = inspect.signature(function.forward).bind(*tensors, reduction=reduction)
     bound.apply_defaults()
