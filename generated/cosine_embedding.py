@@ -28,7 +28,6 @@ Three ways to use it, all with the same symbolic backward:
     cosine_embedding(input1, input2, y, margin=0.0, reduction="mean")
 """
 
-import math
 import struct
 
 import torch
@@ -447,36 +446,38 @@ def _triton_runs_on(device):
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
-# The largest finite float32: a number within it reaches the kernel as torch.full would make it.
-_FLOAT32_MAX = 3.4028234663852886e38
+# The largest finite value of each dtype a number can reach the kernels in: within it, as
+# torch.full would make it. Beyond it, torch.full gives inf, or raises before torch 2.8.
+_LARGEST = {
+    torch.float32: 3.4028234663852886e38,
+    torch.float16: 65504.0,
+    torch.bfloat16: 3.3895313892515355e38,
+}
 
 
 def _kernel_param(value, like):
     """A param as the kernel takes it: (a tensor it loads, None) or (None, a number). A number
     goes to the kernel as itself (as float32), rounded to like's dtype as torch.full would
     round it: no tensor is filled per step (on CUDA, each one a launch). It becomes a 0-d
-    tensor where float32 cannot carry it so: for float64 inputs, and beyond float32's range
-    (where torch.full raises or gives inf, and for NaN)."""
+    tensor where float32 cannot carry it so: for float64 inputs, for NaN, and beyond like's
+    dtype's range, where torch.full decides (see _LARGEST), as on the torch paths."""
     if isinstance(value, torch.Tensor):
         return value, None
-    if like.dtype == torch.float64 or not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:
+    if like.dtype == torch.float64 or not abs(value) <= _LARGEST[like.dtype]:
         return _as_tensor(value, like), None
-    value = float(value)  # float32 on the way in: to nearest, as torch.full rounds
+    number = float(value)  # float32 on the way in: to nearest, as torch.full rounds
     if like.dtype in (torch.float16, torch.bfloat16):
-        value = _rounded(value, like.dtype)
-    return None, value
+        number = _rounded(number, like.dtype)
+    return None, number
 
 
 def _rounded(value, dtype):
-    """A float rounded to float32, then to float16 or bfloat16 (to nearest, ties to even), as
-    torch.full rounds it: here, not in the kernel, where Triton's interpreter would truncate
-    a bfloat16."""
+    """A float within dtype's range rounded to float32, then to float16 or bfloat16 (to
+    nearest, ties to even), as torch.full rounds it: here, not in the kernel, where Triton's
+    interpreter would truncate a bfloat16."""
     single = struct.unpack("<f", struct.pack("<f", value))[0]
     if dtype == torch.float16:
-        try:
-            return struct.unpack("<e", struct.pack("<e", single))[0]
-        except OverflowError:  # beyond float16's largest: inf, as torch.full
-            return math.copysign(math.inf, value)
+        return struct.unpack("<e", struct.pack("<e", single))[0]
     bits = struct.unpack("<I", struct.pack("<f", single))[0]
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
     return struct.unpack("<f", struct.pack("<I", bits))[0]

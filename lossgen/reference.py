@@ -206,6 +206,10 @@ class _Evaluator:
         ]
         if not bounds:
             return x
+        # Broadcast first: torch.clamp's backward fails where x is smaller than two tensor
+        # bounds ("output with shape [5, 1] doesn't match the broadcast shape [5, 4]").
+        x, *values = torch.broadcast_tensors(x, *(bound for bound, _ in bounds))
+        bounds = [(value, side) for value, (_, side) in zip(values, bounds)]
         clamped = torch.clamp(x, **{side: bound for bound, side in bounds})
         inside = [x >= bound if side == "min" else x <= bound for bound, side in bounds]
         # NaN is inside no bound, so torch.clamp's NaN passes through.

@@ -184,11 +184,15 @@ class clamp(sp.Function):  # noqa: N801 - spelled like torch.clamp
         x, low, high = self.args
         inside_low = sp.Heaviside(x - low, 1) if low != -sp.oo else sp.S.One
         inside_high = sp.Heaviside(high - x, 1) if high != sp.oo else sp.S.One
+        # Bounds the wrong way round (low > high) give high, as torch.clamp does: all of the
+        # gradient goes to high then.
+        finite = low != -sp.oo and high != sp.oo
+        ordered = sp.Heaviside(high - low, 1) if finite else sp.S.One
         if argindex == 1:
             return inside_low * inside_high
         if argindex == 2:
-            return 1 - sp.Heaviside(x - low, 1)
-        return 1 - sp.Heaviside(high - x, 1)
+            return (1 - inside_low) * ordered
+        return 1 - inside_high * ordered
 
     def _eval_is_real(self) -> bool | None:
         return self.args[0].is_real

@@ -241,6 +241,13 @@ REGRESSIONS: list[sp.Expr] = [
     # with more than one value is ambiguous".
     clamp(X, Y, sp.oo),
     clamp(sp.tanh(X), Y - 1, Y + 1),
+    # torch.clamp's backward failed in the reference where x was smaller than its two tensor
+    # bounds ("output with shape [5, 1] doesn't match the broadcast shape [5, 4]").
+    clamp(X, X - 1, Y + 1),
+    # Bounds the wrong way round give the upper one (torch.clamp's value); the derivative sent
+    # gradient to the lower one too.
+    clamp(X, Y + 1, Y - 1),
+    clamp(P / (relu(sp.Max(X, Y)) + 1), X - 1, Y + 1),
 ]
 
 
