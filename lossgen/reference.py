@@ -208,10 +208,10 @@ class _Evaluator:
             return x
         # Broadcast first: torch.clamp's backward fails where x is smaller than two tensor
         # bounds ("output with shape [5, 1] doesn't match the broadcast shape [5, 4]").
-        x, *values = torch.broadcast_tensors(x, *(bound for bound, _ in bounds))
-        bounds = [(value, side) for value, (_, side) in zip(values, bounds)]
-        clamped = torch.clamp(x, **{side: bound for bound, side in bounds})
-        inside = [x >= bound if side == "min" else x <= bound for bound, side in bounds]
+        x, *values = torch.broadcast_tensors(x, *(value for value, _ in bounds))
+        keywords = {side: value for value, (_, side) in zip(values, bounds)}
+        clamped = torch.clamp(x, **keywords)
+        inside = [x >= v if side == "min" else x <= v for side, v in keywords.items()]
         # NaN is inside no bound, so torch.clamp's NaN passes through.
         return torch.where(functools.reduce(torch.logical_and, inside), x, clamped)
 
