@@ -499,6 +499,7 @@ class CrossEntropyFunction(torch.autograd.Function):
 def _fused(input, target, weight, label_smoothing, ignore_index, reduction, needs_grad):
     """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
     target = target.unsqueeze(1)
+    _weight_shape = weight.shape
     weight = _lay_along(weight, 1, input.dim())
     shape = torch.broadcast_shapes(
         input.shape,
@@ -593,7 +594,7 @@ def _fused(input, target, weight, label_smoothing, ignore_index, reduction, need
             ),
             shape,
             weight.shape,
-        )
+        ).reshape(_weight_shape)
     grad_label_smoothing = None
     if needs_grad[3]:
         grad_label_smoothing = _sum_to(

@@ -301,6 +301,7 @@ class MultiLabelSoftMarginFunction(torch.autograd.Function):
 
 def _fused(input, target, weight, reduction, needs_grad):
     """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
+    _weight_shape = weight.shape
     weight = _lay_along(weight, 1, input.dim())
     shape = torch.broadcast_shapes(input.shape, target.shape, weight.shape)
     upstream = 1 / _keepdim_numel(shape) if reduction == "mean" else 1
@@ -317,7 +318,7 @@ def _fused(input, target, weight, reduction, needs_grad):
         grad_target = _sum_to(-tmp2 * input, shape, target.shape)
     grad_weight = None
     if needs_grad[2]:
-        grad_weight = _sum_to(tmp0 * tmp1, shape, weight.shape)
+        grad_weight = _sum_to(tmp0 * tmp1, shape, weight.shape).reshape(_weight_shape)
     # The loss last: torch.compile (with reorder_for_locality off, see _run_fused) then
     # computes the gradients and the loss's sum in one loop over the inputs, not two.
     loss = _reduce(

@@ -421,6 +421,7 @@ class MultiMarginFunction(torch.autograd.Function):
 def _fused(input, target, weight, margin, reduction, needs_grad):
     """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
     target = target.unsqueeze(1)
+    _weight_shape = weight.shape
     weight = _lay_along(weight, 1, input.dim())
     shape = torch.broadcast_shapes(
         input.shape, target.shape, weight.shape, margin.shape
@@ -464,7 +465,7 @@ def _fused(input, target, weight, margin, reduction, needs_grad):
             shape,
             input,
             weight.shape,
-        )
+        ).reshape(_weight_shape)
     grad_margin = None
     if needs_grad[3]:
         grad_margin = _sum_to(tmp7 * tmp8, shape, margin.shape)

@@ -415,6 +415,7 @@ class NLLFunction(torch.autograd.Function):
 def _fused(input, target, weight, ignore_index, reduction, needs_grad):
     """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
     target = target.unsqueeze(1)
+    _weight_shape = weight.shape
     weight = _lay_along(weight, 1, input.dim())
     shape = torch.broadcast_shapes(
         input.shape, target.shape, weight.shape, ignore_index.shape
@@ -481,7 +482,7 @@ def _fused(input, target, weight, ignore_index, reduction, needs_grad):
             shape,
             input,
             weight.shape,
-        )
+        ).reshape(_weight_shape)
     grad_ignore_index = None
     if needs_grad[3]:
         # a constant gradient is zero where the upstream gradient is inside it

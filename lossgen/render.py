@@ -199,8 +199,9 @@ def render_loss(derived: DerivedLoss) -> str:
         "model": model,
         "dropped_code": _dropped_code(model),
         "dropped_text": _dropped_text(model),
-        "prepare_lines": _prepare_lines(model, like, backward=False),
-        "backward_prepare_lines": _prepare_lines(model, like, backward=True),
+        "prepare_lines": _prepare_lines(model, like, keep_shapes=False),
+        # gradients are computed there: they keep the shapes of the params laid along a dim
+        "gradient_prepare_lines": _prepare_lines(model, like, keep_shapes=True),
         "mean_weight_code": mean_weight_code,
         # the params the weighted mean's denominator reads
         "weight_numbers": [
@@ -310,6 +311,7 @@ class FusedGradient:
     constant: bool  # no symbols: the gradient must be broadcast to a full tensor
     scaled: str  # see GradientCode.scaled
     summed: bool = False  # see GradientCode.summed
+    reshape: str = ""  # see GradientCode.reshape
     # its own steps, before it: see compiled_body.recomputed_after_reductions
     lines: tuple[Line, ...] = ()
 
@@ -418,6 +420,7 @@ def _fused_code(
                     False,
                     code,
                     summed=True,
+                    reshape=_reshape(gradient.argument),
                     lines=printed(own),
                 )
             )
@@ -434,10 +437,16 @@ def _fused_code(
                 factor,
                 constant,
                 _scaled(model, code, factor, constant),
+                reshape=_reshape(gradient.argument),
                 lines=printed(own),
             )
         )
     loss = print_torch(fused.loss, names, like, compiled=True)
+    if not fused.loss.free_symbols:
+        # A loss that folded to a constant: a tensor, of the shape the reduction counts
+        # (over dims, _reduce expands it to that).
+        full_shape = "()" if model.reduces else "shape"
+        loss = f"torch.full({full_shape}, {loss}, dtype={like}.dtype, device={like}.device)"
     return lines, loss, tuple(gradients)
 
 
@@ -602,8 +611,9 @@ def _dropped_text(model: LossModel) -> str:
     return ("dim " if len(dims) == 1 else "dims ") + ", ".join(map(str, dims))
 
 
-def _prepare_lines(model: LossModel, like: str, backward: bool) -> list[str]:
-    """Class indices unsqueezed at their dim, 1-D params laid along theirs."""
+def _prepare_lines(model: LossModel, like: str, keep_shapes: bool) -> list[str]:
+    """Class indices unsqueezed at their dim, 1-D params laid along theirs (their own shapes
+    kept first, for their gradients: see _reshape)."""
     lines = []
     for argument in model.arguments:
         if argument.index_of is not None:
@@ -611,7 +621,7 @@ def _prepare_lines(model: LossModel, like: str, backward: bool) -> list[str]:
                 f"{argument.name} = {argument.name}.unsqueeze({argument.index_of})"
             )
         if argument.along is not None:
-            if backward and argument.differentiable:
+            if keep_shapes and argument.differentiable:
                 lines.append(f"_{argument.name}_shape = {argument.name}.shape")
             lines.append(
                 f"{argument.name} = _lay_along({argument.name}, {argument.along}, "

@@ -6,6 +6,7 @@ evaluator (`lossgen.reference`), which lets torch's autograd differentiate the l
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -204,6 +205,7 @@ def verify_loss(derived: DerivedLoss, module: types.ModuleType) -> list[CheckRes
         ("interfaces", case.interfaces_agree),
         ("kinks", case.at_kinks),
         ("extremes", case.at_extremes),
+        ("fastpath", case.fast_path_agrees),
     ]
     results = []
     for name, run in checks:
@@ -229,6 +231,7 @@ class LossCase:
 
     def __init__(self, model: LossModel, module: types.ModuleType) -> None:
         self.model = model
+        self.module = module
         self.function = getattr(module, f"{model.name}Function")
         self.module_class = getattr(module, model.name)
         self.functional = getattr(module, model.snake_name)
@@ -530,19 +533,8 @@ class LossCase:
     def at_extremes(self) -> CheckResult:
         """Tiny and huge magnitudes: no NaN/inf where autograd of the loss has none."""
         errors = Errors(rtol=1e-5, atol=1e-12)
-        for label, scale in MAGNITUDES.items():
-            sample = self.sample(self.shape_cases[0], seed=900)
-            for index, argument in enumerate(self.model.arguments):
-                if argument.is_tensor and self.domains.get(argument.name) in (
-                    "normal",
-                    "positive",
-                ):
-                    value = sample.values[index]
-                    if label.startswith("logits"):
-                        value = torch.sign(value) * scale
-                    else:
-                        value = value * scale
-                    sample.values[index] = value
+        for label in MAGNITUDES:
+            sample = self.sample_at_magnitude(label)
             for reduction in ("none", "sum"):
                 expected = self.reference(sample, reduction)
                 errors.compare(
@@ -561,6 +553,83 @@ class LossCase:
                 got = self.generated(low, reduction)
                 errors.finite_where(got, expected, where=f"{label}, float32")
         return self.result("extremes", errors)
+
+    def fast_path_agrees(self) -> CheckResult:
+        """The fast path (the fused body, uncompiled: the code torch.compile is given) against
+        the Function: random points, points on kinks and ties, extreme magnitudes; mean and
+        sum with grad_output 0.5, so the saved gradients are rescaled."""
+        if not hasattr(self.module, "FUSED_MIN_NUMEL"):
+            return self.result("fastpath", Errors())  # generated without one
+        errors = Errors()
+        calls = taken = 0
+        with _fast_path_at_any_size(self.module):
+            for where, sample in self._fast_path_samples():
+                for reduction in ("mean", "sum"):
+                    nodes: list[str] = []
+                    functional = self.functional_noting(reduction, nodes)
+                    expected = self.generated(sample, reduction)
+                    got = self.generated(sample, reduction, functional)
+                    errors.compare(got, expected, where, skip_nonfinite=True)
+                    errors.finite_where(got, expected, where)
+                    calls += 1
+                    taken += nodes[0].endswith("FusedBackward")
+        if not taken:
+            errors.fail(f"the fast path was taken in none of {calls} calls")
+        errors.detail = errors.detail or f"{taken} of {calls} calls on the fast path"
+        return self.result("fastpath", errors)
+
+    def functional_noting(
+        self, reduction: str, nodes: list[str]
+    ) -> Callable[..., torch.Tensor]:
+        """The functional form with `reduction`, appending to `nodes` the name of each call's
+        autograd node (which says the path it took: `_<Loss>FusedBackward` the fast path).
+        """
+
+        def call(*args: torch.Tensor | float) -> torch.Tensor:
+            value = self.functional(*args, reduction=reduction)
+            nodes.append(type(value.grad_fn).__name__)
+            return value
+
+        return call
+
+    def _fast_path_samples(self) -> Iterator[tuple[str, Sample]]:
+        for case_index, shapes in enumerate(self.shape_cases):
+            yield f"(shapes {case_index})", self.sample(shapes, seed=300 + case_index)
+        for switch in self.switches:
+            for sample in self.samples_on(switch):
+                yield f"(on {switch} = 0)", sample
+        for sample in self.samples_with_ties():
+            yield "(ties)", sample
+        for label in MAGNITUDES:
+            yield f"({label})", self.sample_at_magnitude(label)
+
+    def sample_at_magnitude(self, label: str) -> Sample:
+        """shape case 0 with its unbounded tensors scaled to one of MAGNITUDES."""
+        scale = MAGNITUDES[label]
+        sample = self.sample(self.shape_cases[0], seed=900)
+        for index, argument in enumerate(self.model.arguments):
+            if argument.is_tensor and self.domains.get(argument.name) in (
+                "normal",
+                "positive",
+            ):
+                value = sample.values[index]
+                if label.startswith("logits"):
+                    value = torch.sign(value) * scale
+                else:
+                    value = value * scale
+                sample.values[index] = value
+        return sample
+
+
+@contextlib.contextmanager
+def _fast_path_at_any_size(module: types.ModuleType) -> Iterator[None]:
+    """The module's fast path taken at the small sizes checked, its body uncompiled."""
+    saved = module.FUSED_MIN_NUMEL, module.COMPILE
+    module.FUSED_MIN_NUMEL, module.COMPILE = 0, False
+    try:
+        yield
+    finally:
+        module.FUSED_MIN_NUMEL, module.COMPILE = saved
 
 
 class Errors:

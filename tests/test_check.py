@@ -17,7 +17,15 @@ from lossgen.api import derive_all
 from lossgen.cli import main
 from lossgen.emit import GeneratedFile
 
-CHECKS = ["gradcheck", "gradgradcheck", "autograd", "interfaces", "kinks", "extremes"]
+CHECKS = [
+    "gradcheck",
+    "gradgradcheck",
+    "autograd",
+    "interfaces",
+    "kinks",
+    "extremes",
+    "fastpath",
+]
 
 
 @pytest.fixture
@@ -54,15 +62,15 @@ def test_clean_project_text_report(
     lines = out.splitlines()
     assert lines[0] == "generated code is up to date"
     header = lines[1].split()
-    assert header[0] == "loss" and header[1:7] == CHECKS
-    assert header[7:] == ["max", "abs", "err", "max", "rel", "err"]
+    assert header[0] == "loss" and header[1 : len(CHECKS) + 1] == CHECKS
+    assert header[len(CHECKS) + 1 :] == ["max", "abs", "err", "max", "rel", "err"]
     row = lines[2].split()
-    assert row[0] == "CustomLoss" and row[1:7] == ["ok"] * 6
-    assert float(row[7]) < 1e-12 and float(row[8]) < 1e-12
+    assert row[0] == "CustomLoss" and row[1:-2] == ["ok"] * len(CHECKS)
+    assert float(row[-2]) < 1e-12 and float(row[-1]) < 1e-12
     # the columns line up: every cell starts where its header does
     for name in CHECKS:
         assert lines[2][lines[1].index(name)] in "oF"
-    assert lines[-1] == "lossgen check: ok (6 checks, 0 failed)"
+    assert lines[-1] == "lossgen check: ok (7 checks, 0 failed)"
 
 
 def test_clean_project_json_report(
@@ -70,7 +78,7 @@ def test_clean_project_json_report(
 ) -> None:
     code, report = check_json(capsys)
     assert code == 0
-    assert report["ok"] is True and report["checks"] == 6 and report["failed"] == 0
+    assert report["ok"] is True and report["checks"] == 7 and report["failed"] == 0
     assert report["drift"] == {
         "clean": True,
         "stale": [],
@@ -242,11 +250,11 @@ def test_a_wrong_gradient_fails_the_numeric_checks(
     row = next(
         line.split() for line in out.splitlines() if line.startswith("CustomLoss")
     )
-    verdicts = dict(zip(CHECKS, row[1:7]))
+    verdicts = dict(zip(CHECKS, row[1 : len(CHECKS) + 1]))
     assert verdicts["gradcheck"] == "FAIL" and verdicts["autograd"] == "FAIL"
     assert verdicts["interfaces"] == "ok"  # all three interfaces share the bug
     assert "FAIL CustomLoss autograd: gradient 0: differs from autograd" in out
-    assert out.splitlines()[-1].startswith("lossgen check: FAILED (6 checks, ")
+    assert out.splitlines()[-1].startswith("lossgen check: FAILED (7 checks, ")
     code, report = check_json(capsys)
     assert code == 1 and report["drift"]["clean"] is True
     failed = {r["check"] for r in report["results"] if not r["ok"]}
@@ -254,6 +262,32 @@ def test_a_wrong_gradient_fails_the_numeric_checks(
     assert report["failed"] == len(failed)
     autograd = next(r for r in report["results"] if r["check"] == "autograd")
     assert autograd["max_abs_error"] > 0.5
+
+
+def test_a_wrong_fast_path_fails_the_fastpath_check(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A generator bug in the fused body only: the readable Function is right, so only the
+    # check of the fast path (which a user gets from 65536 elements on) can see it.
+    real_generate = verify.generate_derived
+    right = "grad_inputs = _sum_to(tmp2 * upstream, shape, inputs.shape)"
+    wrong = "grad_inputs = _sum_to(2 * tmp2 * upstream, shape, inputs.shape)"
+
+    def buggy_generate(derived: list) -> tuple[GeneratedFile, ...]:
+        return tuple(
+            GeneratedFile(f.name, f.content.replace(right, wrong))
+            for f in real_generate(derived)
+        )
+
+    monkeypatch.setattr(verify, "generate_derived", buggy_generate)
+    for file in buggy_generate(derive_all(["specs/tutorial.py"])):
+        assert wrong in file.content or file.name == "__init__.py"
+        (project / "generated" / file.name).write_text(file.content)
+    code, report = check_json(capsys)
+    assert code == 1 and report["drift"]["clean"] is True
+    failed = [r for r in report["results"] if not r["ok"]]
+    assert [r["check"] for r in failed] == ["fastpath"]
+    assert failed[0]["detail"].startswith("gradient 0 (shapes 0): differs")
 
 
 def test_spec_error_is_exit_2(

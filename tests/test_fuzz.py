@@ -144,10 +144,12 @@ def generate_module(expr: sp.Expr) -> tuple[LossCase, types.ModuleType]:
     return LossCase(model, module), module
 
 
-def check_against_autograd(expr: sp.Expr) -> None:
+def check_against_autograd(expr: sp.Expr) -> int:
+    """Compares the generated Function, and its fast path where that applies, with autograd;
+    returns how many comparisons ran on the fast path."""
     _note(f"expr = {sp.srepr(expr)}")
     try:
-        case, _ = generate_module(expr)
+        case, module = generate_module(expr)
     except AssertionError as error:
         if "no sampling domain" in str(error):
             assume(
@@ -155,12 +157,15 @@ def check_against_autograd(expr: sp.Expr) -> None:
             )  # nowhere finite to compare (e.g. overflow everywhere): no test
         raise
     errors = Errors(rtol=1e-6, atol=1e-8)
-    compared = 0
+    compared = fused = 0
+    # the fast path at any size, its body uncompiled (the same text torch.compile gets)
+    module.FUSED_MIN_NUMEL = 0
+    module.COMPILE = False
     for index, shapes in enumerate(SHAPE_CASES):
         sample = case.away_from_kinks(shapes, seed=index)
         if case.kink_distance(sample) <= 1e-3:
             continue  # every draw lands next to a kink: skip this shape case
-        for reduction in ("none", "sum"):
+        for reduction in ("none", "sum", "mean"):
             expected = case.reference(sample, reduction)
             values = [expected[0], *expected[1]]
             if not all(bool(torch.isfinite(v).all()) for v in values):
@@ -169,6 +174,11 @@ def check_against_autograd(expr: sp.Expr) -> None:
                 continue  # far outside what float64 rounding tolerances are set for
             errors.compare(case.generated(sample, reduction), expected)
             compared += 1
+            if reduction != "none":  # the fast path reduces
+                nodes: list[str] = []
+                call = case.functional_noting(reduction, nodes)
+                errors.compare(case.generated(sample, reduction, call), expected)
+                fused += nodes == ["_FuzzedFusedBackward"]
     _assume(compared > 0)
     assert (
         errors.ok
@@ -193,6 +203,7 @@ def check_against_autograd(expr: sp.Expr) -> None:
             assert torch.autograd.gradcheck(
                 call, inputs, eps=1e-6, atol=1e-5, rtol=1e-4
             )
+    return fused
 
 
 # At least 100 examples in CI (the same ones each run: the "ci" profile is derandomized; 200
@@ -267,9 +278,10 @@ def test_the_pipeline_rejects_nothing_in_the_vocabulary() -> None:
         + sp.Heaviside(Y) * sp.tanh(X)
     )
     try:
-        check_against_autograd(expr)
+        fused = check_against_autograd(expr)
     except SpecError as error:
         pytest.fail(str(error))
+    assert fused > 0  # the fast path was compared too
 
 
 def test_abs_of_an_expression_has_torchs_gradient_at_its_kink() -> None:

@@ -13,7 +13,15 @@ import generated
 from conftest import repository_derived, repository_files
 from lossgen.verify import CheckResult, load_generated, verify_loss
 
-CHECKS = ("gradcheck", "gradgradcheck", "autograd", "interfaces", "kinks", "extremes")
+CHECKS = (
+    "gradcheck",
+    "gradgradcheck",
+    "autograd",
+    "interfaces",
+    "kinks",
+    "extremes",
+    "fastpath",
+)
 
 
 @functools.cache

@@ -895,6 +895,29 @@ def test_class_weights_take_the_fused_path(loss: str, reduction: str, monkeypatc
         torch.testing.assert_close(a, b, **TIGHT)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("loss", ["CrossEntropy", "NLL"])
+def test_class_weights_of_images_take_the_fused_path(loss, reduction, monkeypatch):
+    # (N, C, H, W): the weight's gradient goes back to its own shape (C,) from the
+    # (1, C, 1, 1) it was laid along dim 1 as; autograd refused that one ("invalid gradient").
+    theirs, ours, _ = WEIGHTED[loss]
+    module = importlib.import_module(f"generated.{MODELS[loss].snake_name}")
+    monkeypatch.setattr(module, "COMPILE", False)  # see test_fused_path_against_torch
+    g = _seeded(f"{loss} weighted images")
+    x = logits(g, BIG_NCHW)
+    if loss == "NLL":
+        x = torch.log_softmax(x, 1)
+    tensors = [x, _ignoring(classes(g, BIG_NCHW)), class_weights(g, BIG_NCHW[1])]
+    fused = _run(ours, tensors, (0, 2), reduction)
+    assert "Fused" in type(fused[0].grad_fn).__name__
+    _compare(ours, theirs, tensors, (0,), reduction, **TIGHT)
+    monkeypatch.setattr(module, "FUSED", False)
+    reference = _run(ours, tensors, (0, 2), reduction)
+    assert fused[1][1].shape == tensors[2].shape
+    for a, b in zip(fused[:2], reference[:2]):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
 @pytest.mark.parametrize("loss", sorted(WEIGHTED))
 def test_class_weights_of_another_length_are_left_to_the_reference(loss, monkeypatch):
     module, _, ours, tensors = _weighted_case(loss, monkeypatch)

@@ -1,0 +1,137 @@
+"""Fuzzing the Triton printer: random elementwise losses (test_fuzz's expressions) through the
+real pipeline, each one's generated Triton kernel run by Triton's interpreter on CPU
+(TRITON_INTERPRET=1) against the generated readable Function, in float64, away from kinks.
+
+The kernel is the fast path on CUDA; test_triton.py runs the shipped losses' kernels the same
+way. Fewer examples than test_fuzz (each one interprets a kernel): 30 in CI, and
+HYPOTHESIS_PROFILE=thorough's count otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import sympy as sp
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from test_fuzz import QUICK, REGRESSIONS, X, Y, expressions
+
+from lossgen.derive import derive
+from lossgen.emit import header
+from lossgen.format import format_source
+from lossgen.model import build_model
+from lossgen.render import render_loss
+from lossgen.verify import Errors, LossCase, _gradients, _leaves
+from lossgen.vocabulary import Loss
+
+pytestmark = [
+    # A kernel that fails falls back to torch with a RuntimeWarning: fail the test instead.
+    pytest.mark.filterwarnings(
+        "error:.*the Triton (rescale )?kernel failed:RuntimeWarning"
+    ),
+    # numpy, running the interpreter, warns of what masked-out lanes compute
+    pytest.mark.filterwarnings(
+        "ignore:(invalid value|divide by zero|overflow) encountered"
+    ),
+]
+
+_files = itertools.count()
+
+
+def written_module(expr: sp.Expr, directory: Path) -> tuple[LossCase, types.ModuleType]:
+    """The generated module for `expr`, imported from a file: triton reads a kernel's source
+    from its file."""
+    model = build_model(Loss("Fuzzed", expr), "fuzz.py")
+    source = format_source(
+        header(["fuzz.py"]) + render_loss(derive(model)), origin="fuzz"
+    )
+    name = f"fuzzed_triton_{next(_files)}"
+    path = directory / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules.pop(name, None)
+    return LossCase(model, module), module
+
+
+def check_kernel(expr: sp.Expr, directory: Path, interpreted_kernel) -> int:
+    """Compares the kernel's loss and gradients with the Function's; returns how many calls
+    ran the kernel."""
+    case, module = written_module(expr, directory)
+    if not hasattr(module, "TRITON_BLOCK"):
+        return 0  # no kernel: something in it has no Triton form (checked by its own tests)
+    launches = interpreted_kernel(module, TRITON_BLOCK=128)
+    errors = Errors(rtol=1e-6, atol=1e-8)
+    ran = 0
+    # params as Python floats (the kernel takes numbers), then as 0-dim tensors (pointers)
+    for seed, param_shape in enumerate((None, ())):
+        sample = case.away_from_kinks((((300,),), param_shape), seed=seed)
+        if case.kink_distance(sample) <= 1e-3:
+            continue
+        for reduction in ("sum", "mean"):
+            expected = case.generated(sample, reduction)
+            values = [expected[0], *expected[1]]
+            if not all(bool(torch.isfinite(v).all()) for v in values):
+                continue
+            if max(float(v.abs().max()) for v in values) > 1e8:
+                continue  # far outside what float64 rounding tolerances are set for
+            before = len(launches)
+            leaves = _leaves(sample)
+            with torch.enable_grad():
+                value = case.functional(*leaves, reduction=reduction)
+                grads = _gradients(value, [leaves[i] for i in sample.grad_positions])
+            ran += len(launches) > before
+            errors.compare((value.detach(), grads), expected)
+    assert (
+        errors.ok
+    ), f"{errors.detail} (max abs {errors.max_abs}, max rel {errors.max_rel})"
+    return ran
+
+
+@pytest.fixture(scope="module")
+def directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzzed_triton")
+
+
+@settings(
+    max_examples=settings.default.max_examples if QUICK else 30,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        # each example patches a module of its own; the environment setting is the same
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(expr=expressions)
+def test_random_losses_match_their_triton_kernel(
+    expr: sp.Expr, directory: Path, interpreted_kernel
+) -> None:
+    assume(check_kernel(expr, directory, interpreted_kernel) > 0)
+
+
+@pytest.mark.parametrize("expr", REGRESSIONS, ids=str)
+def test_fuzz_regression_kernels(
+    expr: sp.Expr, directory: Path, interpreted_kernel
+) -> None:
+    check_kernel(expr, directory, interpreted_kernel)
+
+
+def test_a_kernel_of_every_kind_of_node_ran(
+    directory: Path, interpreted_kernel
+) -> None:
+    # the harness itself: a loss with every kind of node has a kernel, and it ran
+    expr = (
+        sp.Max(X, Y)
+        + sp.log(1 + sp.exp(-sp.Abs(X)))
+        + sp.Piecewise((X**2, X > Y), (sp.sqrt(1 + Y**2), True))
+        + sp.Heaviside(Y) * sp.tanh(X)
+    )
+    assert check_kernel(expr, directory, interpreted_kernel) > 0
