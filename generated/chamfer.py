@@ -10,10 +10,13 @@ reduction="none" returns it without the dims every term reduced (dims 1, 2):
     loss = Mean(Min(distances, dim=1), dim=2) + Mean(Min(distances, dim=2), dim=1)
         LaTeX: \operatorname{Mean}_{2}\left(\operatorname{Min}_{1}\left(distances\right)\right) + \operatorname{Mean}_{1}\left(\operatorname{Min}_{2}\left(distances\right)\right)
 
-    d loss / d distances = Piecewise((1/(size_2*Sum(Piecewise((1, Eq(distances, Min(distances, dim=1))), (0, True)), dim=1)) + 1/(size_1*Sum(Piecewise((1, Eq(distances, Min(distances, dim=2))), (0, True)), dim=2)), Eq(distances, Min(distances, dim=1)) & Eq(distances, Min(distances, dim=2))), (1/(size_2*Sum(Piecewise((1, Eq(distances, Min(distances, dim=1))), (0, True)), dim=1)), Eq(distances, Min(distances, dim=1))), (1/(size_1*Sum(Piecewise((1, Eq(distances, Min(distances, dim=2))), (0, True)), dim=2)), Eq(distances, Min(distances, dim=2))), (0, True))
-        LaTeX: \begin{cases} \frac{1}{size_{2} \operatorname{Sum}_{1}\left(\begin{cases} 1 & \text{for}\: distances = \operatorname{Min}_{1}\left(distances\right) \\0 & \text{otherwise} \end{cases}\right)} + \frac{1}{size_{1} \operatorname{Sum}_{2}\left(\begin{cases} 1 & \text{for}\: distances = \operatorname{Min}_{2}\left(distances\right) \\0 & \text{otherwise} \end{cases}\right)} & \text{for}\: distances = \operatorname{Min}_{1}\left(distances\right) \wedge distances = \operatorname{Min}_{2}\left(distances\right) \\\frac{1}{size_{2} \operatorname{Sum}_{1}\left(\begin{cases} 1 & \text{for}\: distances = \operatorname{Min}_{1}\left(distances\right) \\0 & \text{otherwise} \end{cases}\right)} & \text{for}\: distances = \operatorname{Min}_{1}\left(distances\right) \\\frac{1}{size_{1} \operatorname{Sum}_{2}\left(\begin{cases} 1 & \text{for}\: distances = \operatorname{Min}_{2}\left(distances\right) \\0 & \text{otherwise} \end{cases}\right)} & \text{for}\: distances = \operatorname{Min}_{2}\left(distances\right) \\0 & \text{otherwise} \end{cases}
+    d loss / d distances = Tie(distances, Min(distances, dim=1))/(size_2*Sum(Tie(distances, Min(distances, dim=1)), dim=1)) + Tie(distances, Min(distances, dim=2))/(size_1*Sum(Tie(distances, Min(distances, dim=2)), dim=2))
+        LaTeX: \frac{\left[distances = \operatorname{Min}_{1}\left(distances\right)\right]}{size_{2} \operatorname{Sum}_{1}\left(\left[distances = \operatorname{Min}_{1}\left(distances\right)\right]\right)} + \frac{\left[distances = \operatorname{Min}_{2}\left(distances\right)\right]}{size_{1} \operatorname{Sum}_{2}\left(\left[distances = \operatorname{Min}_{2}\left(distances\right)\right]\right)}
 
-Operations per element: 9 in the forward, 37 in the backward
+Tie(b, m) is 1 where b equals m, its Max or Min over dims, else 0: tied extremes share the
+gradient, as in torch.amax and torch.amin.
+
+Operations per element: 9 in the forward, 20 in the backward
 (every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
 
 Three ways to use it, all with the same symbolic backward:
@@ -249,61 +252,31 @@ class ChamferFunction(torch.autograd.Function):
         upstream = _upstream(grad_output, ctx.reduction, shape)
         grad_distances = None
         if ctx.needs_input_grad[0]:
-            tmp0 = torch.amin(_expand_along(distances, 2, shape), dim=2, keepdim=True)
-            tmp1 = distances == tmp0
-            tmp2 = torch.sum(
-                _expand_along(
-                    torch.where(
-                        tmp1,
-                        1,
-                        torch.full(
-                            (), 0, dtype=distances.dtype, device=distances.device
-                        ),
-                    ),
-                    2,
-                    shape,
-                ),
-                dim=2,
-                keepdim=True,
+            tmp0 = torch.where(
+                distances
+                == torch.amin(_expand_along(distances, 2, shape), dim=2, keepdim=True),
+                1,
+                torch.full((), 0, dtype=distances.dtype, device=distances.device),
             )
-            tmp3 = torch.amin(_expand_along(distances, 1, shape), dim=1, keepdim=True)
-            tmp4 = tmp3 == distances
-            tmp5 = tmp0 == distances
-            tmp6 = tmp4 & tmp5
-            tmp7 = upstream / shape[1]
-            tmp8 = distances == tmp3
-            tmp9 = torch.sum(
-                _expand_along(
-                    torch.where(
-                        tmp8,
-                        1,
-                        torch.full(
-                            (), 0, dtype=distances.dtype, device=distances.device
-                        ),
-                    ),
-                    1,
-                    shape,
-                ),
-                dim=1,
-                keepdim=True,
+            tmp1 = torch.where(
+                distances
+                == torch.amin(_expand_along(distances, 1, shape), dim=1, keepdim=True),
+                1,
+                torch.full((), 0, dtype=distances.dtype, device=distances.device),
             )
-            tmp10 = upstream / shape[2]
-            tmp11 = ~tmp6
             grad_distances = _sum_to(
-                torch.where(
-                    tmp1 & tmp8,
-                    tmp10 / torch.where(tmp6, tmp9, 1)
-                    + tmp7 / torch.where(tmp6, tmp2, 1),
-                    torch.where(
-                        tmp8,
-                        tmp10 / torch.where(tmp11 & tmp4, tmp9, 1),
-                        torch.where(
-                            tmp1,
-                            tmp7
-                            / torch.where(tmp11 & tmp5 & (tmp3 != distances), tmp2, 1),
-                            0,
-                        ),
-                    ),
+                upstream
+                * (
+                    tmp1
+                    / (
+                        shape[2]
+                        * torch.sum(_expand_along(tmp1, 1, shape), dim=1, keepdim=True)
+                    )
+                    + tmp0
+                    / (
+                        shape[1]
+                        * torch.sum(_expand_along(tmp0, 2, shape), dim=2, keepdim=True)
+                    )
                 ),
                 shape,
                 distances.shape,
@@ -320,55 +293,31 @@ def _fused(distances, reduction, needs_grad):
     upstream = 1 / _keepdim_numel(shape) if reduction == "mean" else 1
     tmp0 = torch.amin(_expand_along(distances, 1, shape), dim=1, keepdim=True)
     tmp1 = torch.amin(_expand_along(distances, 2, shape), dim=2, keepdim=True)
-    tmp2 = distances == tmp1
-    tmp3 = torch.sum(
-        _expand_along(
-            torch.where(
-                tmp2,
-                1,
-                torch.full((), 0, dtype=distances.dtype, device=distances.device),
-            ),
-            2,
-            shape,
-        ),
-        dim=2,
-        keepdim=True,
+    tmp2 = torch.where(
+        distances == tmp1,
+        1,
+        torch.full((), 0, dtype=distances.dtype, device=distances.device),
     )
-    tmp4 = tmp0 == distances
-    tmp5 = tmp1 == distances
-    tmp6 = tmp4 & tmp5
-    tmp7 = upstream / shape[1]
-    tmp8 = distances == tmp0
-    tmp9 = torch.sum(
-        _expand_along(
-            torch.where(
-                tmp8,
-                1,
-                torch.full((), 0, dtype=distances.dtype, device=distances.device),
-            ),
-            1,
-            shape,
-        ),
-        dim=1,
-        keepdim=True,
+    tmp3 = torch.where(
+        distances == tmp0,
+        1,
+        torch.full((), 0, dtype=distances.dtype, device=distances.device),
     )
-    tmp10 = upstream / shape[2]
-    tmp11 = ~tmp6
     grad_distances = None
     if needs_grad[0]:
         grad_distances = _sum_to(
-            torch.where(
-                tmp2 & tmp8,
-                tmp10 / torch.where(tmp6, tmp9, 1) + tmp7 / torch.where(tmp6, tmp3, 1),
-                torch.where(
-                    tmp8,
-                    tmp10 / torch.where(tmp11 & tmp4, tmp9, 1),
-                    torch.where(
-                        tmp2,
-                        tmp7 / torch.where(tmp11 & tmp5 & (tmp0 != distances), tmp3, 1),
-                        0,
-                    ),
-                ),
+            upstream
+            * (
+                tmp3
+                / (
+                    shape[2]
+                    * torch.sum(_expand_along(tmp3, 1, shape), dim=1, keepdim=True)
+                )
+                + tmp2
+                / (
+                    shape[1]
+                    * torch.sum(_expand_along(tmp2, 2, shape), dim=2, keepdim=True)
+                )
             ),
             shape,
             distances.shape,

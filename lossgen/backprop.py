@@ -31,6 +31,7 @@ from lossgen.reductions import (
     Mean,
     Reduction,
     Sum,
+    Tie,
     constant_dims,
     covers,
     difference,
@@ -165,6 +166,6 @@ def _local_factor(node: Reduction, body: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
         return sp.exp(body - symbol)  # the softmax; <= 1, so it cannot overflow
     if isinstance(node, (Amax, Amin)):
         # torch.amax's convention: tied maxima share the gradient evenly.
-        tied = sp.Piecewise((1, sp.Eq(body, symbol)), (0, True))
+        tied = Tie(body, symbol)
         return tied / Sum(tied, _dim_argument(node.dims))
     raise NotImplementedError(type(node).__name__)

@@ -19,11 +19,16 @@ from lossgen.program import INTERMEDIATE_PREFIX, FusedProgram, Step, fused_progr
 from lossgen.reductions import (
     ALL,
     Dims,
+    LogSumExp,
     OneHot,
     Picked,
     Reduction,
+    Sum,
+    constant_dims,
+    covers,
     distributed_sums,
     outside_reductions_atoms,
+    size,
     xreplace_outside_reductions,
 )
 from lossgen.vocabulary import ParamSymbol, TensorSymbol
@@ -63,10 +68,33 @@ def compiled_program(
     if not sigmoids_only:
         shared = shared_tanh(shared)
     if constants is not None:
+        shared = [closed_form_reductions(expr, constants) for expr in shared]
         shared = [distributed_sums(expr, constants) for expr in shared]
     if shared == exprs:
         return None
     return fused_program(shared)
+
+
+def closed_form_reductions(expr: sp.Expr, constants: dict[sp.Symbol, Dims]) -> sp.Expr:
+    """`expr` with each reduction whose body is constant along its dims in closed form.
+
+    A loss that keeps a dim its reductions reduce (`Max(x, dim=1) + relu(x)`) has gradients
+    that sum the upstream gradient over that dim. In the fused body the upstream gradient is
+    a Python number (a sum or an unweighted mean), which torch cannot reduce: Sum(upstream, 1)
+    is upstream * size_1.
+    """
+
+    def closed_form(node: Reduction) -> sp.Expr:
+        body = node.body
+        if not covers(constant_dims(body, constants), node.dims):
+            return node
+        if isinstance(node, Sum):
+            return body * size(node.dims)
+        if isinstance(node, LogSumExp):
+            return body + sp.log(size(node.dims))
+        return body  # Mean, Max, Min of a constant
+
+    return expr.replace(lambda node: isinstance(node, Reduction), closed_form)
 
 
 def recomputed_after_reductions(program: FusedProgram) -> FusedProgram:

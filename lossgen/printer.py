@@ -30,6 +30,7 @@ from lossgen.reductions import (
     OneHot,
     Reduction,
     Sum,
+    Tie,
     constant_dims,
     covers,
     pick_parts,
@@ -98,6 +99,7 @@ SUPPORTED_NODES: tuple[type, ...] = (
     logsumexp,
     Reduction,
     OneHot,
+    Tie,
     sp.core.relational.Relational,
     sp.And,
     sp.Or,
@@ -412,6 +414,9 @@ class TorchCodePrinter(ConditionPrinter):
                 f"torch.where({self._print(condition)}, {self._print(value)}, {code})"
             )
         return code
+
+    def _print_Tie(self, expr: Tie) -> str:
+        return self._print_Piecewise(expr.as_piecewise())
 
     def _constant_tensor(self, code: str) -> str:
         """A number as a 0-dim tensor of the compute dtype and device."""

@@ -101,10 +101,12 @@ class Reduction(sp.Function):
         form = prettyForm(*form.parens())
         return prettyForm(*form.left(f"{self.display_name}[dim={self._dims_text()}]"))
 
-    def _latex(self, printer: Any) -> str:
-        return (
+    def _latex(self, printer: Any, exp: str | None = None) -> str:
+        # SymPy's Pow printer passes the exponent in (`Sum(x, 1)**2`)
+        return _with_exponent(
             rf"\operatorname{{{self.display_name}}}_{{{self._dims_text()}}}"
-            rf"\left({printer._print(self.body)}\right)"
+            rf"\left({printer._print(self.body)}\right)",
+            exp,
         )
 
 
@@ -180,8 +182,43 @@ class OneHot(sp.Function):
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         return sp.S.Zero  # integer-valued index: nothing to differentiate
 
-    def _latex(self, printer: Any) -> str:
-        return rf"\operatorname{{OneHot}}\left({printer._print(self.args[0])}\right)"
+    def _latex(self, printer: Any, exp: str | None = None) -> str:
+        return _with_exponent(
+            rf"\operatorname{{OneHot}}\left({printer._print(self.args[0])}\right)", exp
+        )
+
+
+def _with_exponent(latex: str, exp: str | None) -> str:
+    return latex if exp is None else rf"\left({latex}\right)^{{{exp}}}"
+
+
+class Tie(sp.Function):
+    """Tie(b, m): 1 where `b` equals `m`, its Max or Min over dims (m = Max(b, dim=...)); 0
+    elsewhere. The mask of torch.amax's backward (ties share the gradient), made by
+    lossgen.backprop.
+
+    A node of its own, not Piecewise((1, Eq(b, m)), (0, True)): SymPy rewrites such an
+    equality (Eq(3*b, m) into Eq(b, m/3)), and in floating point the rewritten side can differ
+    from the value the extreme was taken of, so the mask missed it. Stages that simplify keep
+    `b` the very body of `m` (see outside_reductions).
+    """
+
+    nargs = 2
+
+    def _eval_is_real(self) -> bool:
+        return True
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.S.Zero  # piecewise constant
+
+    def as_piecewise(self) -> sp.Piecewise:
+        """The same mask as a Piecewise of the equality, left as it is (for the printers)."""
+        condition = sp.Eq(*self.args, evaluate=False)
+        return sp.Piecewise((1, condition), (0, True), evaluate=False)
+
+    def _latex(self, printer: Any, exp: str | None = None) -> str:
+        body, extreme = (printer._print(arg) for arg in self.args)
+        return _with_exponent(rf"\left[{body} = {extreme}\right]", exp)
 
 
 def is_class_index(symbol: object) -> bool:
@@ -466,11 +503,11 @@ def outside_reductions(
     body (`Sum(Piecewise((a, c), (b, True)))` into `Piecewise((Sum(a), c), (Sum(b), True))`),
     which is wrong wherever c varies along the reduced dims. Hidden, it cannot.
     """
-    outermost: list[Reduction] = []
+    outermost: list[sp.Basic] = []
     stack = [expr]
     while stack:
         node = stack.pop()
-        if isinstance(node, Reduction):
+        if isinstance(node, (Reduction, Tie)):
             if node not in outermost:
                 outermost.append(node)
         else:
@@ -480,11 +517,18 @@ def outside_reductions(
     hidden = {
         node: sp.Symbol(f"_reduction{i}", real=True) for i, node in enumerate(outermost)
     }
-    shown = {
-        symbol: node.func(outside_reductions(node.body, transform), node.args[1])
-        for node, symbol in hidden.items()
-    }
-    return transform(expr.xreplace(hidden)).xreplace(shown)
+
+    def shown(node: sp.Basic) -> sp.Basic:
+        if isinstance(node, Tie) and isinstance(node.args[1], (Amax, Amin)):
+            # the body compared is the extreme's own body, transformed once (see Tie)
+            extreme = shown(node.args[1])
+            return Tie(extreme.body, extreme)  # type: ignore[attr-defined]
+        if isinstance(node, Tie):
+            return Tie(*(outside_reductions(arg, transform) for arg in node.args))
+        return node.func(outside_reductions(node.body, transform), node.args[1])
+
+    back = {symbol: shown(node) for node, symbol in hidden.items()}
+    return transform(expr.xreplace(hidden)).xreplace(back)
 
 
 def distributed_sums(expr: sp.Expr, known: dict[sp.Symbol, Dims]) -> sp.Expr:

@@ -16,7 +16,17 @@ import torch
 from sympy.codegen.cfunctions import expm1, log1p
 
 from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
-from lossgen.reductions import ALL, Amax, Amin, Dims, LogSumExp, Mean, OneHot, Sum
+from lossgen.reductions import (
+    ALL,
+    Amax,
+    Amin,
+    Dims,
+    LogSumExp,
+    Mean,
+    OneHot,
+    Sum,
+    Tie,
+)
 from lossgen.vocabulary import clamp, relu
 
 Value = torch.Tensor | float | bool
@@ -144,6 +154,8 @@ class _Evaluator:
             return float(node)
         if isinstance(node, sp.Piecewise):
             return self.piecewise(node)
+        if isinstance(node, Tie):
+            return self.piecewise(node.as_piecewise())
         args = [self.visit(arg) for arg in node.args]
         if isinstance(node, sp.Add):
             return functools.reduce(operator.add, args)

@@ -22,6 +22,7 @@ from lossgen.program import Program, Step, needed_steps
 from lossgen.reductions import (
     ALL,
     OneHot,
+    Tie,
     one_hot_split,
     outside_reductions_atoms,
     spread_parts,
@@ -240,6 +241,7 @@ def render_loss(derived: DerivedLoss) -> str:
             (model.arguments.index(a), a) for a in model.tensors if not a.differentiable
         ],
         "formulas": formulas,
+        "uses_tie": any(g.derivative.has(Tie) for g in derived.gradients),
         "fused_lines": fused_lines,
         "fused_loss": fused_loss,
         "fused_gradients": fused_gradients,
@@ -426,7 +428,12 @@ def _fused_code(
             )
             continue
         code = print_torch(result, names, like, compiled=True)
-        binds_tightly = precedence(result) >= PRECEDENCE["Mul"]
+        upstream_only = result.free_symbols <= {UPSTREAM, UPSTREAM_WEIGHT}
+        if result.free_symbols and upstream_only:
+            # the upstream gradient alone (d Sum(x, 1) / dx), a Python number where the
+            # reduction is a sum or an unweighted mean: a tensor for _sum_to to expand
+            code = f"torch.as_tensor({code}, dtype={like}.dtype, device={like}.device)"
+        binds_tightly = upstream_only or precedence(result) >= PRECEDENCE["Mul"]
         factor = code if binds_tightly else f"({code})"
         constant = not result.free_symbols
         gradients.append(

@@ -17,7 +17,7 @@ the row block by block.
   Sum(a) plus b at the class index: a gather of the index's element of each tensor, loaded once
   per row, not a pass (cross-entropy's Pick(x, target) is x[target]).
 - The tie count of a Max or Min (the denominator of its gradient, backprop's
-  Sum(Piecewise((1, Eq(body, max)), (0, True)))) is counted in the same pass as the extreme:
+  Sum(Tie(body, max))) is counted in the same pass as the extreme:
   reset where the running extreme grows.
 - A last pass computes every gradient elementwise and writes each once; the loss of a row is
   one row value where the loss drops the row's dim, else it is summed in that last pass.
@@ -53,6 +53,7 @@ from lossgen.reductions import (
     OneHot,
     Reduction,
     Sum,
+    Tie,
 )
 from lossgen.triton_printer import TritonCodePrinter, triton_unsupported_nodes
 
@@ -334,22 +335,14 @@ class _Builder:
         return next(a.level for a in self.accumulating if symbol in (a.symbol, a.count))
 
     def _tie_count(self, body: sp.Expr) -> sp.Symbol | None:
-        """Sum(Piecewise((1, Eq(b, m)), (0, True))) with m = Max(b): counted with m."""
-        if not (
-            isinstance(body, sp.Piecewise)
-            and len(body.args) == 2
-            and body.args[0].expr == 1
-            and body.args[1].expr == 0
-            and body.args[1].cond == sp.true
-            and isinstance(body.args[0].cond, sp.Eq)
-        ):
+        """Sum(Tie(b, m)) with m = Max(b): counted with m."""
+        if not isinstance(body, Tie):
             return None
-        sides = body.args[0].cond.args
         for extreme in self.accumulating:
-            if extreme.kind in ("max", "min") and set(sides) == {
-                extreme.symbol,
+            if extreme.kind in ("max", "min") and body.args == (
                 extreme.body,
-            }:
+                extreme.symbol,
+            ):
                 if extreme.count is None:
                     extreme.count = next(self.placeholders)
                     self.row_symbols.add(extreme.count)

@@ -32,7 +32,7 @@ from sympy.printing.precedence import PRECEDENCE
 
 from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
 from lossgen.printer import ConditionPrinter, UnsupportedExpressionError
-from lossgen.reductions import DimSize
+from lossgen.reductions import DimSize, Tie
 from lossgen.vocabulary import clamp, guarded, relu
 
 # SymPy function -> Triton function of one or two blocks
@@ -85,6 +85,7 @@ SUPPORTED_NODES: tuple[type, ...] = (
     logsigmoid,
     xlogy,
     logsumexp,
+    Tie,
     sp.core.relational.Relational,
     sp.And,
     sp.Or,
@@ -305,6 +306,9 @@ class TritonCodePrinter(ConditionPrinter):
             condition_code = self._argument(condition)
             code = f"tl.where({condition_code}, {self._argument(value)}, {code})"
         return code
+
+    def _print_Tie(self, expr: Tie) -> str:
+        return self._print_Piecewise(expr.as_piecewise())
 
     def _argument(self, expr: sp.Basic) -> str:
         """`expr` printed as a function's argument: without parentheses around it all."""

@@ -23,7 +23,7 @@ from lossgen.printer import (
     print_torch,
     unsupported_nodes,
 )
-from lossgen.reductions import Amax, Amin, LogSumExp, Mean, OneHot, Sum
+from lossgen.reductions import Amax, Amin, LogSumExp, Mean, OneHot, Sum, Tie
 from lossgen.reference import evaluate
 from lossgen.vocabulary import Tensor, clamp, guarded, relu
 
@@ -715,6 +715,8 @@ CLASSES = torch.tensor([[2], [0], [1], [1]])
         (Sum(row, 1), lambda: ROW * 3),
         (a2 - LogSumExp(a2, -1), lambda: torch.log_softmax(A2, -1)),
         (OneHot(classes), lambda: torch.nn.functional.one_hot(CLASSES[:, 0], 3)),
+        # amax's backward mask: 1 at the maxima of each row, both of a tie
+        (Tie(a2, Amax(a2, 1)), lambda: (A2 == A2.amax(1, keepdim=True)).double()),
     ],
     ids=case_id,
 )
