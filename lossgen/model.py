@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 from sympy.core.function import AppliedUndef
+from sympy.logic.boolalg import ITE
 
 from lossgen.errors import SourceLocation, SpecError
 from lossgen.printer import SUPPORTED_NODES, unsupported_nodes
@@ -293,12 +294,28 @@ def _validate_expression(raw: object, what: str = "the loss") -> sp.Expr:
         raise SpecError(f"{what} is complex-valued: {expr}")
     if expr.has(sp.nan, sp.zoo):
         raise SpecError(f"{what} is undefined (nan or complex infinity): {expr}")
+    expr = _without_ite(expr)
     missing = unsupported_nodes(expr)
     if missing:
         outermost = _outermost_unsupported(expr) or missing
         where = "a loss expression" if what == "the loss" else what
         raise SpecError(f"unsupported in {where}: {', '.join(outermost)}")
     return expr
+
+
+def _without_ite(expr: sp.Expr) -> sp.Expr:
+    """`expr` with each ITE(c, a, b) written as (c & a) | (~c & b), which the printers know.
+
+    SymPy makes an ITE of a condition on a Piecewise (`Piecewise(...) > 0` in a Piecewise's
+    condition), so a spec need not have written one.
+    """
+    return expr.replace(
+        lambda node: isinstance(node, ITE),
+        lambda node: sp.Or(
+            sp.And(node.args[0], node.args[1]),
+            sp.And(sp.Not(node.args[0]), node.args[2]),
+        ),
+    )
 
 
 def _outermost_unsupported(expr: sp.Basic) -> list[str]:

@@ -261,6 +261,12 @@ REGRESSIONS: list[sp.Expr] = [
     # gradient to the lower one too.
     clamp(X, Y + 1, Y - 1),
     clamp(P / (relu(sp.Max(X, Y)) + 1), X - 1, Y + 1),
+    # A condition on a Piecewise: SymPy writes it as an ITE, which no printer knew ("unsupported
+    # in a loss expression: ITE").
+    sp.Piecewise(
+        (X, sp.Piecewise((X / 2, X < ONE / 2), (X - ONE / 2, True)) > 0),
+        (sp.Piecewise((X / 2, X < ONE / 2), (X - ONE / 2, True)), True),
+    ),
 ]
 
 

@@ -1,6 +1,7 @@
-"""Fuzzing the Triton printer: random elementwise losses (test_fuzz's expressions) through the
-real pipeline, each one's generated Triton kernel run by Triton's interpreter on CPU
-(TRITON_INTERPRET=1) against the generated readable Function, in float64, away from kinks.
+"""Fuzzing the Triton printers: random elementwise losses (test_fuzz's expressions) and losses
+over dim 1 (test_fuzz_reductions') through the real pipeline, each one's generated Triton
+kernel (or row kernel) run by Triton's interpreter on CPU (TRITON_INTERPRET=1) against the
+generated readable Function, in float64, away from kinks.
 
 The kernel is the fast path on CUDA; test_triton.py runs the shipped losses' kernels the same
 way. Fewer examples than test_fuzz (each one interprets a kernel): 30 in CI, and
@@ -20,14 +21,17 @@ import sympy as sp
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from test_fuzz import REGRESSIONS, X, Y, expressions
+from test_fuzz_reductions import REGRESSIONS as REGRESSIONS_OVER_DIMS
+from test_fuzz_reductions import T, losses_over_dims
 
+from lossgen import LogSumExp, Max, Mean, Min, Pick, Sum
 from lossgen.derive import derive
 from lossgen.emit import header
 from lossgen.format import format_source
 from lossgen.model import build_model
 from lossgen.render import render_loss
 from lossgen.verify import Errors, LossCase, _gradients, _leaves
-from lossgen.vocabulary import Loss
+from lossgen.vocabulary import Loss, relu
 
 pytestmark = [
     # A kernel that fails falls back to torch with a RuntimeWarning: fail the test instead.
@@ -65,14 +69,19 @@ def check_kernel(expr: sp.Expr, directory: Path, interpreted_kernel) -> int:
     """Compares the kernel's loss and gradients with the Function's; returns how many calls
     ran the kernel."""
     case, module = written_module(expr, directory)
-    if not hasattr(module, "TRITON_BLOCK"):
+    if hasattr(module, "TRITON_BLOCK"):  # elementwise: 300 elements, 3 programs
+        launches = interpreted_kernel(module, TRITON_BLOCK=128)
+        shape: tuple[int, ...] = (300,)
+    elif hasattr(module, "ROW_BLOCK"):  # over dim 1: rows of 37 in blocks of 16
+        launches = interpreted_kernel(module, ROW_BLOCK=16, ROW_MIN=0)
+        shape = (5, 37)
+    else:
         return 0  # no kernel: something in it has no Triton form (checked by its own tests)
-    launches = interpreted_kernel(module, TRITON_BLOCK=128)
     errors = Errors(rtol=1e-6, atol=1e-8)
     ran = 0
     # params as Python floats (the kernel takes numbers), then as 0-dim tensors (pointers)
     for seed, param_shape in enumerate((None, ())):
-        sample = case.away_from_kinks((((300,),), param_shape), seed=seed)
+        sample = case.away_from_kinks(((shape,), param_shape), seed=seed)
         if case.kink_distance(sample) <= 1e-3:
             continue
         for reduction in ("sum", "mean"):
@@ -122,11 +131,40 @@ def test_random_losses_match_their_triton_kernel(
     assume(check_kernel(expr, directory, interpreted_kernel) > 0)
 
 
-@pytest.mark.parametrize("expr", REGRESSIONS, ids=str)
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(expr=losses_over_dims)
+def test_random_losses_over_dims_match_their_row_kernel(
+    expr: sp.Expr, directory: Path, interpreted_kernel
+) -> None:
+    assume(check_kernel(expr, directory, interpreted_kernel) > 0)
+
+
+@pytest.mark.parametrize("expr", REGRESSIONS + REGRESSIONS_OVER_DIMS, ids=str)
 def test_fuzz_regression_kernels(
     expr: sp.Expr, directory: Path, interpreted_kernel
 ) -> None:
     check_kernel(expr, directory, interpreted_kernel)
+
+
+def test_a_row_kernel_of_every_reduction_ran(
+    directory: Path, interpreted_kernel
+) -> None:
+    expr = (
+        LogSumExp(X, 1)
+        - Pick(X, T)
+        + relu(Max(X - Y, dim=1))
+        + Mean(sp.tanh(Y), 1) * Min(X**2, dim=1)
+        + Sum(Y * sp.exp(-(X**2)), 1)
+    )
+    assert check_kernel(expr, directory, interpreted_kernel) > 0
 
 
 def test_a_kernel_of_every_kind_of_node_ran(
