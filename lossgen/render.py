@@ -399,6 +399,12 @@ def _fused_code(
         )
 
     lines = printed(fused.steps)
+    # the symbols that are tensors in _fused: its arguments (params made tensors before it),
+    # and the steps computed from them
+    tensors = {a.symbol for a in model.arguments}
+    for step in every_step:
+        if step.expr.free_symbols & tensors:
+            tensors.add(step.symbol)
     gradients = []
     for gradient, result, spread, split, own in zip(
         derived.gradients, fused.gradients, spreads, splits, own_steps
@@ -428,12 +434,12 @@ def _fused_code(
             )
             continue
         code = print_torch(result, names, like, compiled=True)
-        upstream_only = result.free_symbols <= {UPSTREAM, UPSTREAM_WEIGHT}
-        if result.free_symbols and upstream_only:
-            # the upstream gradient alone (d Sum(x, 1) / dx), a Python number where the
-            # reduction is a sum or an unweighted mean: a tensor for _sum_to to expand
+        number = result.free_symbols and not (result.free_symbols & tensors)
+        if number:
+            # of the upstream gradient and the sizes alone (d Mean(x, 1) / dx): a Python
+            # number where the reduction is a sum or an unweighted mean, a tensor for _sum_to
             code = f"torch.as_tensor({code}, dtype={like}.dtype, device={like}.device)"
-        binds_tightly = upstream_only or precedence(result) >= PRECEDENCE["Mul"]
+        binds_tightly = number or precedence(result) >= PRECEDENCE["Mul"]
         factor = code if binds_tightly else f"({code})"
         constant = not result.free_symbols
         gradients.append(
