@@ -10,11 +10,11 @@ reduction="none" returns it without the dims every term reduced (dim 1):
     loss = Sum((logits_p - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_p, dim=1) + log(2))*exp(logits_p - LogSumExp(logits_p, dim=1)) + (logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1) + log(2))*exp(logits_q - LogSumExp(logits_q, dim=1)), dim=1)/2
         LaTeX: \frac{\operatorname{Sum}_{1}\left(\left(logits_{p} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right) + \log{\left(2 \right)}\right) e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} + \left(logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) + \log{\left(2 \right)}\right) e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)}\right)}{2}
 
-    d loss / d logits_p = ((logits_p - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_p, dim=1) + log(2))*exp(logits_p - LogSumExp(logits_p, dim=1)) - exp(logits_p - LogSumExp(logits_p, dim=1))*expm1(logits_p - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_p, dim=1)) + exp(logits_p - LogSumExp(logits_p, dim=1))*Sum(-(logits_p - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_p, dim=1) + log(2))*exp(logits_p - LogSumExp(logits_p, dim=1)) + exp(logits_p - LogSumExp(logits_p, dim=1))*expm1(logits_p - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_p, dim=1)) + exp(logits_q - LogSumExp(logits_q, dim=1))*exp(logits_p - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_p, dim=1)), dim=1) - exp(logits_q - LogSumExp(logits_q, dim=1))*exp(logits_p - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_p, dim=1)))/2
-        LaTeX: \frac{\left(logits_{p} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right) + \log{\left(2 \right)}\right) e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} - e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} \operatorname{expm}_{1}{\left(logits_{p} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right) \right)} + e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} \operatorname{Sum}_{1}\left(- \left(logits_{p} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right) + \log{\left(2 \right)}\right) e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} + e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} \operatorname{expm}_{1}{\left(logits_{p} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right) \right)} + e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} e^{logits_{p} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)}\right) - e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} e^{logits_{p} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)}}{2}
+    d loss / d logits_p = (logits_p - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_p, dim=1) + log(2))*exp(logits_p - LogSumExp(logits_p, dim=1))/2 + exp(logits_p - LogSumExp(logits_p, dim=1))*Sum(-(logits_p - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_p, dim=1) + log(2))*exp(logits_p - LogSumExp(logits_p, dim=1)) + exp(logits_p - LogSumExp(logits_p, dim=1))*expm1(logits_p - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_p, dim=1)) + exp(logits_q - LogSumExp(logits_q, dim=1))*exp(logits_p - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_p, dim=1)), dim=1)/2 - exp(logits_p - LogSumExp(logits_p, dim=1))*expm1(logits_p - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_p, dim=1))/2 - exp(logits_q - LogSumExp(logits_q, dim=1))*exp(logits_p - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_p, dim=1))/2
+        LaTeX: \frac{\left(logits_{p} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right) + \log{\left(2 \right)}\right) e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)}}{2} + \frac{e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} \operatorname{Sum}_{1}\left(- \left(logits_{p} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right) + \log{\left(2 \right)}\right) e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} + e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} \operatorname{expm}_{1}{\left(logits_{p} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right) \right)} + e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} e^{logits_{p} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)}\right)}{2} - \frac{e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} \operatorname{expm}_{1}{\left(logits_{p} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right) \right)}}{2} - \frac{e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} e^{logits_{p} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)}}{2}
 
-    d loss / d logits_q = ((logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1) + log(2))*exp(logits_q - LogSumExp(logits_q, dim=1)) - exp(logits_p - LogSumExp(logits_p, dim=1))*exp(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1)) - exp(logits_q - LogSumExp(logits_q, dim=1))*expm1(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1)) + exp(logits_q - LogSumExp(logits_q, dim=1))*Sum(-(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1) + log(2))*exp(logits_q - LogSumExp(logits_q, dim=1)) + exp(logits_p - LogSumExp(logits_p, dim=1))*exp(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1)) + exp(logits_q - LogSumExp(logits_q, dim=1))*expm1(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1)), dim=1))/2
-        LaTeX: \frac{\left(logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) + \log{\left(2 \right)}\right) e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} - e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} e^{logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} - e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} \operatorname{expm}_{1}{\left(logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} + e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} \operatorname{Sum}_{1}\left(- \left(logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) + \log{\left(2 \right)}\right) e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} + e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} e^{logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} + e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} \operatorname{expm}_{1}{\left(logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)}\right)}{2}
+    d loss / d logits_q = (logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1) + log(2))*exp(logits_q - LogSumExp(logits_q, dim=1))/2 - exp(logits_p - LogSumExp(logits_p, dim=1))*exp(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1))/2 + exp(logits_q - LogSumExp(logits_q, dim=1))*Sum(-(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1) + log(2))*exp(logits_q - LogSumExp(logits_q, dim=1)) + exp(logits_p - LogSumExp(logits_p, dim=1))*exp(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1)) + exp(logits_q - LogSumExp(logits_q, dim=1))*expm1(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1)), dim=1)/2 - exp(logits_q - LogSumExp(logits_q, dim=1))*expm1(logits_q - logsumexp(logits_p - LogSumExp(logits_p, dim=1), logits_q - LogSumExp(logits_q, dim=1)) - LogSumExp(logits_q, dim=1))/2
+        LaTeX: \frac{\left(logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) + \log{\left(2 \right)}\right) e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)}}{2} - \frac{e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} e^{logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)}}{2} + \frac{e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} \operatorname{Sum}_{1}\left(- \left(logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) + \log{\left(2 \right)}\right) e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} + e^{logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right)} e^{logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} + e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} \operatorname{expm}_{1}{\left(logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)}\right)}{2} - \frac{e^{logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right)} \operatorname{expm}_{1}{\left(logits_{q} - \operatorname{logsumexp}{\left(logits_{p} - \operatorname{LogSumExp}_{1}\left(logits_{p}\right),logits_{q} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)} - \operatorname{LogSumExp}_{1}\left(logits_{q}\right) \right)}}{2}
 
 Operations per element: 19 in the forward, 52 in the backward
 (every gradient; tensor ops in the code below, reduction and gradient scaling not counted).
@@ -275,47 +275,47 @@ class JensenShannonFunction(torch.autograd.Function):
         logits_p, logits_q = ctx.saved_tensors
         shape = torch.broadcast_shapes(logits_p.shape, logits_q.shape)
         upstream = _upstream(grad_output, ctx.reduction, shape)
-        tmp0 = upstream / 2
-        tmp1 = torch.logsumexp(_expand_along(logits_p, 1, shape), dim=1, keepdim=True)
-        tmp2 = -tmp1 + logits_p
-        tmp3 = torch.exp(tmp2)
-        tmp4 = torch.logsumexp(_expand_along(logits_q, 1, shape), dim=1, keepdim=True)
-        tmp5 = -tmp4 + logits_q
-        tmp6 = torch.logaddexp(tmp2, tmp5)
-        tmp7 = -tmp6 + math.log(2)
-        tmp11 = torch.exp(tmp5)
+        tmp0 = torch.logsumexp(_expand_along(logits_p, 1, shape), dim=1, keepdim=True)
+        tmp1 = -tmp0 + logits_p
+        tmp2 = torch.exp(tmp1)
+        tmp3 = torch.logsumexp(_expand_along(logits_q, 1, shape), dim=1, keepdim=True)
+        tmp4 = -tmp3 + logits_q
+        tmp5 = torch.logaddexp(tmp1, tmp4)
+        tmp6 = -tmp5 + math.log(2)
+        tmp10 = torch.exp(tmp4)
+        tmp12 = upstream / 2
         grad_logits_p = None
         grad_logits_q = None
         if ctx.needs_input_grad[0]:
-            tmp8 = tmp3 * (tmp2 + tmp7)
-            tmp9 = -tmp1 - tmp6 + logits_p
-            tmp10 = tmp3 * torch.expm1(tmp9)
-            tmp12 = tmp11 * torch.exp(tmp9)
+            tmp7 = tmp2 * (tmp1 + tmp6)
+            tmp8 = -tmp0 - tmp5 + logits_p
+            tmp9 = tmp2 * torch.expm1(tmp8)
+            tmp11 = tmp10 * torch.exp(tmp8)
             grad_logits_p = _sum_to(
-                tmp0
+                tmp12
                 * (
-                    -tmp10
-                    - tmp12
-                    + tmp3
+                    -tmp11
+                    + tmp2
                     * torch.sum(
-                        _expand_along(tmp10 + tmp12 - tmp8, 1, shape),
+                        _expand_along(tmp11 - tmp7 + tmp9, 1, shape),
                         dim=1,
                         keepdim=True,
                     )
-                    + tmp8
+                    + tmp7
+                    - tmp9
                 ),
                 shape,
                 logits_p.shape,
             )
         if ctx.needs_input_grad[1]:
-            tmp13 = tmp11 * (tmp5 + tmp7)
-            tmp14 = -tmp4 - tmp6 + logits_q
-            tmp15 = tmp3 * torch.exp(tmp14)
-            tmp16 = tmp11 * torch.expm1(tmp14)
+            tmp13 = tmp10 * (tmp4 + tmp6)
+            tmp14 = -tmp3 - tmp5 + logits_q
+            tmp15 = tmp2 * torch.exp(tmp14)
+            tmp16 = tmp10 * torch.expm1(tmp14)
             grad_logits_q = _sum_to(
-                tmp0
+                tmp12
                 * (
-                    tmp11
+                    tmp10
                     * torch.sum(
                         _expand_along(-tmp13 + tmp15 + tmp16, 1, shape),
                         dim=1,
@@ -349,10 +349,10 @@ def _fused(logits_p, logits_q, reduction, needs_grad):
     tmp7 = tmp2 * (tmp1 + tmp6)
     tmp8 = torch.exp(tmp4)
     tmp9 = tmp8 * (tmp4 + tmp6)
-    tmp10 = upstream / 2
-    tmp11 = -tmp0 - tmp5 + logits_p
-    tmp12 = tmp2 * _expm1(tmp11)
-    tmp13 = tmp8 * torch.exp(tmp11)
+    tmp10 = -tmp0 - tmp5 + logits_p
+    tmp11 = tmp2 * _expm1(tmp10)
+    tmp12 = tmp8 * torch.exp(tmp10)
+    tmp13 = upstream / 2
     tmp14 = -tmp3 - tmp5 + logits_q
     tmp15 = tmp2 * torch.exp(tmp14)
     tmp16 = tmp8 * _expm1(tmp14)
@@ -371,11 +371,11 @@ def _fused(logits_p, logits_q, reduction, needs_grad):
         tmp25 = tmp18 * _expm1(tmp24)
         tmp26 = tmp23 * torch.exp(tmp24)
         grad_logits_p = _sum_to(
-            tmp10
+            tmp13
             * (
                 tmp18
                 * torch.sum(
-                    _expand_along(tmp12 + tmp13 - tmp7, 1, shape), dim=1, keepdim=True
+                    _expand_along(tmp11 + tmp12 - tmp7, 1, shape), dim=1, keepdim=True
                 )
                 + tmp22
                 - tmp25
@@ -399,7 +399,7 @@ def _fused(logits_p, logits_q, reduction, needs_grad):
         tmp35 = tmp28 * torch.exp(tmp34)
         tmp36 = tmp32 * _expm1(tmp34)
         grad_logits_q = _sum_to(
-            tmp10
+            tmp13
             * (
                 tmp32
                 * torch.sum(

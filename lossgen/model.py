@@ -23,7 +23,6 @@ from lossgen.reductions import (
     covers,
     dims_text,
     has_reductions,
-    outside_reductions_atoms,
     reduced_dims,
 )
 from lossgen.vocabulary import REDUCTIONS, Loss, ParamSymbol, TensorSymbol
@@ -291,7 +290,7 @@ def _validate_expression(raw: object, what: str = "the loss") -> sp.Expr:
     # Not `isinstance(expr, Boolean)`: a Symbol is a Boolean too, and `Loss("L", x)` is valid.
     if not isinstance(expr, sp.Expr):
         raise SpecError(f"{what} must be a number-valued expression, not {expr}")
-    if expr.has(sp.I) or _certainly_complex(expr):
+    if expr.has(sp.I) or expr.is_real is False:
         raise SpecError(f"{what} is complex-valued: {expr}")
     if expr.has(sp.nan, sp.zoo):
         raise SpecError(f"{what} is undefined (nan or complex infinity): {expr}")
@@ -302,20 +301,6 @@ def _validate_expression(raw: object, what: str = "the loss") -> sp.Expr:
         where = "a loss expression" if what == "the loss" else what
         raise SpecError(f"unsupported in {where}: {', '.join(outermost)}")
     return expr
-
-
-def _certainly_complex(expr: sp.Expr) -> bool:
-    """Whether SymPy proves `expr` not real, with each reduction asked about on its own.
-
-    Around a reduction whose body SymPy cannot prove real, its inference goes wrong:
-    log(1 + Sum(log(tanh(x) + 2), dim=1)**2) came out not real. A reduction stands in as a
-    real symbol, and its body is asked instead.
-    """
-    outermost = outside_reductions_atoms(expr, Reduction)
-    hidden = {node: sp.Dummy(real=True) for node in outermost}
-    if expr.xreplace(hidden).is_real is False:
-        return True
-    return any(_certainly_complex(node.body) for node in outermost)
 
 
 def _without_ite(expr: sp.Expr) -> sp.Expr:

@@ -79,6 +79,11 @@ class Reduction(sp.Function):
     def _eval_is_real(self) -> bool | None:
         return self.args[0].is_real
 
+    def _eval_is_commutative(self) -> bool:
+        # a number per element; SymPy would ask the dims' Tuple too, and with None for it,
+        # infers nonsense (log(1 + Sum(log(tanh(x) + 2), 1)**2) "not real")
+        return True
+
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         raise NotImplementedError("reductions are differentiated by lossgen.backprop")
 

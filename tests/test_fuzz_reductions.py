@@ -107,8 +107,8 @@ REGRESSIONS: list[sp.Expr] = [
     # The tie mask compared a rewritten form of the body with its Min (SymPy had turned
     # Eq(3*b, m) into Eq(b, m/3)): in floating point it missed the Min, a zero gradient.
     Min(3 / (sp.exp(Y) + ONE / 2), dim=1),
-    # SymPy's inference called this not real (a body it cannot prove real, inside a log):
-    # "the loss is complex-valued".
+    # SymPy called this not real ("the loss is complex-valued"): a reduction's commutativity
+    # was unknown (its dims' Tuple), and its inference went wrong from there.
     sp.log(1 + Sum(sp.log(sp.tanh(X) + 2), 1) ** 2),
 ]
 
