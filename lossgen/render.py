@@ -434,7 +434,7 @@ def _fused_code(
             )
             continue
         code = print_torch(result, names, like, compiled=True)
-        number = result.free_symbols and not (result.free_symbols & tensors)
+        number = bool(result.free_symbols) and not result.free_symbols & tensors
         if number:
             # of the upstream gradient and the sizes alone (d Mean(x, 1) / dx): a Python
             # number where the reduction is a sum or an unweighted mean, a tensor for _sum_to

@@ -165,7 +165,7 @@ def check_against_autograd(expr: sp.Expr) -> int:
         sample = case.away_from_kinks(shapes, seed=index)
         if case.kink_distance(sample) <= 1e-3:
             continue  # every draw lands next to a kink: skip this shape case
-        for reduction in ("none", "sum", "mean"):
+        for reduction in ("none", "sum"):
             expected = case.reference(sample, reduction)
             values = [expected[0], *expected[1]]
             if not all(bool(torch.isfinite(v).all()) for v in values):
@@ -174,7 +174,7 @@ def check_against_autograd(expr: sp.Expr) -> int:
                 continue  # far outside what float64 rounding tolerances are set for
             errors.compare(case.generated(sample, reduction), expected)
             compared += 1
-            if reduction != "none":  # the fast path reduces
+            if reduction == "sum":  # the fast path reduces; grad_output 0.5 rescales
                 nodes: list[str] = []
                 call = case.functional_noting(reduction, nodes)
                 errors.compare(case.generated(sample, reduction, call), expected)
@@ -208,15 +208,17 @@ def check_against_autograd(expr: sp.Expr) -> int:
     return fused
 
 
-# At least 100 examples in CI (the same ones each run: the "ci" profile is derandomized; 200
-# took 2.5 of the suite's 8 minutes); more when the profile (tests/conftest.py) asks for more,
-# e.g. 5000 with HYPOTHESIS_PROFILE=thorough.
-FUZZ_EXAMPLES = max(100, settings.default.max_examples)
-QUICK = settings.default.max_examples < 100  # HYPOTHESIS_PROFILE=quick, for iterating
+# 60 examples in CI, the same ones each run (the "ci" profile is derandomized), beside the
+# fuzzers of tests/test_fuzz_reductions.py and tests/test_fuzz_triton.py: ~1.2 s each with the
+# fast path compared too; the profile's own count where it sets one, e.g. 5000 with
+# HYPOTHESIS_PROFILE=thorough (tests/conftest.py), which explores.
+FUZZ_EXAMPLES = (
+    60 if settings.default.max_examples == 100 else settings.default.max_examples
+)
 
 
 @settings(
-    max_examples=settings.default.max_examples if QUICK else FUZZ_EXAMPLES,
+    max_examples=FUZZ_EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
