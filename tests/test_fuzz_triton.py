@@ -116,8 +116,7 @@ EXAMPLES = 30 if settings.default.max_examples == 100 else settings.default.max_
 ROW_EXAMPLES = 15 if settings.default.max_examples == 100 else EXAMPLES
 
 
-@settings(
-    max_examples=EXAMPLES,
+FUZZ_SETTINGS = settings(
     deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,
@@ -126,6 +125,9 @@ ROW_EXAMPLES = 15 if settings.default.max_examples == 100 else EXAMPLES
         HealthCheck.function_scoped_fixture,
     ],
 )
+
+
+@settings(FUZZ_SETTINGS, max_examples=EXAMPLES)
 @given(expr=expressions)
 def test_random_losses_match_their_triton_kernel(
     expr: sp.Expr, directory: Path, interpreted_kernel
@@ -133,15 +135,7 @@ def test_random_losses_match_their_triton_kernel(
     assume(check_kernel(expr, directory, interpreted_kernel) > 0)
 
 
-@settings(
-    max_examples=ROW_EXAMPLES,
-    deadline=None,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.filter_too_much,
-        HealthCheck.function_scoped_fixture,
-    ],
-)
+@settings(FUZZ_SETTINGS, max_examples=ROW_EXAMPLES)
 @given(expr=losses_over_dims)
 def test_random_losses_over_dims_match_their_row_kernel(
     expr: sp.Expr, directory: Path, interpreted_kernel
