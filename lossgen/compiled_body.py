@@ -19,16 +19,13 @@ from lossgen.program import INTERMEDIATE_PREFIX, FusedProgram, Step, fused_progr
 from lossgen.reductions import (
     ALL,
     Dims,
-    LogSumExp,
     OneHot,
     Picked,
     Reduction,
-    Sum,
     constant_dims,
     covers,
     distributed_sums,
     outside_reductions_atoms,
-    size,
     xreplace_outside_reductions,
 )
 from lossgen.vocabulary import ParamSymbol, TensorSymbol
@@ -85,14 +82,9 @@ def closed_form_reductions(expr: sp.Expr, constants: dict[sp.Symbol, Dims]) -> s
     """
 
     def closed_form(node: Reduction) -> sp.Expr:
-        body = node.body
-        if not covers(constant_dims(body, constants), node.dims):
+        if not covers(constant_dims(node.body, constants), node.dims):
             return node
-        if isinstance(node, Sum):
-            return body * size(node.dims)
-        if isinstance(node, LogSumExp):
-            return body + sp.log(size(node.dims))
-        return body  # Mean, Max, Min of a constant
+        return type(node).of_constant(node.body, node.dims)
 
     return expr.replace(lambda node: isinstance(node, Reduction), closed_form)
 

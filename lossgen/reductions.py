@@ -61,12 +61,16 @@ class Reduction(sp.Function):
             isinstance(s, DimSize) for s in body.free_symbols
         ):
             return None
-        count = size(dims_of(dims))
+        return cls.of_constant(body, dims_of(dims))
+
+    @classmethod
+    def of_constant(cls, body: sp.Expr, dims: Dims) -> sp.Expr:
+        """The reduction over `dims` of a body constant along them, in closed form."""
         if cls is Sum:
-            return body * count
+            return body * size(dims)
         if cls is LogSumExp:
-            return body + sp.log(count)
-        return body
+            return body + sp.log(size(dims))
+        return body  # Mean, Max, Min
 
     @property
     def body(self) -> sp.Expr:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import settings
 
 # Hypothesis profiles, chosen with HYPOTHESIS_PROFILE. "ci" (the default) keeps Hypothesis's
-# example counts (the fuzz test asks for at least 100 itself), draws the same examples on every
+# example counts (the fuzz tests set smaller ones under it), draws the same examples on every
 # run (a CI failure is reproducible, never a coin toss on an unrelated change) and drops the
 # per-example deadline, which a loaded CI machine would trip; "thorough" explores: 5000 random
 # examples per property, for a release or after touching derive/printer/templates; "quick"

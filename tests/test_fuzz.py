@@ -25,7 +25,7 @@ from lossgen.derive import derive
 from lossgen.emit import GeneratedFile, header
 from lossgen.errors import SpecError
 from lossgen.format import format_source
-from lossgen.model import build_model
+from lossgen.model import LossModel, build_model
 from lossgen.reference import evaluate
 from lossgen.render import render_loss
 from lossgen.verify import Errors, LossCase, _leaves, load_generated
@@ -134,14 +134,30 @@ def _assume(condition: bool) -> None:
         assert condition, "this example compares nothing: it cannot catch a regression"
 
 
-def generate_module(expr: sp.Expr) -> tuple[LossCase, types.ModuleType]:
-    """The generated module for `expr`, built by the same stages as `lossgen build`."""
+def generated_source(expr: sp.Expr) -> tuple[LossModel, str]:
+    """The model of `expr` and its generated file, by the same stages as `lossgen build`."""
     model = build_model(Loss("Fuzzed", expr), "fuzz.py")
-    derived = derive(model)
-    source = format_source(header(["fuzz.py"]) + render_loss(derived), origin="fuzz")
+    source = format_source(
+        header(["fuzz.py"]) + render_loss(derive(model)), origin="fuzz"
+    )
     _note(source)
+    return model, source
+
+
+def generate_module(expr: sp.Expr) -> tuple[LossCase, types.ModuleType]:
+    """The generated module for `expr`, executed from its source."""
+    model, source = generated_source(expr)
     module = load_generated(GeneratedFile("fuzzed.py", source))
     return LossCase(model, module), module
+
+
+def comparable(expected: tuple[torch.Tensor, list[torch.Tensor]]) -> bool:
+    """Whether a value and its gradients are finite and within what float64 rounding
+    tolerances are set for."""
+    values = [expected[0], *expected[1]]
+    if not all(bool(torch.isfinite(v).all()) for v in values):
+        return False
+    return max(float(v.abs().max()) for v in values) <= 1e8
 
 
 def check_against_autograd(expr: sp.Expr) -> int:
@@ -167,11 +183,8 @@ def check_against_autograd(expr: sp.Expr) -> int:
             continue  # every draw lands next to a kink: skip this shape case
         for reduction in ("none", "sum"):
             expected = case.reference(sample, reduction)
-            values = [expected[0], *expected[1]]
-            if not all(bool(torch.isfinite(v).all()) for v in values):
+            if not comparable(expected):
                 continue
-            if max(float(v.abs().max()) for v in values) > 1e8:
-                continue  # far outside what float64 rounding tolerances are set for
             errors.compare(case.generated(sample, reduction), expected)
             compared += 1
             if reduction == "sum":  # the fast path reduces; grad_output 0.5 rescales

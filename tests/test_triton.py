@@ -207,9 +207,8 @@ def test_numbers_are_rounded_to_half_precision_as_torch_full_rounds_them(
     for value in values + ties + [-v for v in ties]:
         try:
             want = torch.full((), value, dtype=dtype).item()
-        except (
-            RuntimeError
-        ):  # beyond the dtype's range, before torch 2.8: so do the kernels
+        except RuntimeError:
+            # beyond the dtype's range, before torch 2.8: so do the kernels
             with pytest.raises(RuntimeError):
                 module._kernel_param(value, like)
             continue

@@ -591,9 +591,8 @@ def test_against_reference(loss: str, dtype: torch.dtype, reduction: str) -> Non
     if case.kinks is not None:
         kinks = case.kinks(generator)
         if case.theirs_at_kinks is not None:
-            if (
-                clamp_passes_its_bounds()
-            ):  # the formula is the built-in here: so checked
+            if clamp_passes_its_bounds():
+                # the formula is the built-in here: so it is checked against it
                 formula = dataclasses.replace(case, ours=case.theirs_at_kinks)
                 _compare(formula, kinks, dtype, reduction)
             else:
