@@ -823,7 +823,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cross-entropy",
         default=None,
-        help="ROWSxCLASSES softmax cross-entropy (default 8192x128256 on CUDA, none on CPU)",
+        help="ROWSxCLASSES softmax cross-entropy (default 8192x128256 on CUDA, none on CPU); "
+        "none: skip it",
     )
     parser.add_argument("--markdown", help="write the report to this file too")
     parser.add_argument(
@@ -923,7 +924,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.append("\n".join(f"- {note}" for note in notes) + "\n")
 
     ce_shape = args.cross_entropy or ("8192x128256" if cuda else None)
-    if ce_shape:
+    if ce_shape and ce_shape != "none":
         ce_rows, classes = (int(v) for v in ce_shape.lower().split("x"))
         (cross_entropy,) = [
             m for m in load_models(["specs/reductions.py"]) if m.name == "CrossEntropy"
