@@ -715,9 +715,8 @@ def table(rows: list[Row], itemsize: int, columns: Sequence[str]) -> str:
                 cells.append(f"{ratio:.2f}x")
             else:
                 cells.append("")
-        if (
-            "reference" in row.variants
-        ):  # the readable Function alone: lossgen v0's code
+        # the readable Function alone: lossgen v0's code
+        if "reference" in row.variants and "eager" in row.variants:
             ratio = median_ms(row.variants["eager"]) / median_ms(
                 row.variants["reference"]
             )

@@ -425,58 +425,37 @@ def _fused(input, heatmap, omega, theta, epsilon, power, reduction, needs_grad):
     tmp3 = 1 / epsilon
     tmp4 = tmp1 * tmp3
     tmp5 = power - heatmap
-    tmp6 = theta > tmp1
-    tmp7 = theta * tmp3
-    tmp8 = tmp7**tmp5
-    tmp9 = -power + heatmap + 1
-    tmp10 = omega * tmp5
-    tmp11 = tmp10 / (tmp7**tmp9 * (tmp8 + 1))
-    tmp12 = tmp1 != 0
-    tmp13 = tmp12 & tmp6
-    tmp14 = torch.sign(tmp0)
-    tmp15 = 1 / torch.where(tmp13, epsilon, 1)
-    tmp16 = torch.where(tmp13, tmp1 * tmp15, 1)
-    tmp17 = tmp16**tmp5
-    tmp18 = omega * tmp17 / torch.where(tmp13, tmp17 + 1, 1)
-    tmp19 = tmp18 * tmp5
-    tmp20 = tmp12 & (theta <= tmp1)
-    tmp21 = torch.where(tmp20, epsilon, 1)
-    tmp22 = 1 / tmp21
-    tmp23 = theta * tmp22
-    tmp24 = torch.where(tmp20, tmp23, 1)
-    tmp25 = tmp24 ** (-tmp9)
-    tmp26 = tmp24**tmp5
-    tmp27 = tmp26 + 1
-    tmp28 = torch.where(tmp20, tmp27, 1)
-    tmp29 = tmp25 / tmp28
-    tmp30 = tmp22 * tmp29
-    tmp31 = tmp1 * tmp5
-    tmp32 = tmp2 | tmp6
-    tmp33 = ~tmp32
-    tmp34 = 1 / torch.where(tmp33, epsilon, 1)
-    tmp35 = torch.where(tmp33, theta * tmp34, 1)
-    tmp36 = tmp35**tmp5
-    tmp37 = tmp36 + 1
-    tmp38 = theta * tmp5
-    tmp39 = -2 * power + 2 * heatmap + 1
-    tmp40 = tmp35 ** (-tmp39)
-    tmp41 = tmp37 / tmp35**tmp9
-    tmp42 = tmp28 ** (-2)
-    tmp43 = theta - tmp1
-    tmp44 = tmp5 / tmp24**tmp39
-    tmp45 = epsilon * tmp26 * tmp27
-    tmp46 = tmp25 * tmp27
+    tmp6 = tmp4**tmp5
+    tmp7 = torch.log1p(tmp6)
+    tmp8 = theta > tmp1
+    tmp9 = theta * tmp3
+    tmp10 = tmp9**tmp5
+    tmp11 = torch.log1p(tmp10)
+    tmp12 = -power + heatmap + 1
+    tmp13 = tmp9 ** (-tmp12)
+    tmp14 = tmp10 + 1
+    tmp15 = tmp13 * tmp5 / tmp14
+    tmp16 = tmp15 * tmp9
+    tmp17 = tmp15 * tmp4
+    tmp18 = torch.sign(tmp0)
+    tmp19 = omega * tmp6 / (tmp6 + 1)
+    tmp20 = tmp19 * tmp5
+    tmp21 = tmp9 ** (2 * power - 2 * heatmap - 1)
+    tmp22 = theta * tmp5
+    tmp23 = epsilon * tmp10 * tmp14
+    tmp24 = tmp1 * tmp5
+    tmp25 = tmp13 * tmp14
+    tmp26 = omega / tmp14**2
+    tmp27 = tmp26 * tmp3
+    tmp28 = theta - tmp1
+    tmp29 = tmp21 * tmp5
     grad_input = None
     if needs_grad[0]:
         grad_input = _sum_to(
             torch.where(
                 tmp2,
                 0,
-                torch.where(
-                    tmp6,
-                    -tmp14 * tmp19 / torch.where(tmp13, tmp1, 1),
-                    -tmp10 * tmp14 * tmp30,
-                ),
+                torch.where(tmp8, -tmp18 * tmp20 / tmp1, -omega * tmp15 * tmp18 * tmp3),
             )
             * upstream,
             shape,
@@ -485,17 +464,7 @@ def _fused(input, heatmap, omega, theta, epsilon, power, reduction, needs_grad):
     grad_omega = None
     if needs_grad[2]:
         grad_omega = _sum_to(
-            torch.where(
-                tmp2,
-                0,
-                torch.where(
-                    tmp6,
-                    torch.log1p(torch.where(tmp13, tmp17, 1)),
-                    -tmp23 * tmp29 * tmp5
-                    + tmp30 * tmp31
-                    + torch.log1p(torch.where(tmp20, tmp26, 1)),
-                ),
-            )
+            torch.where(tmp2, 0, torch.where(tmp8, tmp7, tmp11 - tmp16 + tmp17))
             * upstream,
             shape,
             omega.shape,
@@ -504,18 +473,18 @@ def _fused(input, heatmap, omega, theta, epsilon, power, reduction, needs_grad):
     if needs_grad[3]:
         grad_theta = _sum_to(
             torch.where(
-                tmp32,
+                tmp2 | tmp8,
                 0,
-                tmp10
-                * tmp34
+                tmp27
+                * tmp5
                 * (
-                    epsilon * tmp36 * tmp37
-                    - theta * tmp41 * tmp5
-                    - tmp1 * tmp41 * tmp9
-                    - tmp31 * tmp40
-                    + tmp38 * tmp40
+                    -theta * tmp25 * tmp5
+                    - tmp1 * tmp12 * tmp25
+                    + tmp21 * tmp22
+                    - tmp21 * tmp24
+                    + tmp23
                 )
-                / (torch.where(tmp33, theta, 1) * torch.where(tmp33, tmp37, 1) ** 2),
+                / theta,
             )
             * upstream,
             shape,
@@ -528,16 +497,16 @@ def _fused(input, heatmap, omega, theta, epsilon, power, reduction, needs_grad):
                 tmp2,
                 0,
                 torch.where(
-                    tmp6,
-                    -tmp15 * tmp19,
-                    tmp10
-                    * tmp42
+                    tmp8,
+                    -tmp20 * tmp3,
+                    tmp26
+                    * tmp5
                     * (
-                        -tmp43 * tmp44
-                        - tmp45
-                        + tmp46 * (-theta * tmp9 + theta + tmp1 * tmp9 - tmp1)
+                        -tmp23
+                        + tmp25 * (-theta * tmp12 + theta + tmp1 * tmp12 - tmp1)
+                        - tmp28 * tmp29
                     )
-                    / tmp21**2,
+                    / epsilon**2,
                 ),
             )
             * upstream,
@@ -551,15 +520,13 @@ def _fused(input, heatmap, omega, theta, epsilon, power, reduction, needs_grad):
                 tmp2,
                 0,
                 torch.where(
-                    tmp6,
-                    _xlogy(tmp18, tmp16),
-                    omega
-                    * tmp22
-                    * tmp42
+                    tmp8,
+                    _xlogy(tmp19, tmp4),
+                    tmp27
                     * (
-                        tmp46 * (-tmp43 + _xlogy(tmp31, tmp24) - _xlogy(tmp38, tmp24))
-                        + _xlogy(tmp45, tmp24)
-                        + _xlogy(tmp43 * tmp44, tmp24)
+                        tmp25 * (-tmp28 - _xlogy(tmp22, tmp9) + _xlogy(tmp24, tmp9))
+                        + _xlogy(tmp23, tmp9)
+                        + _xlogy(tmp28 * tmp29, tmp9)
                     ),
                 ),
             )
@@ -574,9 +541,7 @@ def _fused(input, heatmap, omega, theta, epsilon, power, reduction, needs_grad):
             tmp2,
             0,
             torch.where(
-                tmp6,
-                omega * torch.log1p(tmp4**tmp5),
-                omega * torch.log1p(tmp8) + tmp11 * tmp4 - tmp11 * tmp7,
+                tmp8, omega * tmp7, omega * tmp11 - omega * tmp16 + omega * tmp17
             ),
         ),
         reduction,
@@ -793,55 +758,34 @@ def _load_triton():
         tmp3 = 1 / epsilon
         tmp4 = tmp1 * tmp3
         tmp5 = power - heatmap
-        tmp6 = theta > tmp1
-        tmp7 = theta * tmp3
-        tmp8 = libdevice.pow(tmp7, tmp5)
-        tmp9 = -power + heatmap + 1
-        tmp10 = omega * tmp5
-        tmp11 = tmp10 / (libdevice.pow(tmp7, tmp9) * (tmp8 + 1))
-        tmp12 = tmp1 != 0
-        tmp13 = tmp12 & tmp6
-        tmp14 = (tmp0 > 0).to(compute_dtype) - (tmp0 < 0).to(compute_dtype)
-        tmp15 = 1 / tl.where(tmp13, epsilon, 1.0)
-        tmp16 = tl.where(tmp13, tmp1 * tmp15, 1.0)
-        tmp17 = libdevice.pow(tmp16, tmp5)
-        tmp18 = omega * tmp17 / tl.where(tmp13, tmp17 + 1, 1.0)
-        tmp19 = tmp18 * tmp5
-        tmp20 = tmp12 & (theta <= tmp1)
-        tmp21 = tl.where(tmp20, epsilon, 1.0)
-        tmp22 = 1 / tmp21
-        tmp23 = theta * tmp22
-        tmp24 = tl.where(tmp20, tmp23, 1.0)
-        tmp25 = libdevice.pow(tmp24, -tmp9)
-        tmp26 = libdevice.pow(tmp24, tmp5)
-        tmp27 = tmp26 + 1
-        tmp28 = tl.where(tmp20, tmp27, 1.0)
-        tmp29 = tmp25 / tmp28
-        tmp30 = tmp22 * tmp29
-        tmp31 = tmp1 * tmp5
-        tmp32 = tmp2 | tmp6
-        tmp33 = ~tmp32
-        tmp34 = 1 / tl.where(tmp33, epsilon, 1.0)
-        tmp35 = tl.where(tmp33, theta * tmp34, 1.0)
-        tmp36 = libdevice.pow(tmp35, tmp5)
-        tmp37 = tmp36 + 1
-        tmp38 = theta * tmp5
-        tmp39 = -2 * power + 2 * heatmap + 1
-        tmp40 = libdevice.pow(tmp35, -tmp39)
-        tmp41 = tmp37 / libdevice.pow(tmp35, tmp9)
-        tmp42 = 1 / (tmp28 * tmp28)
-        tmp43 = theta - tmp1
-        tmp44 = tmp5 / libdevice.pow(tmp24, tmp39)
-        tmp45 = epsilon * tmp26 * tmp27
-        tmp46 = tmp25 * tmp27
+        tmp6 = libdevice.pow(tmp4, tmp5)
+        tmp7 = libdevice.log1p(tmp6)
+        tmp8 = theta > tmp1
+        tmp9 = theta * tmp3
+        tmp10 = libdevice.pow(tmp9, tmp5)
+        tmp11 = libdevice.log1p(tmp10)
+        tmp12 = -power + heatmap + 1
+        tmp13 = libdevice.pow(tmp9, -tmp12)
+        tmp14 = tmp10 + 1
+        tmp15 = tmp13 * tmp5 / tmp14
+        tmp16 = tmp15 * tmp9
+        tmp17 = tmp15 * tmp4
+        tmp18 = (tmp0 > 0).to(compute_dtype) - (tmp0 < 0).to(compute_dtype)
+        tmp19 = omega * tmp6 / (tmp6 + 1)
+        tmp20 = tmp19 * tmp5
+        tmp21 = libdevice.pow(tmp9, 2 * power - 2 * heatmap - 1)
+        tmp22 = theta * tmp5
+        tmp23 = epsilon * tmp10 * tmp14
+        tmp24 = tmp1 * tmp5
+        tmp25 = tmp13 * tmp14
+        tmp26 = omega / (tmp14 * tmp14)
+        tmp27 = tmp26 * tmp3
+        tmp28 = theta - tmp1
+        tmp29 = tmp21 * tmp5
         loss = tl.where(
             tmp2,
             0,
-            tl.where(
-                tmp6,
-                omega * libdevice.log1p(libdevice.pow(tmp4, tmp5)),
-                omega * libdevice.log1p(tmp8) + tmp11 * tmp4 - tmp11 * tmp7,
-            ),
+            tl.where(tmp8, omega * tmp7, omega * tmp11 - omega * tmp16 + omega * tmp17),
         )
         tl.store(loss_ptr + program, tl.sum(tl.where(in_bounds, loss, 0)) * upstream)
         if grad_input_ptr is not None:
@@ -850,9 +794,7 @@ def _load_triton():
                     tmp2,
                     0,
                     tl.where(
-                        tmp6,
-                        -tmp14 * tmp19 / tl.where(tmp13, tmp1, 1.0),
-                        -tmp10 * tmp14 * tmp30,
+                        tmp8, -tmp18 * tmp20 / tmp1, -omega * tmp15 * tmp18 * tmp3
                     ),
                 )
                 * upstream
@@ -860,17 +802,7 @@ def _load_triton():
             tl.store(grad_input_ptr + offsets, grad_input, mask=in_bounds)
         if grad_omega_ptr is not None:
             grad_omega = (
-                tl.where(
-                    tmp2,
-                    0,
-                    tl.where(
-                        tmp6,
-                        libdevice.log1p(tl.where(tmp13, tmp17, 1.0)),
-                        -tmp23 * tmp29 * tmp5
-                        + tmp30 * tmp31
-                        + libdevice.log1p(tl.where(tmp20, tmp26, 1.0)),
-                    ),
-                )
+                tl.where(tmp2, 0, tl.where(tmp8, tmp7, tmp11 - tmp16 + tmp17))
                 * upstream
             )
             grad_omega = tl.sum(tl.where(in_bounds, grad_omega, 0))
@@ -878,21 +810,18 @@ def _load_triton():
         if grad_theta_ptr is not None:
             grad_theta = (
                 tl.where(
-                    tmp32,
+                    tmp2 | tmp8,
                     0,
-                    tmp10
-                    * tmp34
+                    tmp27
+                    * tmp5
                     * (
-                        epsilon * tmp36 * tmp37
-                        - theta * tmp41 * tmp5
-                        - tmp1 * tmp41 * tmp9
-                        - tmp31 * tmp40
-                        + tmp38 * tmp40
+                        -theta * tmp25 * tmp5
+                        - tmp1 * tmp12 * tmp25
+                        + tmp21 * tmp22
+                        - tmp21 * tmp24
+                        + tmp23
                     )
-                    / (
-                        tl.where(tmp33, theta, 1.0)
-                        * (tl.where(tmp33, tmp37, 1.0) * tl.where(tmp33, tmp37, 1.0))
-                    ),
+                    / theta,
                 )
                 * upstream
             )
@@ -904,16 +833,16 @@ def _load_triton():
                     tmp2,
                     0,
                     tl.where(
-                        tmp6,
-                        -tmp15 * tmp19,
-                        tmp10
-                        * tmp42
+                        tmp8,
+                        -tmp20 * tmp3,
+                        tmp26
+                        * tmp5
                         * (
-                            -tmp43 * tmp44
-                            - tmp45
-                            + tmp46 * (-theta * tmp9 + theta + tmp1 * tmp9 - tmp1)
+                            -tmp23
+                            + tmp25 * (-theta * tmp12 + theta + tmp1 * tmp12 - tmp1)
+                            - tmp28 * tmp29
                         )
-                        / (tmp21 * tmp21),
+                        / (epsilon * epsilon),
                     ),
                 )
                 * upstream
@@ -926,27 +855,21 @@ def _load_triton():
                     tmp2,
                     0,
                     tl.where(
-                        tmp6,
-                        tl.where(tmp18 == 0, 0.0, tmp18 * libdevice.log(tmp16)),
-                        omega
-                        * tmp22
-                        * tmp42
+                        tmp8,
+                        tl.where(tmp19 == 0, 0.0, tmp19 * libdevice.log(tmp4)),
+                        tmp27
                         * (
-                            tmp46
+                            tmp25
                             * (
-                                -tmp43
-                                + tl.where(
-                                    tmp31 == 0, 0.0, tmp31 * libdevice.log(tmp24)
-                                )
-                                - tl.where(
-                                    tmp38 == 0, 0.0, tmp38 * libdevice.log(tmp24)
-                                )
+                                -tmp28
+                                - tl.where(tmp22 == 0, 0.0, tmp22 * libdevice.log(tmp9))
+                                + tl.where(tmp24 == 0, 0.0, tmp24 * libdevice.log(tmp9))
                             )
-                            + tl.where(tmp45 == 0, 0.0, tmp45 * libdevice.log(tmp24))
+                            + tl.where(tmp23 == 0, 0.0, tmp23 * libdevice.log(tmp9))
                             + tl.where(
-                                tmp43 * tmp44 == 0,
+                                tmp28 * tmp29 == 0,
                                 0.0,
-                                (tmp43 * tmp44) * libdevice.log(tmp24),
+                                (tmp28 * tmp29) * libdevice.log(tmp9),
                             )
                         ),
                     ),

@@ -249,10 +249,7 @@ def _fused(input, target, reduction, needs_grad):
             (
                 -input
                 + torch.where(
-                    tmp0,
-                    _xlogy(torch.abs(torch.sign(target)), torch.where(tmp0, target, 1))
-                    + 1,
-                    0,
+                    tmp0, _xlogy(torch.abs(torch.sign(target)), target) + 1, 0
                 )
             )
             * upstream,
@@ -455,7 +452,7 @@ def _load_triton():
                             (target > 0).to(compute_dtype)
                             - (target < 0).to(compute_dtype)
                         )
-                        * libdevice.log(tl.where(tmp0, target, 1.0)),
+                        * libdevice.log(target),
                     )
                     + 1,
                     0,

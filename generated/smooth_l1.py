@@ -231,31 +231,30 @@ def _fused(input, target, beta, reduction, needs_grad):
     """Loss and the gradients `needs_grad` asks for, in one pass; the fast path compiles this."""
     shape = torch.broadcast_shapes(input.shape, target.shape, beta.shape)
     upstream = 1 / shape.numel() if reduction == "mean" else 1
-    tmp0 = input - target
-    tmp1 = tmp0**2 / 2
-    tmp2 = torch.abs(tmp0)
-    tmp3 = beta > tmp2
-    tmp4 = torch.where(tmp3, beta, 1)
-    tmp5 = 1 / tmp4
-    tmp6 = torch.sign(tmp0)
+    tmp0 = 1 / beta
+    tmp1 = input - target
+    tmp2 = tmp1**2 / 2
+    tmp3 = torch.abs(tmp1)
+    tmp4 = beta > tmp3
+    tmp5 = torch.sign(tmp1)
     grad_input = None
     if needs_grad[0]:
         grad_input = _sum_to(
-            torch.where(tmp3, tmp0 * tmp5, tmp6) * upstream, shape, input.shape
+            torch.where(tmp4, tmp0 * tmp1, tmp5) * upstream, shape, input.shape
         )
     grad_target = None
     if needs_grad[1]:
         grad_target = _sum_to(
-            torch.where(tmp3, -tmp0 * tmp5, -tmp6) * upstream, shape, target.shape
+            torch.where(tmp4, -tmp0 * tmp1, -tmp5) * upstream, shape, target.shape
         )
     grad_beta = None
     if needs_grad[2]:
         grad_beta = _sum_to(
-            torch.where(tmp3, -tmp1 / tmp4**2, -1 / 2) * upstream, shape, beta.shape
+            torch.where(tmp4, -tmp2 / beta**2, -1 / 2) * upstream, shape, beta.shape
         )
     # The loss last: torch.compile (with reorder_for_locality off, see _run_fused) then
     # computes the gradients and the loss's sum in one loop over the inputs, not two.
-    loss = _reduce(torch.where(tmp3, tmp1 / beta, -beta / 2 + tmp2), reduction)
+    loss = _reduce(torch.where(tmp4, tmp0 * tmp2, -beta / 2 + tmp3), reduction)
     return loss, grad_input, grad_target, grad_beta
 
 
@@ -437,23 +436,22 @@ def _load_triton():
         upstream = tl.full([], 1, compute_dtype)
         if reduce_mean:
             upstream = upstream / numel
-        tmp0 = input - target
-        tmp1 = (tmp0 * tmp0) / 2
-        tmp2 = tl.abs(tmp0)
-        tmp3 = beta > tmp2
-        tmp4 = tl.where(tmp3, beta, 1.0)
-        tmp5 = 1 / tmp4
-        tmp6 = (tmp0 > 0).to(compute_dtype) - (tmp0 < 0).to(compute_dtype)
-        loss = tl.where(tmp3, tmp1 / beta, -beta / 2 + tmp2)
+        tmp0 = 1 / beta
+        tmp1 = input - target
+        tmp2 = (tmp1 * tmp1) / 2
+        tmp3 = tl.abs(tmp1)
+        tmp4 = beta > tmp3
+        tmp5 = (tmp1 > 0).to(compute_dtype) - (tmp1 < 0).to(compute_dtype)
+        loss = tl.where(tmp4, tmp0 * tmp2, -beta / 2 + tmp3)
         tl.store(loss_ptr + program, tl.sum(tl.where(in_bounds, loss, 0)) * upstream)
         if grad_input_ptr is not None:
-            grad_input = tl.where(tmp3, tmp0 * tmp5, tmp6) * upstream
+            grad_input = tl.where(tmp4, tmp0 * tmp1, tmp5) * upstream
             tl.store(grad_input_ptr + offsets, grad_input, mask=in_bounds)
         if grad_target_ptr is not None:
-            grad_target = tl.where(tmp3, -tmp0 * tmp5, -tmp6) * upstream
+            grad_target = tl.where(tmp4, -tmp0 * tmp1, -tmp5) * upstream
             tl.store(grad_target_ptr + offsets, grad_target, mask=in_bounds)
         if grad_beta_ptr is not None:
-            grad_beta = tl.where(tmp3, -tmp1 / (tmp4 * tmp4), -1 / 2) * upstream
+            grad_beta = tl.where(tmp4, -tmp2 / (beta * beta), -1 / 2) * upstream
             grad_beta = tl.sum(tl.where(in_bounds, grad_beta, 0))
             tl.store(grad_beta_ptr + program, grad_beta)
 

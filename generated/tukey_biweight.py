@@ -240,35 +240,32 @@ def _fused(input, target, c, reduction, needs_grad):
     tmp0 = c**2
     tmp1 = input - target
     tmp2 = tmp1**2
-    tmp3 = tmp0 / 6
-    tmp4 = c >= torch.abs(tmp1)
-    tmp5 = torch.where(tmp4, c, 1)
-    tmp6 = -tmp2 / tmp5**2 + 1
-    tmp7 = tmp6**2
+    tmp3 = 1 - tmp2 / tmp0
+    tmp4 = 1 - tmp3**3
+    tmp5 = tmp0 / 6
+    tmp6 = c >= torch.abs(tmp1)
+    tmp7 = tmp3**2
     tmp8 = c / 3
     grad_input = None
     if needs_grad[0]:
         grad_input = _sum_to(
-            torch.where(tmp4, tmp1 * tmp7, 0) * upstream, shape, input.shape
+            torch.where(tmp6, tmp1 * tmp7, 0) * upstream, shape, input.shape
         )
     grad_target = None
     if needs_grad[1]:
         grad_target = _sum_to(
-            torch.where(tmp4, -tmp1 * tmp7, 0) * upstream, shape, target.shape
+            torch.where(tmp6, -tmp1 * tmp7, 0) * upstream, shape, target.shape
         )
     grad_c = None
     if needs_grad[2]:
         grad_c = _sum_to(
-            torch.where(tmp4, -tmp2 * tmp7 / tmp5 + tmp8 * (1 - tmp6**3), tmp8)
-            * upstream,
+            torch.where(tmp6, tmp4 * tmp8 - tmp2 * tmp7 / c, tmp8) * upstream,
             shape,
             c.shape,
         )
     # The loss last: torch.compile (with reorder_for_locality off, see _run_fused) then
     # computes the gradients and the loss's sum in one loop over the inputs, not two.
-    loss = _reduce(
-        torch.where(tmp4, tmp3 * (1 - (1 - tmp2 / tmp0) ** 3), tmp3), reduction
-    )
+    loss = _reduce(torch.where(tmp6, tmp4 * tmp5, tmp5), reduction)
     return loss, grad_input, grad_target, grad_c
 
 
@@ -453,31 +450,22 @@ def _load_triton():
         tmp0 = c * c
         tmp1 = input - target
         tmp2 = tmp1 * tmp1
-        tmp3 = tmp0 / 6
-        tmp4 = c >= tl.abs(tmp1)
-        tmp5 = tl.where(tmp4, c, 1.0)
-        tmp6 = -tmp2 / (tmp5 * tmp5) + 1
-        tmp7 = tmp6 * tmp6
+        tmp3 = 1 - tmp2 / tmp0
+        tmp4 = 1 - (tmp3 * tmp3 * tmp3)
+        tmp5 = tmp0 / 6
+        tmp6 = c >= tl.abs(tmp1)
+        tmp7 = tmp3 * tmp3
         tmp8 = c / 3
-        loss = tl.where(
-            tmp4,
-            tmp3 * (1 - ((1 - tmp2 / tmp0) * (1 - tmp2 / tmp0) * (1 - tmp2 / tmp0))),
-            tmp3,
-        )
+        loss = tl.where(tmp6, tmp4 * tmp5, tmp5)
         tl.store(loss_ptr + program, tl.sum(tl.where(in_bounds, loss, 0)) * upstream)
         if grad_input_ptr is not None:
-            grad_input = tl.where(tmp4, tmp1 * tmp7, 0) * upstream
+            grad_input = tl.where(tmp6, tmp1 * tmp7, 0) * upstream
             tl.store(grad_input_ptr + offsets, grad_input, mask=in_bounds)
         if grad_target_ptr is not None:
-            grad_target = tl.where(tmp4, -tmp1 * tmp7, 0) * upstream
+            grad_target = tl.where(tmp6, -tmp1 * tmp7, 0) * upstream
             tl.store(grad_target_ptr + offsets, grad_target, mask=in_bounds)
         if grad_c_ptr is not None:
-            grad_c = (
-                tl.where(
-                    tmp4, -tmp2 * tmp7 / tmp5 + tmp8 * (1 - (tmp6 * tmp6 * tmp6)), tmp8
-                )
-                * upstream
-            )
+            grad_c = tl.where(tmp6, tmp4 * tmp8 - tmp2 * tmp7 / c, tmp8) * upstream
             grad_c = tl.sum(tl.where(in_bounds, grad_c, 0))
             tl.store(grad_c_ptr + program, grad_c)
 

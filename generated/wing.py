@@ -275,35 +275,27 @@ def _fused(input, target, width, curvature, reduction, needs_grad):
     tmp0 = 1 / curvature
     tmp1 = input - target
     tmp2 = torch.abs(tmp1)
-    tmp3 = width > tmp2
-    tmp4 = torch.sign(tmp1)
-    tmp5 = 1 / torch.where(tmp3, curvature, 1)
-    tmp6 = tmp2 * tmp5
-    tmp7 = width * tmp4 * tmp5 / torch.where(tmp3, tmp6 + 1, 1)
-    tmp8 = width <= tmp2
-    tmp9 = 1 / torch.where(tmp8, curvature, 1)
-    tmp10 = width * tmp9
+    tmp3 = tmp0 * tmp2
+    tmp4 = torch.log1p(tmp3)
+    tmp5 = width > tmp2
+    tmp6 = width * tmp0
+    tmp7 = torch.log1p(tmp6)
+    tmp8 = torch.sign(tmp1)
+    tmp9 = tmp6 * tmp8 / (tmp3 + 1)
     grad_input = None
     if needs_grad[0]:
         grad_input = _sum_to(
-            torch.where(tmp3, tmp7, tmp4) * upstream, shape, input.shape
+            torch.where(tmp5, tmp9, tmp8) * upstream, shape, input.shape
         )
     grad_target = None
     if needs_grad[1]:
         grad_target = _sum_to(
-            torch.where(tmp3, -tmp7, -tmp4) * upstream, shape, target.shape
+            torch.where(tmp5, -tmp9, -tmp8) * upstream, shape, target.shape
         )
     grad_width = None
     if needs_grad[2]:
         grad_width = _sum_to(
-            torch.where(
-                tmp3,
-                torch.log1p(torch.where(tmp3, tmp6, 1)),
-                tmp10 / torch.where(tmp8, tmp10 + 1, 1)
-                + torch.log1p(torch.where(tmp8, tmp10, 1))
-                - 1,
-            )
-            * upstream,
+            torch.where(tmp5, tmp4, tmp6 / (tmp6 + 1) + tmp7 - 1) * upstream,
             shape,
             width.shape,
         )
@@ -311,9 +303,9 @@ def _fused(input, target, width, curvature, reduction, needs_grad):
     if needs_grad[3]:
         grad_curvature = _sum_to(
             torch.where(
-                tmp3,
-                -width * tmp6 / torch.where(tmp3, curvature + tmp2, 1),
-                -(width**2) * tmp9 / torch.where(tmp8, curvature + width, 1),
+                tmp5,
+                -width * tmp3 / (curvature + tmp2),
+                -(width**2) * tmp0 / (curvature + width),
             )
             * upstream,
             shape,
@@ -322,12 +314,7 @@ def _fused(input, target, width, curvature, reduction, needs_grad):
     # The loss last: torch.compile (with reorder_for_locality off, see _run_fused) then
     # computes the gradients and the loss's sum in one loop over the inputs, not two.
     loss = _reduce(
-        torch.where(
-            tmp3,
-            width * torch.log1p(tmp0 * tmp2),
-            width * torch.log1p(width * tmp0) - width + tmp2,
-        ),
-        reduction,
+        torch.where(tmp5, width * tmp4, width * tmp7 - width + tmp2), reduction
     )
     return loss, grad_input, grad_target, grad_width, grad_curvature
 
@@ -521,45 +508,31 @@ def _load_triton():
         tmp0 = 1 / curvature
         tmp1 = input - target
         tmp2 = tl.abs(tmp1)
-        tmp3 = width > tmp2
-        tmp4 = (tmp1 > 0).to(compute_dtype) - (tmp1 < 0).to(compute_dtype)
-        tmp5 = 1 / tl.where(tmp3, curvature, 1.0)
-        tmp6 = tmp2 * tmp5
-        tmp7 = width * tmp4 * tmp5 / tl.where(tmp3, tmp6 + 1, 1.0)
-        tmp8 = width <= tmp2
-        tmp9 = 1 / tl.where(tmp8, curvature, 1.0)
-        tmp10 = width * tmp9
-        loss = tl.where(
-            tmp3,
-            width * libdevice.log1p(tmp0 * tmp2),
-            width * libdevice.log1p(width * tmp0) - width + tmp2,
-        )
+        tmp3 = tmp0 * tmp2
+        tmp4 = libdevice.log1p(tmp3)
+        tmp5 = width > tmp2
+        tmp6 = width * tmp0
+        tmp7 = libdevice.log1p(tmp6)
+        tmp8 = (tmp1 > 0).to(compute_dtype) - (tmp1 < 0).to(compute_dtype)
+        tmp9 = tmp6 * tmp8 / (tmp3 + 1)
+        loss = tl.where(tmp5, width * tmp4, width * tmp7 - width + tmp2)
         tl.store(loss_ptr + program, tl.sum(tl.where(in_bounds, loss, 0)) * upstream)
         if grad_input_ptr is not None:
-            grad_input = tl.where(tmp3, tmp7, tmp4) * upstream
+            grad_input = tl.where(tmp5, tmp9, tmp8) * upstream
             tl.store(grad_input_ptr + offsets, grad_input, mask=in_bounds)
         if grad_target_ptr is not None:
-            grad_target = tl.where(tmp3, -tmp7, -tmp4) * upstream
+            grad_target = tl.where(tmp5, -tmp9, -tmp8) * upstream
             tl.store(grad_target_ptr + offsets, grad_target, mask=in_bounds)
         if grad_width_ptr is not None:
-            grad_width = (
-                tl.where(
-                    tmp3,
-                    libdevice.log1p(tl.where(tmp3, tmp6, 1.0)),
-                    tmp10 / tl.where(tmp8, tmp10 + 1, 1.0)
-                    + libdevice.log1p(tl.where(tmp8, tmp10, 1.0))
-                    - 1,
-                )
-                * upstream
-            )
+            grad_width = tl.where(tmp5, tmp4, tmp6 / (tmp6 + 1) + tmp7 - 1) * upstream
             grad_width = tl.sum(tl.where(in_bounds, grad_width, 0))
             tl.store(grad_width_ptr + program, grad_width)
         if grad_curvature_ptr is not None:
             grad_curvature = (
                 tl.where(
-                    tmp3,
-                    -width * tmp6 / tl.where(tmp3, curvature + tmp2, 1.0),
-                    -(width * width) * tmp9 / tl.where(tmp8, curvature + width, 1.0),
+                    tmp5,
+                    -width * tmp3 / (curvature + tmp2),
+                    -(width * width) * tmp0 / (curvature + width),
                 )
                 * upstream
             )

@@ -29,7 +29,7 @@ from lossgen.program import (
     fused_program,
 )
 from lossgen.reductions import DimSize, outside_reductions
-from lossgen.rewrite import candidates
+from lossgen.rewrite import candidates, normalize_signs, rewrite
 from lossgen.vocabulary import clamp, guarded, relu
 
 # SymPy's simplify explores case splits, exponential in the number of distinct kinks: the
@@ -114,7 +114,9 @@ def _derive(model: LossModel) -> DerivedLoss:
             model.differentiable, derivatives, private, results
         )
     )
-    fused = fused_program([loss, *safe_derivatives])
+    # The fused body is never differentiated (double backward recomputes through the
+    # readable Function), so its where()s need no guards: the branch not taken is discarded.
+    fused = fused_program([loss, *derivatives])
     return DerivedLoss(
         model,
         loss,
@@ -122,7 +124,7 @@ def _derive(model: LossModel) -> DerivedLoss:
         shared,
         gradients,
         fused,
-        compiled=compiled_body(model, [loss, *safe_derivatives]),
+        compiled=compiled_body(model, [loss, *derivatives]),
     )
 
 
@@ -293,9 +295,18 @@ def _no_new_overflow(form: sp.Expr, original: sp.Expr) -> bool:
     SymPy's simplify factors softmax weights exp(a - lse) - exp(b - lse), which stay in [0, 1],
     into exp(b - lse) * expm1(a - b) or exp(-lse) * sinh(...); those overflow float32 (inf * 0
     = NaN) where the original form is finite. Keeping every exponent the original had is a
-    simple guarantee that no new one can overflow.
+    simple guarantee that no new one can overflow. Exponents are compared as values
+    (`_same_value_form`), not as they are spelt.
     """
-    return _exponents(form) <= _exponents(original)
+    allowed = {_same_value_form(e) for e in _exponents(original)}
+    return all(_same_value_form(e) in allowed for e in _exponents(form))
+
+
+def _same_value_form(exponent: sp.Expr) -> sp.Expr:
+    """One spelling of an exponent for every stable rewrite of it: the stable form of a loss
+    keeps exp(-gamma * softplus(x)) where the spec wrote exp(-gamma * (Max(x, 0) + log(1 +
+    exp(-|x|)))), the same value; a new exponent such as simplify's a - b stays new."""
+    return sp.expand(normalize_signs(rewrite(exponent)), power_exp=False)
 
 
 def _exponents(expr: sp.Expr) -> set[sp.Expr]:

@@ -217,8 +217,8 @@ class TritonCodePrinter(ConditionPrinter):
         return f"tl.maximum({self._argument(expr.args[0])}, 0.0)"
 
     def _print_sigmoid(self, expr: sigmoid) -> str:
-        negated = self.parenthesize(expr.args[0], PRECEDENCE["Mul"], strict=False)
-        return f"(1 / (1 + libdevice.exp(-{negated})))"
+        # -x as SymPy negates it: sigmoid(-u) prints exp(u), not exp(-(-u))
+        return f"(1 / (1 + libdevice.exp({self._argument(-expr.args[0])})))"
 
     def _print_softplus(self, expr: softplus) -> str:
         x = self._argument(expr.args[0])

@@ -12,7 +12,12 @@ from sympy.codegen.cfunctions import expm1, log1p
 
 from lossgen import rewrite as rw
 from lossgen.api import derive_all, generate
-from lossgen.derive import guard_piecewise_branches, simplest, stablest
+from lossgen.derive import (
+    _no_new_overflow,
+    guard_piecewise_branches,
+    simplest,
+    stablest,
+)
 from lossgen.functions import logsigmoid, logsumexp, sigmoid, softplus, xlogy
 from lossgen.printer import print_torch
 from lossgen.reference import evaluate
@@ -150,6 +155,19 @@ def test_simplification_does_not_bring_in_overflowing_sinh() -> None:
     assert not gradient.has(sp.sinh) and not gradient.has(sp.cosh)
     at = torch.tensor([-100.0, -1.0, 0.0, 1.0, 100.0])
     torch.testing.assert_close(evaluate(gradient, {x: at}), torch.tanh(at))
+
+
+def test_a_stable_form_inside_an_exponent_is_not_a_new_exponent() -> None:
+    # A focal loss exponentiates softplus written out by hand: exp(-y * softplus(x)) has the
+    # same exponent, and sharing softplus with the gradients halves the kernel's exps.
+    written = sp.Max(x, 0) + sp.log(1 + E(-sp.Abs(x)))
+    assert stablest(written * E(-y * written)) == softplus(x) * E(-y * softplus(x))
+
+
+def test_a_new_exponent_is_still_refused() -> None:
+    # exp(x) - exp(y) = exp(y) * expm1(x - y) overflows at x - y = 100 where the left does not
+    assert not _no_new_overflow(E(y) * expm1(x - y), E(x) - E(y))
+    assert _no_new_overflow(E(-y * softplus(x)), E(-y * (sp.log(1 + E(-x)) + x)))
 
 
 def test_derivatives_are_rewritten_after_simplification() -> None:

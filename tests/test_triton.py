@@ -20,13 +20,11 @@ import pytest
 import sympy as sp
 import torch
 import triton
-import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from triton.runtime import JITFunction
+from cuda_compile import compile_for_cuda
 
 from conftest import ROOT, repository_derived, repository_files, value_and_grads
 from lossgen.api import generate
+from lossgen.functions import sigmoid
 from lossgen.model import LossModel
 from lossgen.printer import UnsupportedExpressionError
 from lossgen.reductions import Sum
@@ -585,6 +583,13 @@ def test_every_printed_node_matches_the_torch_printer(
             torch.testing.assert_close(got, want, msg=f"{name}: {got} != {want}")
 
 
+def test_a_sigmoid_exponentiates_its_negated_argument_as_sympy_negates_it() -> None:
+    x, y = sp.symbols("x y", real=True)
+    names = {x: "x", y: "y"}
+    assert print_triton(sigmoid(-x), names) == "(1 / (1 + libdevice.exp(x)))"
+    assert print_triton(sigmoid(x - y), names) == "(1 / (1 + libdevice.exp(-x + y)))"
+
+
 @pytest.mark.parametrize(
     "expr",
     [
@@ -601,41 +606,6 @@ def test_the_triton_printer_refuses_what_it_does_not_know(expr) -> None:
         print_triton(expr, {x: "x"})
     with pytest.raises(UnsupportedExpressionError, match="unknown symbol"):
         print_triton(sp.Symbol("z", real=True) + x, {x: "x"})
-
-
-CUDA = GPUTarget("cuda", 90, 32)  # an H100: compiled ahead of time, no GPU needed
-
-
-def compile_for_cuda(module: types.ModuleType, dtype: str, wanted: set[str]) -> dict:
-    """The module's kernel compiled to a cubin for CUDA; gradients not in `wanted` are None.
-    A param comes as a pointer where its gradient is wanted or in float64, else as a float32
-    number (its pointer None), as _kernel_param passes a float."""
-    kernel = module._load_triton()
-    assert isinstance(kernel, JITFunction)  # not interpreted
-    parameters = list(inspect.signature(kernel.fn).parameters)
-    params = {name[1:-7] for name in parameters if name.endswith("_number")}
-    numbers = {p for p in params if p not in wanted and dtype != "fp64"}
-    signature, constants = {}, {}
-    for name in parameters:
-        if name.startswith("grad_") and name[5:-4] not in wanted:
-            signature[name], constants[name] = "constexpr", None
-        elif name.removesuffix("_ptr") in numbers:
-            signature[name], constants[name] = "constexpr", None
-        elif name.endswith("_number"):  # _<param>_number
-            if name[1:-7] in numbers:
-                signature[name] = "fp32"
-            else:
-                signature[name], constants[name] = "constexpr", None
-        elif name.endswith("_ptr"):
-            signature[name] = f"*{dtype}"
-        elif name == "numel":
-            signature[name] = "i32"
-        else:
-            signature[name] = "constexpr"
-    constants["reduce_mean"] = True
-    constants["compute_dtype"] = tl.float64 if dtype == "fp64" else tl.float32
-    constants["block_size"] = module.TRITON_BLOCK
-    return triton.compile(ASTSource(kernel, signature, constants), target=CUDA).asm
 
 
 @pytest.fixture
