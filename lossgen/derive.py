@@ -160,9 +160,9 @@ def _derive_reducing(model: LossModel, loss: sp.Expr) -> DerivedLoss:
         Program(forward_steps, forward_result),
         shared,
         derived_gradients,
-        fused_program([loss, *safe]),
+        fused_program([loss, *gradients]),  # unguarded, as in _derive
         mean_weight,
-        compiled_body(model, [loss, *safe]),
+        compiled_body(model, [loss, *gradients]),
     )
 
 

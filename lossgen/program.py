@@ -34,7 +34,8 @@ class FusedProgram:
     """The fast path's one pass: the loss and every gradient, CSE'd together.
 
     Sharing subexpressions between the loss and its gradients is what lets one pass compute
-    both; the gradients are the same guarded forms the reference backward uses.
+    both. The gradients are the reference backward's without its guards: the fused pass is
+    never differentiated, and where() drops the branch not taken.
     """
 
     steps: tuple[Step, ...]

@@ -25,13 +25,15 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual spelling
 
 from conftest import ROOT
-from lossgen import LogSumExp, Sum, Tensor
+from lossgen import LogSumExp, Loss, Sum, Tensor
 from lossgen.api import load_models
 from lossgen.compiled_body import recomputed_after_reductions, shared_exponentials
+from lossgen.derive import derive
 from lossgen.functions import logsigmoid, sigmoid, softplus
-from lossgen.model import LossModel
+from lossgen.model import LossModel, build_model
 from lossgen.printer import print_torch
 from lossgen.program import fused_program
+from lossgen.vocabulary import guarded
 
 x = sp.Symbol("x", real=True)
 y = sp.Symbol("y", real=True)
@@ -419,3 +421,22 @@ def test_jensen_shannon_stores_no_whole_tensor_but_its_gradients(
     (code,) = codes
     whole = re.findall(rf"empty_strided_cpu\(\({rows}, {classes}\)", code)
     assert len(whole) == sum(needs_grad), code
+
+
+@pytest.mark.parametrize("over_dims", [False, True], ids=["elementwise", "over dims"])
+def test_the_fused_body_leaves_its_branches_unguarded(over_dims: bool) -> None:
+    # The readable backward guards a branch's log and division where the branch is not
+    # taken (its double backward would see 0 * inf). The fused body is never differentiated:
+    # where() drops the branch not taken, inf or NaN alike, so a guard is only more work.
+    x, y = Tensor("input"), Tensor("target")
+    branchy = sp.Piecewise((y * sp.log(x), x > 0), (0, True))
+    if over_dims:
+        branchy += Sum(x * y, 1)
+    derived = derive(build_model(Loss("Branchy", branchy), "spec.py"))
+    readable = [s.expr for s in derived.shared_backward_steps]
+    for gradient in derived.gradients:
+        readable += [s.expr for s in gradient.program.steps] + [gradient.program.result]
+    fused = derived.compiled or derived.fused
+    fused_exprs = [s.expr for s in fused.steps] + list(fused.gradients)
+    assert any(e.has(guarded) for e in readable)
+    assert not any(e.has(guarded) for e in fused_exprs)
