@@ -3,8 +3,9 @@
 # reference on the GPU, then the CUDA benchmarks. Run from the repository root on a CUDA
 # machine; results go to $OUT (default ./cuda-results). Wheels for packages the machine lacks
 # (black and its needs, liger-kernel) may wait in .whl/. Settings, from the environment: LOSSES,
-# STEPS (check,host,bench,blocks), HOST_LOSSES, BENCH_ARGS (default --back-to-back 10), BLOCK_ARGS, ROW_ARGS
-# (default --row-configs 4096/8), CHECK_TESTS, CHECK_TIMEOUT, BENCH_TIMEOUT, BLOCKS_TIMEOUT.
+# STEPS (check,host,bench,trace,blocks), HOST_LOSSES, TRACE_LOSSES, BENCH_ARGS (default --back-to-back 10), BLOCK_ARGS, ROW_ARGS
+# (default --row-configs 4096/8), CHECK_TESTS, CHECK_TIMEOUT, BENCH_TIMEOUT, TRACE_TIMEOUT,
+# BLOCKS_TIMEOUT.
 set -uo pipefail
 OUT=${OUT:-cuda-results}
 mkdir -p "$OUT"
@@ -31,6 +32,13 @@ if [[ $STEPS == *bench* ]]; then
     timeout ${BENCH_TIMEOUT:-360} python3 benchmarks/bench.py --device cuda --generated generated \
         --losses "$LOSSES" --repeats 20 --warmup 3 --markdown "$OUT/bench.md" ${BENCH_ARGS:---back-to-back 10} \
         specs/*.py 2>"$OUT/bench.log" | tail -40
+fi
+if [[ $STEPS == *trace* ]]; then
+    # the GPU's kernels and busy time per step: at the bound, compute-bound, or waiting for
+    # the host
+    timeout ${TRACE_TIMEOUT:-120} python3 benchmarks/gpu_trace.py \
+        ${TRACE_LOSSES:-Huber SigmoidFocal AdaptiveWing BinaryFocal Barron} \
+        --variants generated,compile 2>&1 | tee "$OUT/trace.txt" | grep -v "^  " | grep .
 fi
 if [[ $STEPS == *blocks* ]]; then
     timeout ${BLOCKS_TIMEOUT:-120} python3 benchmarks/triton_block.py huber mse bce_with_logits \

@@ -10,12 +10,12 @@ activity recorded, and prints per step:
 - wall: the steps' time between two syncs, divided by the steps (no profiler: a separate run);
 - host: the host's time until the last step's Python returned, per step (no profiler);
 - busy: the GPU kernels' and copies' own time per step, and what share of the wall it is;
-- idle: the GPU's time between the end of one kernel and the start of the next, per step,
-  with the longest such gap;
 - each kernel's name, launches per step and time per step.
 
-busy near wall: the GPU sets the pace. idle near wall - busy: the GPU waits for the host (or a
-sync). Kernel time above the bound of one pass: the kernels do more than one pass of memory.
+busy near wall: the GPU sets the pace; host near wall and busy well below: the GPU waits for
+the host. A kernel slower than the bound of one pass does more than one pass of memory, or is
+compute-bound (benchmarks/kernel_instructions.py). The gaps between kernels are not reported:
+the profiler slows the host, which widens them.
 """
 
 from __future__ import annotations
@@ -97,13 +97,9 @@ def report(label: str, steps: bench.Steps, count: int, device: str) -> None:
     wall, host = timings[len(timings) // 2]
     events = gpu_events(steps, count, device)
     busy = sum(end - start for _, start, end in events) / count / 1e6
-    gaps = [max(0, later[1] - earlier[2]) for earlier, later in zip(events, events[1:])]
-    idle = sum(gaps) / count / 1e6
-    longest = max(gaps, default=0) / 1e6
     print(
         f"\n{label}: wall {wall * 1e3:.3f} ms, host {host * 1e3:.3f} ms, "
-        f"GPU busy {busy:.3f} ms ({busy / (wall * 1e3):.0%}), idle between kernels "
-        f"{idle:.3f} ms (longest gap {longest:.3f} ms) per step"
+        f"GPU busy {busy:.3f} ms ({busy / (wall * 1e3):.0%}) per step"
     )
     per_name: dict[str, list[float]] = collections.defaultdict(list)
     for name, start, end in events:
