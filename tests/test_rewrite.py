@@ -159,12 +159,12 @@ def test_simplification_does_not_bring_in_overflowing_sinh() -> None:
 
 def test_a_stable_form_inside_an_exponent_is_not_a_new_exponent() -> None:
     # A focal loss exponentiates softplus written out by hand: exp(-y * softplus(x)) has the
-    # same exponent, and sharing softplus with the gradients halves the kernel's exps.
+    # same exponent, and the loss then shares softplus and its exps with the gradients.
     written = sp.Max(x, 0) + sp.log(1 + E(-sp.Abs(x)))
     assert stablest(written * E(-y * written)) == softplus(x) * E(-y * softplus(x))
 
 
-def test_a_new_exponent_is_still_refused() -> None:
+def test_an_exponent_is_new_by_its_value_not_its_spelling() -> None:
     # exp(x) - exp(y) = exp(y) * expm1(x - y) overflows at x - y = 100 where the left does not
     assert not _no_new_overflow(E(y) * expm1(x - y), E(x) - E(y))
     assert _no_new_overflow(E(-y * softplus(x)), E(-y * (sp.log(1 + E(-x)) + x)))
