@@ -37,26 +37,14 @@ import bench  # noqa: E402
 
 
 def steps_of(model, module, variant: str, n: int, device: str) -> bench.Steps:
-    tensors, params, grads = bench.make_inputs(
-        model, module, n, device, torch.float32, False
+    """One of `bench.py`'s variants (its `contenders`), on fresh inputs."""
+    notes: list[str] = []
+    variants, _ = bench.contenders(
+        model, module, n, device, torch.float32, False, True, notes
     )
-    functional = getattr(module, model.snake_name)
-    if variant == "generated":
-        return bench.stepper(functional, tensors, params, grads)
-    if variant == "generated-sync":
-        switches = (
-            {"_rescale_kernel": False} if hasattr(module, "RESCALE_BLOCK") else {}
-        )
-        return bench.stepper(functional, tensors, params, grads, module, **switches)
-    if variant == "fused-compile":
-        return bench.stepper(functional, tensors, params, grads, module, TRITON=False)
-    param_tensors = [torch.as_tensor(p, device=device) for p in params]
-    eager = bench.eager_function(model, module)
-    if variant == "compile":
-        eager = torch.compile(eager)
-    elif variant != "eager":
-        raise SystemExit(f"unknown variant {variant}")
-    return bench.stepper(eager, tensors, param_tensors, grads)
+    if variant not in variants:
+        raise ValueError(f"no variant {variant} here: {', '.join(variants)}")
+    return variants[variant].steps
 
 
 def run(steps: bench.Steps, count: int, device: str) -> tuple[float, float]:
@@ -128,7 +116,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     bandwidth = bench.copy_bandwidth() if args.device == "cuda" else None
     for model in models:
-        torch._dynamo.reset()
         module = bench.generated_modules([model], args.generated)[model.name]
         bound = bench.bound_ms(model, args.n, bandwidth)
         print(f"\n## {model.name}, N = {args.n}, bound of one pass {bound or 0:.3f} ms")
