@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import importlib.util
 import os
 import re
 import subprocess
@@ -36,13 +35,6 @@ N = 1 << 27
 LANE_INSTRUCTIONS_PER_SECOND = 132 * 4 * 32 * 1.98e9
 BYTES_PER_SECOND = 4.1e12
 INSTRUCTION = re.compile(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
-
-
-def load(path: Path, name: str) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def instructions(cubin: bytes) -> collections.Counter[str]:
@@ -84,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.pop("TRITON_INTERPRET", None)  # compiled, not interpreted
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    import bench  # beside this script
+
     from lossgen.api import load_models
 
     wanted = set(args.losses)
@@ -92,9 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for m in load_models(sorted(glob.glob(str(ROOT / "specs/*.py"))))
         if not m.reduces and (not wanted or m.name in wanted)
     ]
-    sources = {"": Path(args.generated)}
+    sources = {"": args.generated}
     if args.baseline:
-        sources = {"baseline ": Path(args.baseline), "": Path(args.generated)}
+        sources = {"baseline ": args.baseline, "": args.generated}
     header = "| loss | " + " | ".join(
         f"{label}instructions / element | {label}MUFU / element | {label}issue ms"
         for label in sources
@@ -104,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for model in models:
         cells = []
         for label, directory in sources.items():
-            module = load(directory / f"{model.snake_name}.py", f"{label}{model.name}")
+            prefix = "instructions_baseline_" if label else "instructions_"
+            module = bench.generated_modules([model], directory, prefix)[model.name]
             if not hasattr(module, "TRITON_BLOCK"):
                 break
             count, special = per_element(module, model.tensors[0].name)

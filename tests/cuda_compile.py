@@ -1,7 +1,7 @@
 """Triton kernels of generated modules compiled for CUDA ahead of time: no GPU needed.
 
-Used by tests/test_triton.py (the kernels compile) and benchmarks/kernel_instructions.py (how
-many instructions each element costs).
+Used by tests/test_triton.py (the kernels compile), tests/test_row_triton.py (its target) and
+benchmarks/kernel_instructions.py (how many instructions each element costs).
 """
 
 from __future__ import annotations
